@@ -1,0 +1,50 @@
+# radpath: `make demo` runs the synthetic demo cohort end to end, `make test` runs the suite.
+# Both build .venv from the pinned requirements first (only when the pins changed).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake
+PYTEST_ARGS ?=
+
+.PHONY: all venv demo demo-data test test-fast lint format clean
+
+all: demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements-build.txt requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements-build.txt
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+demo-data: $(STAMP)
+	$(BIN)/python scripts/make_demo_cohort.py --config config/config.yaml
+
+demo: demo-data
+	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
+	@echo
+	@echo "radpath demo finished. Report: $$(pwd)/results/report/report.html"
+	@echo "C-index table:            $$(pwd)/results/report/cindex.tsv"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(SNAKEMAKE) --lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/snakefmt Snakefile rules/
+
+clean:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,71 @@
+# Cohort: split and outcomes, per-patient rows -> matrices, ComBat harmonization.
+
+
+rule cohort_tables:
+    input:
+        clinical=config["clinical"],
+        patients=config["patients"],
+    output:
+        outcomes="results/cohort/outcomes.tsv",
+        clinical="results/cohort/clinical.tsv",
+        batch_covariates="results/cohort/harmonization_covariates.tsv",
+    log:
+        "logs/cohort/cohort_tables.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        patient_ids=PATIENT_IDS,
+        covariates=config["covariates"],
+        harmonization_covariates=config["harmonization"]["covariates"],
+        validation_fraction=config["split"]["validation_fraction"],
+        seed=config["seed"],
+        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+    script:
+        "../scripts/cohort_tables.py"
+
+
+rule radiomics_matrix:
+    input:
+        features=expand("results/radiomics/{patient}/features.tsv", patient=PATIENT_IDS),
+        qc=expand("results/radiomics/{patient}/qc.tsv", patient=PATIENT_IDS),
+    output:
+        matrix="results/cohort/radiomics_raw.tsv",
+        qc="results/cohort/radiomics_qc.tsv",
+        excluded="results/cohort/radiomics_excluded.tsv",
+    log:
+        "logs/cohort/radiomics_matrix.log",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/radiomics_matrix.py"
+
+
+rule harmonize:
+    input:
+        matrix="results/cohort/{block}_raw.tsv",
+        outcomes="results/cohort/outcomes.tsv",
+        batch_covariates="results/cohort/harmonization_covariates.tsv",
+        patients=config["patients"],
+    output:
+        matrix="results/cohort/{block}.tsv",
+        model="results/cohort/harmonization/{block}_combat.json",
+        batch_tests="results/cohort/harmonization/{block}_batch_tests.tsv",
+        pca=report(
+            "results/cohort/harmonization/{block}_pca.png",
+            caption="../resources/report/harmonization.rst",
+            category="Harmonization",
+        ),
+    log:
+        "logs/cohort/harmonize_{block}.log",
+    wildcard_constraints:
+        block="radiomics",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        harmonization=config["harmonization"],
+    script:
+        "../scripts/harmonize_block.py"

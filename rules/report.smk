@@ -1,0 +1,45 @@
+# One self-contained HTML report for clinicians and reviewers.
+
+
+rule report:
+    input:
+        cindex="results/report/cindex.tsv",
+        forest="results/report/forest.png",
+        km="results/report/km",
+        outcomes="results/cohort/outcomes.tsv",
+        excluded="results/cohort/radiomics_excluded.tsv",
+        batch_tests="results/cohort/harmonization/radiomics_batch_tests.tsv",
+        pca="results/cohort/harmonization/radiomics_pca.png",
+        coefficients=expand(
+            "results/models/{endpoint}/{model}/coefficients.tsv",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
+        selection=expand(
+            "results/models/{endpoint}/{model}/selection.tsv",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
+        thumbnails=expand("results/pathology/{slide}/thumbnail.png", slide=SLIDE_IDS),
+        pathomics_excluded=(
+            ["results/cohort/pathomics_excluded.tsv"] if SLIDE_IDS else []
+        ),
+        template=REPORT_TEMPLATE,
+    output:
+        html=report(
+            "results/report/report.html",
+            caption="../resources/report/html.rst",
+            category="Report",
+        ),
+    log:
+        "logs/report/report.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        endpoints=ENDPOINTS,
+        models=MODELS,
+        slide_ids=SLIDE_IDS,
+        slide_patients=SLIDE_PATIENTS,
+        config=config,
+    script:
+        "../scripts/make_report.py"

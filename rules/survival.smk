@@ -1,0 +1,73 @@
+# Survival models: one job per endpoint x model, then one evaluation over all models.
+
+
+rule fit_model:
+    input:
+        outcomes="results/cohort/outcomes.tsv",
+        clinical="results/cohort/clinical.tsv",
+        blocks=model_block_files,
+    output:
+        model="results/models/{endpoint}/{model}/model.json",
+        coefficients="results/models/{endpoint}/{model}/coefficients.tsv",
+        selection="results/models/{endpoint}/{model}/selection.tsv",
+        risk="results/models/{endpoint}/{model}/risk.tsv",
+        optimism="results/models/{endpoint}/{model}/optimism.json",
+    log:
+        "logs/models/{endpoint}_{model}.log",
+    benchmark:
+        "benchmarks/models/{endpoint}_{model}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+        selection=config["selection"],
+        cox=config["cox"],
+        optimism_bootstrap=config["evaluation"]["optimism_bootstrap"],
+        seed=config["seed"],
+    script:
+        "../scripts/fit_model.py"
+
+
+rule evaluate:
+    input:
+        risks=all_model_risks(),
+        optimism=expand(
+            "results/models/{endpoint}/{model}/optimism.json",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
+    output:
+        cindex=report(
+            "results/report/cindex.tsv",
+            caption="../resources/report/cindex.rst",
+            category="Performance",
+        ),
+        km=report(
+            directory("results/report/km"),
+            patterns=["{endpoint}_{model}.png"],
+            caption="../resources/report/km.rst",
+            category="Kaplan-Meier",
+        ),
+        forest=report(
+            "results/report/forest.png",
+            caption="../resources/report/forest.rst",
+            category="Performance",
+        ),
+    log:
+        "logs/report/evaluate.log",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        endpoints=ENDPOINTS,
+        models=MODELS,
+        reference=config["reference_model"],
+        evaluation=config["evaluation"],
+        seed=config["seed"],
+        time_unit=config["time_unit"],
+    script:
+        "../scripts/evaluate.py"

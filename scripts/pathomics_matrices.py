@@ -1,0 +1,30 @@
+"""Rule `pathomics_matrices`: slide embeddings and morphology -> patient matrices."""
+
+import pandas as pd
+
+from radpath.io import read_tsv, write_json, write_tsv
+from radpath.jobs import setup_logging
+from radpath.pathomics import embedding_matrix, morphology_matrix, usable_slides
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+slide_ids = list(p.slide_patients)
+features, excluded_embed = usable_slides(dict(zip(slide_ids, snakemake.input.features, strict=True)))
+morph_files = dict(zip(slide_ids, snakemake.input.morphology, strict=True))
+morph_rows = {s: read_tsv(f) for s, f in morph_files.items()}
+morph_ok = {s: f for s, f in morph_files.items() if "error" not in morph_rows[s].columns}
+excluded = pd.concat([
+    excluded_embed,
+    pd.DataFrame([{"slide_id": s, "reason": morph_rows[s]["error"].iloc[0]}
+                  for s in morph_files if s not in morph_ok], columns=["slide_id", "reason"]),
+]).drop_duplicates("slide_id")
+excluded.insert(1, "patient_id", [p.slide_patients[s] for s in excluded["slide_id"]])
+
+outcomes = read_tsv(snakemake.input.outcomes, index_col="patient_id")
+embedding, pca_info = embedding_matrix(
+    features, p.slide_patients, p.pooling, outcomes["split"], p.pca_components
+)
+write_tsv(embedding, snakemake.output.embedding)
+write_json(pca_info, snakemake.output.pca)
+write_tsv(morphology_matrix(morph_ok, p.slide_patients), snakemake.output.morphology)
+write_tsv(excluded, snakemake.output.excluded, index=False)

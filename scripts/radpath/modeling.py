@@ -1,0 +1,362 @@
+"""Cox model pipeline fitted on training patients: impute, standardize, select, refit, predict.
+
+Everything learnt (medians, means, SDs, selection, coefficients) comes from the training data
+given to :func:`fit_model` and is stored in the :class:`FittedModel`, which applies it
+unchanged to new patients.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from radpath.selection import select_features
+from radpath.survival import check_outcome, harrell_c
+
+Z_95 = norm.ppf(0.975)
+COEFFICIENT_COLUMNS = [
+    "feature", "coef", "se", "hr", "hr_lower", "hr_upper", "p",
+    "train_mean", "train_sd", "coef_per_unit",
+]  # fmt: skip
+LOG_COLUMNS = ["step", "n_in", "n_out", "note"]
+
+
+class ModelInputError(ValueError):
+    """Invalid model input (missing or non-numeric columns, unknown levels)."""
+
+
+# --------------------------------------------------------------------------- numeric input
+
+
+def _patient_ids(df: pd.DataFrame) -> pd.Index:
+    return pd.Index(df["patient_id"]) if "patient_id" in df.columns else df.index
+
+
+def numeric_columns(df: pd.DataFrame, columns: list[str], what: str = "feature") -> pd.DataFrame:
+    """df[columns] as float; a clear error names the first patient and column that is not numeric."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ModelInputError(f"{what} columns missing from the data: {missing}")
+    selected = df[columns]
+    if all(pd.api.types.is_numeric_dtype(t) for t in selected.dtypes):
+        return selected.astype(float)  # fast path: feature matrices are numeric already
+    out = {}
+    for name in columns:
+        values = pd.to_numeric(df[name], errors="coerce")
+        bad = values.isna() & df[name].notna()
+        if bad.any():
+            patient = _patient_ids(df)[np.flatnonzero(bad.to_numpy())[0]]
+            raise ModelInputError(
+                f"patient {patient}: non-numeric value {df[name][bad].iloc[0]!r} in column {name!r}"
+            )
+        out[name] = values.astype(float)
+    return pd.DataFrame(out, index=df.index)
+
+
+# --------------------------------------------------------------------------- fitted model
+
+
+@dataclass
+class FittedModel:
+    """A Cox model on standardized features plus the training statistics needed to apply it.
+
+    ``coef`` is per 1 training SD. A model without features predicts 0 for everyone (C = 0.5).
+    """
+
+    features: list[str]
+    coef: np.ndarray
+    medians: dict[str, float]
+    means: dict[str, float]
+    sds: dict[str, float]
+    coefficients: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=COEFFICIENT_COLUMNS)
+    )
+    selection_log: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOG_COLUMNS))
+    alpha: float | None = None
+    forced: list[str] = field(default_factory=list)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Model features of X imputed with train medians and standardized with train mean/SD."""
+        values = numeric_columns(X, self.features, what="model feature")
+        values = fill_missing(values, pd.Series(self.medians))
+        means = np.array([self.means[f] for f in self.features])
+        sds = np.array([self.sds[f] for f in self.features])
+        return (values.to_numpy() - means) / sds
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Linear predictor (log relative hazard, higher = shorter survival) for each row of X."""
+        if not self.features:
+            return np.zeros(len(X))
+        return self.transform(X) @ self.coef
+
+    def to_dict(self) -> dict:
+        """JSON-serializable form (NaN becomes None)."""
+        return _jsonable(
+            {
+                "features": list(self.features),
+                "coef": [float(c) for c in self.coef],
+                "medians": self.medians,
+                "means": self.means,
+                "sds": self.sds,
+                "coefficients": self.coefficients.to_dict(orient="records"),
+                "selection_log": self.selection_log.to_dict(orient="records"),
+                "alpha": self.alpha,
+                "forced": list(self.forced),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FittedModel:
+        coefficients = pd.DataFrame(data["coefficients"], columns=COEFFICIENT_COLUMNS)
+        return cls(
+            features=list(data["features"]),
+            coef=np.array(data["coef"], dtype=float),
+            medians={k: float(v) for k, v in data["medians"].items()},
+            means={k: float(v) for k, v in data["means"].items()},
+            sds={k: float(v) for k, v in data["sds"].items()},
+            coefficients=coefficients.astype({c: float for c in COEFFICIENT_COLUMNS[1:]}),
+            selection_log=pd.DataFrame(data["selection_log"], columns=LOG_COLUMNS),
+            alpha=None if data.get("alpha") is None else float(data["alpha"]),
+            forced=list(data.get("forced", [])),
+        )
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _check_columns(forced: list[str], candidates: list[str]) -> list[str]:
+    used = list(forced) + list(candidates)
+    duplicated = sorted({c for c in used if used.count(c) > 1})
+    if duplicated:
+        raise ModelInputError(f"columns listed twice in forced/candidates: {duplicated}")
+    return used
+
+
+def training_statistics(values: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Train medians (0 for all-missing columns), then mean and SD (ddof 0; 1 when constant)
+    of the imputed data."""
+    medians = values.median().fillna(0.0)
+    imputed = fill_missing(values, medians)
+    sds = imputed.std(ddof=0)
+    return medians, imputed.mean(), sds.where(sds > 0, 1.0)
+
+
+def fill_missing(values: pd.DataFrame, fill: pd.Series) -> pd.DataFrame:
+    """values with NaN replaced column-wise by `fill` (numpy: pandas' fillna is slow when wide)."""
+    array = values.to_numpy(dtype=float, copy=True)
+    holes = np.isnan(array)
+    if holes.any():
+        array[holes] = np.broadcast_to(fill.reindex(values.columns).to_numpy(float), array.shape)[holes]
+    return pd.DataFrame(array, index=values.index, columns=values.columns)
+
+
+def cox_refit(Z: pd.DataFrame, time, event, penalizer: float) -> pd.DataFrame:
+    """lifelines CoxPHFitter (Efron ties) on standardized columns; per-1-SD coefficient table."""
+    from lifelines import CoxPHFitter
+
+    data = Z.reset_index(drop=True).copy()
+    data["__time__"], data["__event__"] = time, event
+    fitter = CoxPHFitter(penalizer=penalizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fitter.fit(data, duration_col="__time__", event_col="__event__")
+    summary = fitter.summary.loc[list(Z.columns)]
+    coef, se = summary["coef"].to_numpy(), summary["se(coef)"].to_numpy()
+    return pd.DataFrame(
+        {
+            "feature": list(Z.columns),
+            "coef": coef,
+            "se": se,
+            "hr": np.exp(coef),
+            "hr_lower": np.exp(coef - Z_95 * se),
+            "hr_upper": np.exp(coef + Z_95 * se),
+            "p": summary["p"].to_numpy(),
+        }
+    )
+
+
+def fit_model(
+    X_train: pd.DataFrame,
+    time,
+    event,
+    forced: list[str],
+    candidates: list[str],
+    selection_cfg: dict,
+    cox_cfg: dict,
+    seed: int,
+) -> FittedModel:
+    """Impute (train medians) and standardize (train mean/SD) forced + candidate columns, select
+    among candidates (forced kept, unpenalized), refit a Cox model on the result.
+
+    An empty selection without forced columns gives a null model (predicts 0).
+    """
+    time, event = check_outcome(time, event)
+    if len(X_train) != time.size:
+        raise ModelInputError(f"{len(X_train)} training rows but {time.size} outcomes")
+    used = _check_columns(forced, candidates)
+    values = numeric_columns(X_train, used)
+    medians, means, sds = training_statistics(values)
+    Z = (fill_missing(values, medians) - means) / sds
+    selection = select_features(Z, time, event, selection_cfg, list(forced), seed)
+    features = selection.selected
+    model = FittedModel(
+        features=features,
+        coef=np.zeros(len(features)),
+        medians={f: float(medians[f]) for f in features},
+        means={f: float(means[f]) for f in features},
+        sds={f: float(sds[f]) for f in features},
+        selection_log=selection.log,
+        alpha=selection.alpha,
+        forced=[f for f in forced if f in features],
+    )
+    if not features:
+        return model
+    table = cox_refit(Z[features], time, event, float(cox_cfg["penalizer"]))
+    table["train_mean"] = means[features].to_numpy()
+    table["train_sd"] = sds[features].to_numpy()
+    table["coef_per_unit"] = table["coef"] / table["train_sd"]
+    model.coef = table["coef"].to_numpy()
+    model.coefficients = table[COEFFICIENT_COLUMNS]
+    return model
+
+
+# --------------------------------------------------------------------------- optimism
+
+
+def _refit_failures() -> tuple[type[BaseException], ...]:
+    from lifelines.exceptions import ConvergenceError
+
+    return (ConvergenceError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def optimism_corrected_c(
+    X_train: pd.DataFrame,
+    time,
+    event,
+    fit_fn: Callable[[pd.DataFrame, np.ndarray, np.ndarray], FittedModel],
+    B: int,
+    seed: int,
+) -> dict:
+    """Harrell's bootstrap optimism correction of the apparent training C.
+
+    For each of B resamples the whole pipeline is refitted with ``fit_fn(Xb, tb, eb)``;
+    optimism_b = C(model_b on resample) - C(model_b on the original training data). Resamples
+    whose refit fails to converge or whose C is undefined are skipped (B_used counts the rest).
+    """
+    time, event = check_outcome(time, event)
+    model = fit_fn(X_train, time, event)
+    apparent = harrell_c(time, event, model.predict(X_train))
+    rng = np.random.default_rng(seed)
+    optimism = []
+    for _ in range(B):
+        idx = rng.integers(0, time.size, time.size)
+        Xb = X_train.iloc[idx].reset_index(drop=True)
+        try:
+            model_b = fit_fn(Xb, time[idx], event[idx])
+        except _refit_failures():
+            continue
+        c_boot = harrell_c(time[idx], event[idx], model_b.predict(Xb))
+        c_orig = harrell_c(time, event, model_b.predict(X_train))
+        if np.isfinite(c_boot) and np.isfinite(c_orig):
+            optimism.append(c_boot - c_orig)
+    mean_optimism = float(np.mean(optimism)) if optimism else float("nan")
+    return {
+        "apparent_c": apparent,
+        "optimism": mean_optimism,
+        "corrected_c": apparent - mean_optimism,
+        "B_used": len(optimism),
+    }
+
+
+# --------------------------------------------------------------------------- clinical covariates
+
+
+def _level(value) -> str:
+    """Category label as text; 2.0 read from a TSV becomes '2'."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def categorical_levels(df: pd.DataFrame, covariates_cfg: list[dict]) -> dict[str, list[str]]:
+    """Levels of each categorical covariate in df (the training patients): reference first, then
+    the others sorted. Raises if the reference level does not occur."""
+    levels = {}
+    for cov in covariates_cfg:
+        if cov["type"] != "categorical":
+            continue
+        name, reference = cov["name"], _level(cov["reference"])
+        if name not in df.columns:
+            raise ModelInputError(f"clinical table has no column {name!r}")
+        present = sorted({_level(v) for v in df[name].dropna()})
+        if reference not in present:
+            raise ModelInputError(
+                f"reference level {reference!r} of {name!r} does not occur in the training "
+                f"patients (levels: {present})"
+            )
+        levels[name] = [reference] + [v for v in present if v != reference]
+    return levels
+
+
+def encoded_columns(covariates_cfg: list[dict], levels: dict[str, list[str]]) -> list[str]:
+    """Names of the encoded columns: numeric covariates as is, categorical as ``name[level]``."""
+    columns = []
+    for cov in covariates_cfg:
+        if cov["type"] == "categorical":
+            columns += [f"{cov['name']}[{lvl}]" for lvl in levels[cov["name"]][1:]]
+        else:
+            columns.append(cov["name"])
+    return columns
+
+
+def encode_clinical(
+    df: pd.DataFrame, covariates_cfg: list[dict], levels: dict[str, list[str]] | None = None
+) -> pd.DataFrame:
+    """Numeric covariates as float, categorical one-hot against the reference (``stage[II]``).
+
+    ``levels`` are the training levels (:func:`categorical_levels`); None derives them from df,
+    i.e. pass None for the training patients and the training levels for everyone else. A
+    level not seen in training is an error naming the patient. Missing values stay missing
+    (all indicator columns NaN) and are imputed later with training medians.
+    """
+    levels = categorical_levels(df, covariates_cfg) if levels is None else levels
+    ids = _patient_ids(df)
+    out = {}
+    for cov in covariates_cfg:
+        name = cov["name"]
+        if cov["type"] == "numeric":
+            out[name] = numeric_columns(df, [name], what="clinical")[name]
+            continue
+        if cov["type"] != "categorical":
+            raise ModelInputError(f"covariate {name!r}: type must be numeric or categorical")
+        if name not in df.columns:
+            raise ModelInputError(f"clinical table has no column {name!r}")
+        labels = df[name].map(lambda v: None if pd.isna(v) else _level(v))
+        unknown = labels.notna() & ~labels.isin(levels[name])
+        if unknown.any():
+            i = np.flatnonzero(unknown.to_numpy())[0]
+            raise ModelInputError(
+                f"patient {ids[i]}: level {labels.iloc[i]!r} of {name!r} was not seen in the "
+                f"training patients (levels: {levels[name]})"
+            )
+        for level in levels[name][1:]:
+            out[f"{name}[{level}]"] = (labels == level).astype(float).where(labels.notna())
+    return pd.DataFrame(out, index=df.index, columns=encoded_columns(covariates_cfg, levels))

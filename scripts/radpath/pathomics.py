@@ -1,0 +1,68 @@
+"""Slide features -> patient pathomics matrices (embedding PCA fitted on train, morphology)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+
+from radpath.embed import patient_embedding_table
+from radpath.io import read_tsv
+from radpath.jobs import exclusion_reason
+
+log = logging.getLogger(__name__)
+
+
+def usable_slides(paths: dict[str, str]) -> tuple[dict[str, str], pd.DataFrame]:
+    """Split slide outputs into usable ones and those a job marked as excluded."""
+    usable, excluded = {}, []
+    for slide_id, path in paths.items():
+        reason = exclusion_reason(path)
+        if reason is None:
+            usable[slide_id] = path
+        else:
+            excluded.append({"slide_id": slide_id, "reason": reason})
+    return usable, pd.DataFrame(excluded, columns=["slide_id", "reason"])
+
+
+def embedding_matrix(
+    feature_files: dict[str, str],
+    slide_patients: dict[str, str],
+    pooling: list[str],
+    split: pd.Series,
+    n_components: int,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict]:
+    """Pool each patient's tiles, then PCA fitted on training patients only."""
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    for slide_id, path in feature_files.items():
+        by_patient[slide_patients[slide_id]].append(path)
+    pooled = patient_embedding_table(by_patient, pooling).sort_index()
+    train = [pid for pid in pooled.index if split.get(pid) == "train"]
+    if len(train) < 2:
+        raise ValueError("pathomics: fewer than 2 training patients have slides")
+    k = min(n_components, len(train) - 1, pooled.shape[1])
+    pca = PCA(n_components=k, random_state=seed).fit(pooled.loc[train].to_numpy())
+    scores = pca.transform(pooled.to_numpy())
+    table = pd.DataFrame(scores, index=pooled.index,
+                         columns=[f"pc{i + 1:02d}" for i in range(k)])
+    info = {
+        "n_components": k,
+        "fitted_on": len(train),
+        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "pooling": list(pooling),
+    }
+    return table, info
+
+
+def morphology_matrix(files: dict[str, str], slide_patients: dict[str, str]) -> pd.DataFrame:
+    """Per-slide morphology rows averaged over each patient's slides."""
+    rows = pd.concat([read_tsv(path, index_col="slide_id") for path in files.values()])
+    rows = rows.apply(pd.to_numeric, errors="coerce")
+    rows.index = [slide_patients[s] for s in rows.index]
+    table = rows.groupby(level=0).mean().sort_index()
+    table.index.name = "patient_id"
+    return table.replace([np.inf, -np.inf], np.nan)

@@ -1,0 +1,53 @@
+"""Figures for the report (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from radpath.io import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_pca_by_batch(before: pd.DataFrame, after: pd.DataFrame, batch: pd.Series, path) -> None:
+    """Two scatter plots of the first two principal components, coloured by batch."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, scores, title in ((axes[0], before, "before ComBat"), (axes[1], after, "after ComBat")):
+        for name in sorted(batch.unique()):
+            ids = batch.index[batch == name]
+            ax.scatter(scores.loc[ids].iloc[:, 0], scores.loc[ids].iloc[:, 1], label=name, s=18)
+        ax.set_xlabel(scores.columns[0])
+        ax.set_ylabel(scores.columns[1])
+        ax.set_title(title)
+    axes[1].legend(title="batch", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_forest(cindex: pd.DataFrame, path, title: str) -> None:
+    """Validation Harrell's C with 95% CI per model and endpoint."""
+    rows = cindex.sort_values(["endpoint", "model"])
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    labels = [f"{r.endpoint.upper()}  {r.model}" for r in rows.itertuples()]
+    y = range(len(rows))
+    ax.errorbar(
+        rows["harrell_c"], list(y),
+        xerr=[rows["harrell_c"] - rows["harrell_lo"], rows["harrell_hi"] - rows["harrell_c"]],
+        fmt="o", color="black", ecolor="grey", capsize=3,
+    )
+    ax.axvline(0.5, color="red", linestyle="--", linewidth=1)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Harrell's C (validation, 95% bootstrap CI)")
+    ax.set_title(title)
+    save_figure(fig, path)

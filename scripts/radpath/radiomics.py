@@ -1,0 +1,203 @@
+"""pyradiomics features for one patient, written as one-row feature and QC tables.
+
+Our result equals plain pyradiomics run on the raw files with
+`pyradiomics_reference_params(params, ct.resample_spacing, mask_label)`: `radpath.ct`
+resamples with pyradiomics' own function and settings, then pyradiomics runs without
+resampling. `diagnostics_*` entries never enter the features; they go to the QC table.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import SimpleITK as sitk
+import yaml
+from pykwalify.errors import PyKwalifyException
+from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+from radpath.ct import CTSettings, prepare_case
+from radpath.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+DIAGNOSTICS_PREFIX = "diagnostics_"
+PYRADIOMICS_DEFAULTS = RadiomicsFeatureExtractor._getDefaultSettings()
+
+
+class RadiomicsError(ValueError):
+    """Bad parameters or a failed extraction; the message names the file or patient."""
+
+
+def _one_line(value: object, limit: int | None = 300) -> str:
+    return " ".join(str(value).split())[:limit]
+
+
+# --- parameters ----------------------------------------------------------------------------
+
+
+def load_params(path: str | os.PathLike) -> dict:
+    """A pyradiomics parameter file, validated by pyradiomics and for use with radpath.
+
+    Raises RadiomicsError for unreadable YAML, anything pyradiomics' schema rejects, and
+    settings that radpath owns elsewhere (see `unsupported_settings`).
+    """
+    where = f"pyradiomics parameter file {os.fspath(path)}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            params = yaml.safe_load(handle)
+    except OSError as exc:
+        raise RadiomicsError(f"{where}: cannot be read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise RadiomicsError(f"{where}: not valid YAML: {_one_line(exc)}") from exc
+    if not isinstance(params, dict):
+        raise RadiomicsError(f"{where}: expected a mapping with imageType/featureClass/setting")
+    try:
+        RadiomicsFeatureExtractor(copy.deepcopy(params))
+    except PyKwalifyException as exc:
+        raise RadiomicsError(f"{where}: rejected by pyradiomics: {_one_line(exc.msg)}") from exc
+    problems = unsupported_settings(params.get("setting") or {})
+    if problems:
+        raise RadiomicsError(f"{where}: {'; '.join(problems)}")
+    return params
+
+
+def unsupported_settings(setting: Mapping) -> list[str]:
+    """Reasons the pyradiomics `setting` block cannot be used as is by radpath."""
+    problems = []
+    if setting.get("resampledPixelSpacing") is not None:
+        problems.append(
+            "remove setting.resampledPixelSpacing: resampling is set by config ct.resample_spacing"
+        )
+    if setting.get("normalize"):
+        problems.append(
+            "setting.normalize must be false (CT values are absolute HU; pyradiomics would "
+            "normalize before resampling, which radpath does outside pyradiomics)"
+        )
+    if setting.get("label", 1) != 1:
+        problems.append(
+            "setting.label must be 1 or absent: the ROI label is the sheet's mask_label"
+        )
+    return problems
+
+
+def params_for_prepared_case(params: Mapping, resampled: bool) -> dict:
+    """Parameters for pyradiomics on `prepare_case` output (binary mask, maybe resampled)."""
+    out = copy.deepcopy(dict(params))
+    setting = dict(out.get("setting") or {})
+    setting["label"] = 1
+    if resampled:
+        # pyradiomics skips preCrop when it resamples itself; cropping our resampled image
+        # again could trim a voxel and change the filtered images at the border.
+        setting["preCrop"] = False
+    out["setting"] = setting
+    return out
+
+
+def pyradiomics_reference_params(
+    params: Mapping, resample_spacing: Sequence[float] | None, mask_label: int
+) -> dict:
+    """Parameters with which plain pyradiomics on the raw files reproduces our features."""
+    out = copy.deepcopy(dict(params))
+    setting = dict(out.get("setting") or {})
+    setting["label"] = int(mask_label)
+    if resample_spacing is not None:
+        setting["resampledPixelSpacing"] = [float(s) for s in resample_spacing]
+    out["setting"] = setting
+    return out
+
+
+# --- extraction ----------------------------------------------------------------------------
+
+
+def split_result(result: Mapping, patient_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    """pyradiomics' output as (features, diagnostics); non-finite features become NaN."""
+    features: dict[str, float] = {}
+    diagnostics: dict[str, str] = {}
+    for name, value in result.items():
+        if name.startswith(DIAGNOSTICS_PREFIX):
+            diagnostics[name] = _one_line(value, limit=None)
+        else:
+            features[name] = float(value)
+    nonfinite = [name for name, value in features.items() if not math.isfinite(value)]
+    if nonfinite:
+        logger.warning(
+            "patient %s: %d non-finite feature values set to NaN: %s",
+            patient_id,
+            len(nonfinite),
+            ", ".join(nonfinite),
+        )
+        features.update(dict.fromkeys(nonfinite, math.nan))
+    return features, diagnostics
+
+
+def extract_features(
+    image: sitk.Image, mask: sitk.Image, params: Mapping, patient_id: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Run pyradiomics on an image and mask; (features, diagnostics), in pyradiomics' order."""
+    extractor = RadiomicsFeatureExtractor(copy.deepcopy(dict(params)))
+    try:
+        result = extractor.execute(image, mask)
+    except (ValueError, RuntimeError) as exc:
+        raise RadiomicsError(f"patient {patient_id}: pyradiomics failed: {_one_line(exc)}") from exc
+    return split_result(result, patient_id)
+
+
+def extract_patient(
+    patient_id: str,
+    ct_path: str | os.PathLike,
+    mask_path: str | os.PathLike,
+    mask_label,
+    ct_cfg: Mapping,
+    params_path: str | os.PathLike,
+    features_out: str | os.PathLike,
+    qc_out: str | os.PathLike,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Prepare one patient's CT, extract features, write the features and QC TSVs atomically.
+
+    Returns (features, qc) as written (without `patient_id`).
+    """
+    params = load_params(params_path)
+    setting = {**PYRADIOMICS_DEFAULTS, **(params.get("setting") or {})}
+    ct_settings = CTSettings.from_config(ct_cfg)
+    case = prepare_case(
+        ct_path,
+        mask_path,
+        mask_label,
+        ct_settings,
+        patient_id,
+        interpolator=setting["interpolator"],
+        pad_distance=setting["padDistance"],
+    )
+    run_params = params_for_prepared_case(
+        params, resampled=ct_settings.resample_spacing is not None
+    )
+    features, diagnostics = extract_features(case.image, case.mask, run_params, patient_id)
+    nan_features = [name for name, value in features.items() if math.isnan(value)]
+    qc = {
+        **case.notes,
+        "radpath_n_features": str(len(features)),
+        "radpath_nan_features": " ".join(nan_features),
+        **diagnostics,
+    }
+    write_row_tsv(features_out, {"patient_id": patient_id, **features})
+    write_row_tsv(qc_out, {"patient_id": patient_id, **qc})
+    return features, qc
+
+
+def write_row_tsv(path: str | os.PathLike, row: Mapping[str, object]) -> None:
+    """A header line and one row, atomically; floats at full (round-trip) precision."""
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(row.keys())
+        writer.writerow(_cell(value) for value in row.values())
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else repr(value)
+    return _one_line(value, limit=None)

@@ -1,0 +1,523 @@
+"""Feature selection for Cox models, fitted on training patients only.
+
+Steps, in order, on the candidate columns (forced columns, e.g. clinical covariates, are never
+filtered and are unpenalized): near-zero variance, Spearman correlation pruning, univariate Cox
+screening, penalized Cox (Coxnet) with the penalty chosen by cross-validation, cap on the number
+of features. Each step returns what it kept and one log row (step, n_in, n_out, note).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm, rankdata
+
+from radpath.survival import check_outcome
+
+
+class SelectionError(ValueError):
+    """Invalid input to feature selection."""
+
+
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`select_features`.
+
+    ``selected``: forced columns first, then selected candidates by decreasing |coef|.
+    ``alpha``: the Coxnet penalty chosen (None when the penalized step did not run).
+    ``univariate``: per-candidate univariate Cox (feature, coef, se, p, converged).
+    ``cv``: per alpha the number of nonzero candidates and the CV deviance (mean, se).
+    """
+
+    selected: list[str]
+    log: pd.DataFrame
+    alpha: float | None
+    univariate: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cv: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _log_row(step: str, n_in: int, n_out: int, note: str = "") -> dict:
+    return {"step": step, "n_in": n_in, "n_out": n_out, "note": note}
+
+
+def standardize(values: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to SD 1 (ddof 0); constant columns become 0."""
+    sd = values.std(axis=0)
+    return (values - values.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+# --------------------------------------------------------------------------- near-zero variance
+
+
+def _nzv_stats(column: np.ndarray) -> tuple[float, float, int]:
+    """caret's (freqRatio, unique fraction, number of distinct values), ignoring missing values."""
+    present = column[~np.isnan(column)]
+    _, counts = np.unique(present, return_counts=True)
+    if counts.size <= 1:
+        return 0.0, counts.size / column.size, counts.size
+    top_two = np.sort(counts)[-2:]
+    return top_two[1] / top_two[0], counts.size / column.size, counts.size
+
+
+def near_zero_variance(
+    X: pd.DataFrame, freq_ratio: float, unique_fraction: float
+) -> tuple[list[str], dict]:
+    """Drop constant columns and those with freqRatio > freq_ratio AND unique fraction <= unique_fraction."""
+    kept, constant, near_constant = [], 0, 0
+    for name in X.columns:
+        ratio, unique, n_distinct = _nzv_stats(X[name].to_numpy(dtype=float))
+        if n_distinct <= 1:
+            constant += 1
+        elif ratio > freq_ratio and unique <= unique_fraction:
+            near_constant += 1
+        else:
+            kept.append(name)
+    note = f"{constant} constant, {near_constant} near-zero variance"
+    return kept, _log_row("near_zero_variance", X.shape[1], len(kept), note)
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+def spearman_abs(values: np.ndarray) -> np.ndarray:
+    """|Spearman rho| between columns (average ranks for ties); 0 for constant columns."""
+    ranks = standardize(rankdata(values, axis=0))
+    corr = np.abs(ranks.T @ ranks) / values.shape[0]
+    np.fill_diagonal(corr, 0.0)
+    return corr
+
+
+def correlation_prune(X: pd.DataFrame, threshold: float) -> tuple[list[str], dict]:
+    """Greedy pruning of pairs with |Spearman rho| > threshold, strongest pair first.
+
+    Of a pair, the column with the higher mean |rho| to the columns still kept is dropped (later
+    column on a tie), as caret::findCorrelation; unlike caret's fast variant the means are
+    updated after each drop. Deterministic.
+    """
+    names = list(X.columns)
+    if len(names) < 2:
+        return names, _log_row("correlation", len(names), len(names), "fewer than 2 columns")
+    corr = spearman_abs(X.to_numpy(dtype=float))
+    i_idx, j_idx = np.nonzero(np.triu(corr > threshold, k=1))
+    order = np.lexsort((j_idx, i_idx, -corr[i_idx, j_idx]))
+    kept = np.ones(len(names), dtype=bool)
+    row_sums = corr.sum(axis=1)
+    for i, j in zip(i_idx[order], j_idx[order], strict=True):
+        if not (kept[i] and kept[j]):
+            continue
+        drop = i if row_sums[i] > row_sums[j] else j
+        kept[drop] = False
+        row_sums -= corr[:, drop]
+    note = f"|Spearman rho| > {threshold}: {int((~kept).sum())} dropped"
+    selected = [n for n, k in zip(names, kept, strict=True) if k]
+    return selected, _log_row("correlation", len(names), len(selected), note)
+
+
+# --------------------------------------------------------------------------- univariate Cox
+
+
+@dataclass
+class _TimeGroups:
+    """Patients sorted by time and grouped by distinct time, for risk-set sums."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    event_sorted: np.ndarray
+    n_events: np.ndarray
+
+    @classmethod
+    def build(cls, time: np.ndarray, event: np.ndarray) -> _TimeGroups:
+        order = np.argsort(time, kind="stable")
+        t = time[order]
+        starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+        ev = event[order].astype(float)
+        return cls(order, starts, ev, np.add.reduceat(ev, starts))
+
+    def group_sum(self, values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, self.starts, axis=0)
+
+    def risk_set_sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum over patients with time >= each distinct time."""
+        return self.group_sum(values)[::-1].cumsum(axis=0)[::-1]
+
+
+def _efron_terms(x: np.ndarray, beta: np.ndarray, groups: _TimeGroups):
+    """Efron log partial likelihood, score and information for one coefficient per column."""
+    eta = x * beta
+    eta = eta - eta.max(axis=0)  # ratios below are invariant to a per-column shift
+    r = np.exp(eta)
+    ev = groups.event_sorted[:, None]
+    s0, s1, s2 = (groups.risk_set_sum(v) for v in (r, r * x, r * x * x))
+    d0, d1, d2 = (groups.group_sum(v * ev) for v in (r, r * x, r * x * x))
+    d = groups.n_events[:, None]
+    loglik = (eta * ev).sum(axis=0)
+    score = (x * ev).sum(axis=0)
+    info = np.zeros(x.shape[1])
+    for tie in range(int(d.max())):
+        active = d > tie
+        frac = np.divide(tie, d, out=np.zeros_like(d), where=active)
+        den = np.where(active, s0 - frac * d0, 1.0)
+        m1 = (s1 - frac * d1) / den
+        m2 = (s2 - frac * d2) / den
+        loglik -= np.where(active, np.log(den), 0.0).sum(axis=0)
+        score -= np.where(active, m1, 0.0).sum(axis=0)
+        info += np.where(active, m2 - m1 * m1, 0.0).sum(axis=0)
+    return loglik, score, info
+
+
+def univariate_cox(
+    X: pd.DataFrame, time, event, max_iter: int = 50, tol: float = 1e-9, max_abs_beta: float = 20.0
+) -> pd.DataFrame:
+    """One Cox model per column (Efron ties, as lifelines), all columns at once by Newton-Raphson.
+
+    Columns are standardized first, so ``coef`` is per 1 SD. Wald p = 2 * (1 - Phi(|coef/se|)).
+    Columns that do not converge (e.g. monotone likelihood, |coef| > max_abs_beta) or are
+    constant get converged=False and p=NaN.
+    """
+    time, event = check_outcome(time, event)
+    raw = X.to_numpy(dtype=float)
+    groups = _TimeGroups.build(time, event)
+    x = standardize(raw)[groups.order]
+    beta = np.zeros(x.shape[1])
+    loglik, score, info = _efron_terms(x, beta, groups)
+    converged = np.zeros(x.shape[1], dtype=bool)
+    for _ in range(max_iter):
+        step = np.clip(np.divide(score, info, out=np.zeros_like(score), where=info > 0), -1.0, 1.0)
+        step[converged] = 0.0
+        new_beta = beta + step
+        new = _efron_terms(x, new_beta, groups)
+        for _halving in range(30):  # step halving keeps the (concave) likelihood increasing
+            worse = new[0] < loglik - 1e-12
+            if not worse.any():
+                break
+            step = np.where(worse, step / 2, step)
+            new_beta = beta + step
+            new = _efron_terms(x, new_beta, groups)
+        beta, (loglik, score, info) = new_beta, new
+        converged |= np.abs(step) < tol
+        if converged.all():
+            break
+    ok = converged & (info > 0) & (np.abs(beta) <= max_abs_beta) & (raw.std(axis=0) > 0)
+    se = np.where(ok, 1.0 / np.sqrt(np.where(info > 0, info, 1.0)), np.nan)
+    p = np.where(ok, 2 * norm.sf(np.abs(beta / se)), np.nan)
+    return pd.DataFrame({"feature": X.columns, "coef": beta, "se": se, "p": p, "converged": ok})
+
+
+def univariate_screen(
+    X: pd.DataFrame, time, event, p_max: float, max_features: int
+) -> tuple[list[str], dict, pd.DataFrame]:
+    """Keep columns with univariate Wald p < p_max, at most max_features with the smallest p."""
+    table = univariate_cox(X, time, event)
+    failed = int((~table["converged"]).sum())
+    passing = table[table["converged"] & (table["p"] < p_max)]
+    passing = passing.sort_values(["p", "feature"], kind="stable").head(max_features)
+    kept = list(passing["feature"])
+    note = f"Wald p < {p_max}, at most {max_features}; {failed} did not converge (dropped)"
+    return kept, _log_row("univariate_cox", X.shape[1], len(kept), note), table
+
+
+# --------------------------------------------------------------------------- penalized Cox
+
+
+def breslow_loglik(eta: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Breslow log partial likelihood of each column of linear predictors eta (n, k)."""
+    groups = _TimeGroups.build(time, event)
+    eta = eta[groups.order]
+    shift = eta.max(axis=0)
+    s0 = groups.risk_set_sum(np.exp(eta - shift))
+    ev = groups.event_sorted
+    return (eta * ev[:, None]).sum(axis=0) - (groups.n_events[:, None] * (np.log(s0) + shift)).sum(
+        axis=0
+    )
+
+
+def _surv(time: np.ndarray, event: np.ndarray):
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(event.astype(bool), time)
+
+
+def _coxnet(l1_ratio: float, penalty_factor: np.ndarray, **kwargs):
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+    return CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, penalty_factor=penalty_factor, **kwargs)
+
+
+def _fit_quietly(model, x, y):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="all coefficients are zero")
+        return model.fit(x, y)
+
+
+def cv_folds(event: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded K-fold split stratified on the event; K lowered to the smaller event class size."""
+    from sklearn.model_selection import StratifiedKFold
+
+    class_sizes = np.bincount(event, minlength=2)
+    k = int(min(n_folds, class_sizes[class_sizes > 0].min()))
+    if k < 2:
+        return []
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(event.size), event))
+
+
+def _effective_alphas(per_candidate: np.ndarray, n_forced: int, n_candidates: int) -> np.ndarray:
+    """Coxnet alphas giving each candidate the penalty ``per_candidate``.
+
+    Coxnet rescales penalty factors to sum to the number of columns, so with n_forced columns of
+    factor 0 each candidate is penalized alpha * (n_forced + n_candidates) / n_candidates; folds
+    that screened in different numbers of candidates must correct for it.
+    """
+    return per_candidate * n_candidates / (n_forced + n_candidates)
+
+
+def _fold_linear_predictors(x, time, event, train, n_forced, candidate_cols, alphas, l1_ratio):
+    """Linear predictors (all patients, fold-training patients) per alpha of a fold's fit.
+
+    Columns 0..n_forced-1 of x are forced (unpenalized); ``candidate_cols`` are the candidate
+    columns this fold screened in. Alphas the fold's path did not reach are NaN columns.
+    """
+    lp = np.full((x.shape[0], alphas.size), np.nan)
+    cols = list(range(n_forced)) + list(candidate_cols)
+    if candidate_cols:
+        penalty_factor = np.r_[np.zeros(n_forced), np.ones(len(candidate_cols))]
+        fold_alphas = _effective_alphas(alphas, n_forced, len(candidate_cols))
+        model = _coxnet(l1_ratio, penalty_factor, alphas=fold_alphas)
+        model = _fit_quietly(model, x[train][:, cols], _surv(time[train], event[train]))
+        lp[:, : model.alphas_.size] = x[:, cols] @ model.coef_
+    elif n_forced:
+        beta = _unpenalized_cox(x[train][:, cols], time[train], event[train])
+        lp[:] = (x[:, cols] @ beta)[:, None]
+    else:
+        lp[:] = 0.0
+    return lp, lp[train]
+
+
+def _unpenalized_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Cox coefficients of the forced columns on one fold's training patients.
+
+    Columns constant in the fold (a covariate level absent from a small fold) get 0; if the
+    fit still does not converge (separation in a tiny fold), a light ridge penalty is used.
+    """
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    beta = np.zeros(x.shape[1])
+    varying = np.flatnonzero(np.ptp(x, axis=0) > 0)
+    if varying.size == 0:
+        return beta
+    data = pd.DataFrame(x[:, varying], columns=[f"c{i}" for i in varying])
+    data["__time__"], data["__event__"] = time, event
+    try:
+        fitted = CoxPHFitter().fit(data, "__time__", "__event__")
+    except ConvergenceError:
+        fitted = CoxPHFitter(penalizer=0.1).fit(data, "__time__", "__event__")
+    beta[varying] = fitted.params_.to_numpy()
+    return beta
+
+
+def cv_deviance(
+    x, time, event, alphas, folds, l1_ratio, n_forced, screen, candidate_names
+) -> pd.DataFrame:
+    """Cross-validated partial-likelihood deviance per alpha (Verweij & van Houwelingen 1993).
+
+    ``alphas`` are penalties per candidate (see :func:`_effective_alphas`).
+    Per fold k: -2 * (l_all(b_-k) - l_-k(b_-k)) / events in fold, with b_-k fitted without
+    fold k (glmnet's grouped Cox CV; Breslow ties as Coxnet). ``screen(X_fold, t, e)`` picks the
+    fold's candidates on the fold's training patients, so the univariate screen is
+    cross-validated too (screening once outside the folds makes CV favour weak penalties).
+    Mean and SE are event-weighted across folds; alphas a fold's path did not reach, or with an
+    infinite fold deviance, are not eligible.
+    """
+    raw = np.full((len(folds), alphas.size), np.nan)
+    fold_events = np.array([event[val].sum() for _, val in folds], dtype=float)
+    candidates = pd.DataFrame(x[:, n_forced:], columns=candidate_names)
+    position = {name: i for i, name in enumerate(candidate_names)}
+    for k, (train, _) in enumerate(folds):
+        kept = screen(candidates.iloc[train], time[train], event[train])
+        candidate_cols = [n_forced + position[c] for c in kept]
+        lp_all, lp_train = _fold_linear_predictors(
+            x, time, event, train, n_forced, candidate_cols, alphas, l1_ratio
+        )
+        # Weak penalties on tiny folds can overfit to an infinite held-out deviance.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            ll_all = breslow_loglik(lp_all, time, event)
+            ll_train = breslow_loglik(lp_train, time[train], event[train])
+            raw[k] = -2 * (ll_all - ll_train) / fold_events[k]
+    reached = np.isfinite(raw)
+    w = fold_events[:, None] * reached
+    filled = np.where(reached, raw, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (w * filled).sum(axis=0) / w.sum(axis=0)
+        var = (w * (filled - np.nan_to_num(mean)) ** 2).sum(axis=0) / w.sum(axis=0)
+        se = np.sqrt(var / (reached.sum(axis=0) - 1))
+    complete = reached.all(axis=0)
+    return pd.DataFrame({"alpha": alphas, "cv_deviance": mean, "cv_se": se, "complete": complete})
+
+
+def choose_alpha_index(cv: pd.DataFrame, rule: str) -> int:
+    """Index of the alpha with the smallest CV deviance ('min'), or the largest alpha within one
+    SE of it ('1se'); only alphas with a finite deviance in every fold are eligible."""
+    eligible = cv[cv["complete"]]
+    if eligible.empty:
+        raise SelectionError("no penalty had a finite CV deviance in every fold")
+    best = eligible["cv_deviance"].idxmin()
+    if rule == "min":
+        return int(best)
+    if rule == "1se":
+        bound = eligible.at[best, "cv_deviance"] + eligible.at[best, "cv_se"]
+        within = eligible[eligible["cv_deviance"] <= bound]
+        return int(within["alpha"].idxmax())
+    raise SelectionError(f"selection.alpha_rule must be 'min' or '1se', got {rule!r}")
+
+
+def _no_screen(X: pd.DataFrame, time, event) -> list[str]:
+    return list(X.columns)
+
+
+def _screened_names(X: pd.DataFrame, time, event, p_max: float, max_features: int) -> list[str]:
+    return univariate_screen(X, time, event, p_max, max_features)[0]
+
+
+def penalized_cox(
+    X: pd.DataFrame,
+    time,
+    event,
+    forced: list[str],
+    cfg: dict,
+    seed: int,
+    screen: Callable[[pd.DataFrame, np.ndarray, np.ndarray], list[str]] = _no_screen,
+    X_unscreened: pd.DataFrame | None = None,
+) -> tuple[list[str], dict, float | None, pd.DataFrame]:
+    """Coxnet on forced + candidate columns of X (standardized; forced unpenalized).
+
+    The alpha path comes from the fit on all given patients; alpha is chosen by seeded K-fold
+    CV deviance (see :func:`cv_deviance`) and the coefficients are read from the full path at
+    exactly that alpha. When X's candidates were screened from ``X_unscreened`` by ``screen``,
+    each fold repeats the screen on its own training patients. Returns candidates with
+    nonzero coefficients, by decreasing |coef|.
+    """
+    time, event = check_outcome(time, event)
+    candidates = [c for c in X.columns if c not in forced]
+    pool = X if X_unscreened is None else X_unscreened
+    pool_candidates = [c for c in pool.columns if c not in forced]
+    folds = cv_folds(event, int(cfg["cv_folds"]), seed)
+    if not folds:
+        note = "too few events or censorings for cross-validation; no candidate kept"
+        return [], _log_row("penalized_cox", len(candidates), 0, note), None, pd.DataFrame()
+    l1_ratio = float(cfg["l1_ratio"])
+    x = standardize(X[forced + candidates].to_numpy(dtype=float))
+    penalty_factor = np.r_[np.zeros(len(forced)), np.ones(len(candidates))]
+    full = _coxnet(l1_ratio, penalty_factor, n_alphas=int(cfg["n_alphas"]))
+    full = _fit_quietly(full, x, _surv(time, event))
+    per_candidate = full.alphas_ * (len(forced) + len(candidates)) / len(candidates)
+    x_pool = standardize(pool[forced + pool_candidates].to_numpy(dtype=float))
+    cv = cv_deviance(
+        x_pool, time, event, per_candidate, folds, l1_ratio, len(forced), screen, pool_candidates
+    )
+    cv["alpha"] = full.alphas_
+    cv["n_nonzero"] = (full.coef_[len(forced) :] != 0).sum(axis=0)
+    idx = choose_alpha_index(cv, cfg["alpha_rule"])
+    coef = pd.Series(full.coef_[len(forced) :, idx], index=candidates)
+    nonzero = coef[coef != 0]
+    kept = list(nonzero.abs().sort_values(ascending=False, kind="stable").index)
+    alpha = float(full.alphas_[idx])
+    note = f"alpha={alpha:.4g} ({cfg['alpha_rule']}, {len(folds)}-fold CV deviance)"
+    if not kept:
+        note += "; no candidate has a nonzero coefficient"
+    return kept, _log_row("penalized_cox", len(candidates), len(kept), note), alpha, cv
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _check_inputs(X: pd.DataFrame, time, event, forced: list[str]) -> None:
+    missing = [c for c in forced if c not in X.columns]
+    if missing:
+        raise SelectionError(f"forced columns not in the feature matrix: {missing}")
+    if X.columns.duplicated().any():
+        raise SelectionError(f"duplicated columns: {list(X.columns[X.columns.duplicated()])}")
+    non_numeric = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    if non_numeric:
+        raise SelectionError(f"non-numeric columns: {non_numeric[:5]}")
+    has_nan = X.columns[X.isna().any()].tolist()
+    if has_nan:
+        raise SelectionError(f"missing values in columns {has_nan[:5]} (impute before selection)")
+    t, _ = check_outcome(time, event)
+    if t.size != len(X):
+        raise SelectionError(f"{len(X)} rows in the feature matrix but {t.size} outcomes")
+
+
+def _usable_forced(X: pd.DataFrame, forced: list[str]) -> tuple[list[str], dict]:
+    """Forced columns minus those constant in training (their Cox coefficient is undefined)."""
+    constant = [c for c in forced if X[c].nunique() <= 1]
+    kept = [c for c in forced if c not in constant]
+    note = f"constant in training, dropped: {constant}" if constant else ""
+    return kept, _log_row("forced", len(forced), len(kept), note)
+
+
+def _unsupervised_filters(X: pd.DataFrame, cfg: dict) -> tuple[list[str], list[dict]]:
+    nzv = cfg["near_zero_variance"]
+    kept, nzv_row = near_zero_variance(X, float(nzv["freq_ratio"]), float(nzv["unique_fraction"]))
+    kept, corr_row = correlation_prune(X[kept], float(cfg["correlation_threshold"]))
+    return kept, [nzv_row, corr_row]
+
+
+def _cap_row(candidates: list[str], max_features: int) -> dict:
+    note = f"largest |coef| kept, at most {max_features}"
+    if not candidates:
+        note += "; empty selection: model uses forced columns only"
+    return _log_row("max_features", len(candidates), min(len(candidates), max_features), note)
+
+
+def select_features(
+    X_train: pd.DataFrame, time, event, selection_cfg: dict, forced: list[str], seed: int
+) -> SelectionResult:
+    """Run the selection steps on the training patients; forced columns are always kept.
+
+    Forced columns that are constant in the training data are dropped (they cannot be
+    estimated) and logged. If no candidate survives, ``selected`` holds only the forced columns.
+    """
+    _check_inputs(X_train, time, event, forced)
+    time, event = check_outcome(time, event)
+    cfg = selection_cfg
+    kept_forced, forced_row = _usable_forced(X_train, forced)
+    filtered, logs = _unsupervised_filters(X_train.drop(columns=forced), cfg)
+    logs.insert(0, forced_row)
+
+    screen = partial(
+        _screened_names,
+        p_max=float(cfg["univariate_p"]),
+        max_features=int(cfg["univariate_max_features"]),
+    )
+    selected, alpha, univariate, cv = [], None, pd.DataFrame(), pd.DataFrame()
+    if filtered:
+        screened, row, univariate = univariate_screen(
+            X_train[filtered], time, event, **screen.keywords
+        )
+        logs.append(row)
+    else:
+        screened = []
+        logs.append(_log_row("univariate_cox", 0, 0, "no candidates left"))
+    if screened:
+        selected, row, alpha, cv = penalized_cox(
+            X_train[kept_forced + screened], time, event, kept_forced, cfg, seed,
+            screen=screen, X_unscreened=X_train[kept_forced + filtered],
+        )  # fmt: skip
+        logs.append(row)
+    else:
+        logs.append(_log_row("penalized_cox", 0, 0, "no candidates left"))
+    max_features = int(cfg["max_features"])
+    logs.append(_cap_row(selected, max_features))
+    return SelectionResult(
+        selected=kept_forced + selected[:max_features],
+        log=pd.DataFrame(logs, columns=["step", "n_in", "n_out", "note"]),
+        alpha=alpha,
+        univariate=univariate,
+        cv=cv,
+    )

@@ -1,0 +1,24 @@
+"""Shared fixtures: the repository root and small synthetic cohorts made by the demo generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A 20-patient synthetic cohort (CT, masks, H&E slides, clinical), made once per session."""
+    from radpath.demo import SlideSettings, generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, n_patients=20, n_scanners=2, seed=7, slides=SlideSettings())
+    return out

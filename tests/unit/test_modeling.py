@@ -1,0 +1,265 @@
+"""Tests for radpath.modeling: Cox reference values, train-only fitting, leakage, optimism, encoding."""
+
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.datasets import load_rossi
+
+from radpath import modeling as mdl
+from radpath.defaults import default_config
+from radpath.survival import harrell_c
+
+# The sparser 1se rule keeps these planted-signal tests strict.
+SELECTION_CFG = {**default_config()["selection"], "alpha_rule": "1se"}
+COX_CFG = {"penalizer": 0.01}
+ROSSI_COVARIATES = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+# lifelines documentation, CoxPHFitter on the Rossi recidivism data.
+ROSSI_PUBLISHED = {"fin": -0.379, "age": -0.057, "race": 0.314, "wexp": -0.150, "mar": -0.434,
+                   "paro": -0.085, "prio": 0.091}  # fmt: skip
+
+
+def synthetic_cohort(seed, n, p, informative=(), beta=1.0):
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, p)), columns=[f"x{i:03d}" for i in range(p)])
+    X.index = [f"P{i:04d}" for i in range(n)]
+    lp = beta * X[list(informative)].sum(axis=1).to_numpy() if informative else np.zeros(n)
+    event_time = rng.exponential(np.exp(-lp))
+    censor_time = rng.exponential(2.0, n)
+    return X, np.minimum(event_time, censor_time), (event_time <= censor_time).astype(int)
+
+
+# --------------------------------------------------------------------------- Cox reference
+
+
+@pytest.fixture(scope="module")
+def rossi_fit():
+    rossi = load_rossi()
+    model = mdl.fit_model(
+        rossi[ROSSI_COVARIATES], rossi["week"], rossi["arrest"], ROSSI_COVARIATES, [],
+        SELECTION_CFG, {"penalizer": 0.0}, seed=0,
+    )  # fmt: skip
+    return rossi, model
+
+
+def test_rossi_coefficients_equal_lifelines_and_published_values(rossi_fit):
+    rossi, model = rossi_fit
+    reference = CoxPHFitter().fit(rossi, "week", "arrest")
+    table = model.coefficients.set_index("feature")
+    assert list(table.index) == ROSSI_COVARIATES
+    for name in ROSSI_COVARIATES:
+        original_scale = table.at[name, "coef"] / table.at[name, "train_sd"]
+        assert table.at[name, "coef_per_unit"] == pytest.approx(original_scale)
+        assert original_scale == pytest.approx(reference.params_[name], abs=1e-4)
+        assert original_scale == pytest.approx(ROSSI_PUBLISHED[name], abs=1e-3)
+        # Wald p does not depend on the scale of the covariate.
+        assert table.at[name, "p"] == pytest.approx(reference.summary.at[name, "p"], rel=1e-3)
+    assert table.at["fin", "hr"] == pytest.approx(np.exp(table.at["fin", "coef"]))
+    assert table.at["fin", "hr_lower"] < table.at["fin", "hr"] < table.at["fin", "hr_upper"]
+
+
+def test_rossi_concordance_equals_lifelines(rossi_fit):
+    rossi, model = rossi_fit
+    c = harrell_c(rossi["week"], rossi["arrest"], model.predict(rossi))
+    assert c == pytest.approx(CoxPHFitter().fit(rossi, "week", "arrest").concordance_index_)
+    assert c == pytest.approx(0.640, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- fitted model
+
+
+@pytest.fixture(scope="module")
+def signal_split():
+    X, time, event = synthetic_cohort(1, 300, 60, informative=("x001", "x002"))
+    X = X.assign(age=np.random.default_rng(1).normal(60, 8, 300))
+    train, valid = slice(0, 200), slice(200, 300)
+    model = mdl.fit_model(
+        X.iloc[train], time[train], event[train], ["age"],
+        [c for c in X.columns if c != "age"], SELECTION_CFG, COX_CFG, seed=3,
+    )  # fmt: skip
+    return X, time, event, train, valid, model
+
+
+def test_fit_model_finds_signal_and_validates(signal_split):
+    X, time, event, train, valid, model = signal_split
+    assert model.features[0] == "age"
+    assert {"x001", "x002"} <= set(model.features)
+    c_valid = harrell_c(time[valid], event[valid], model.predict(X.iloc[valid]))
+    assert c_valid > 0.7
+    assert model.selection_log["step"].iloc[-1] == "max_features"
+
+
+def test_predict_uses_training_statistics_only(signal_split):
+    X, time, event, train, valid, model = signal_split
+    train_x = X.iloc[train]
+    for name in model.features:
+        assert model.medians[name] == pytest.approx(train_x[name].median())
+        assert model.means[name] == pytest.approx(train_x[name].mean())
+        assert model.sds[name] == pytest.approx(train_x[name].std(ddof=0))
+    # A missing value is replaced by the training median before standardizing.
+    row = X.iloc[[250]].copy()
+    name = model.features[1]
+    row[name] = np.nan
+    imputed = row.copy()
+    imputed[name] = train_x[name].median()
+    assert model.predict(row) == pytest.approx(model.predict(imputed))
+    # Validation patients are scaled with the training mean and SD, not their own.
+    table = model.coefficients.set_index("feature")
+    valid_x = X.iloc[valid][model.features]
+    expected = ((valid_x - train_x[model.features].mean()) / table["train_sd"]) @ table["coef"]
+    np.testing.assert_allclose(model.predict(X.iloc[valid]), expected, rtol=1e-10)
+    # The linear predictor is centred on the training patients.
+    assert model.predict(train_x).mean() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_predict_names_missing_and_non_numeric_columns(signal_split):
+    X, _, _, _, valid, model = signal_split
+    name = model.features[1]
+    with pytest.raises(mdl.ModelInputError, match=f"missing from the data: \\['{name}'\\]"):
+        model.predict(X.iloc[valid].drop(columns=name))
+    bad = X.iloc[valid].astype({name: object})
+    bad.loc["P0205", name] = "n/a"
+    with pytest.raises(mdl.ModelInputError, match=f"patient P0205: .* column '{name}'"):
+        model.predict(bad)
+
+
+def test_model_round_trips_through_json(signal_split):
+    X, *_, model = signal_split
+    restored = mdl.FittedModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_allclose(restored.predict(X), model.predict(X), rtol=1e-12)
+    assert restored.features == model.features and restored.alpha == model.alpha
+    pd.testing.assert_frame_equal(restored.coefficients, model.coefficients)
+    pd.testing.assert_frame_equal(restored.selection_log, model.selection_log)
+
+
+def test_model_without_features_predicts_zero():
+    X, time, event = synthetic_cohort(2, 60, 3)
+    X[:] = 1.0  # every candidate constant: nothing can be selected
+    model = mdl.fit_model(X, time, event, [], list(X.columns), SELECTION_CFG, COX_CFG, seed=0)
+    assert model.features == [] and model.coefficients.empty
+    assert model.predict(X).tolist() == [0.0] * 60
+    assert harrell_c(time, event, model.predict(X)) == 0.5
+    restored = mdl.FittedModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert restored.predict(X).tolist() == [0.0] * 60
+
+
+def test_column_listed_as_forced_and_candidate_is_an_error():
+    X, time, event = synthetic_cohort(2, 40, 3)
+    with pytest.raises(mdl.ModelInputError, match="listed twice.*x001"):
+        mdl.fit_model(X, time, event, ["x001"], ["x001", "x002"], SELECTION_CFG, COX_CFG, 0)
+
+
+# --------------------------------------------------------------------------- honesty
+
+
+@pytest.fixture(scope="module")
+def permuted_outcome_fits():
+    """Models fitted on training patients whose outcomes were permuted relative to features.
+
+    Five forced (unpenalized) columns make sure each model has features to overfit with.
+    """
+    fits = []
+    for seed in (11, 12, 13):
+        X, time, event = synthetic_cohort(seed, 400, 100, informative=("x000", "x001", "x002"))
+        perm = np.random.default_rng(seed).permutation(400)
+        time, event = time[perm], event[perm]
+        train, valid = slice(0, 250), slice(250, 400)
+        forced = ["x000", "x001", "x002", "x003", "x004"]
+        candidates = list(X.columns[5:])
+        model = mdl.fit_model(
+            X.iloc[train], time[train], event[train], forced, candidates, SELECTION_CFG,
+            COX_CFG, seed,
+        )  # fmt: skip
+        apparent = harrell_c(time[train], event[train], model.predict(X.iloc[train]))
+        validation = harrell_c(time[valid], event[valid], model.predict(X.iloc[valid]))
+        fits.append((model, apparent, validation))
+    return fits
+
+
+def test_permuted_outcomes_do_not_validate(permuted_outcome_fits):
+    """Leakage check: with outcomes unrelated to the features, validation C must be ~0.5."""
+    validation = [c for _, _, c in permuted_outcome_fits]
+    assert all(len(model.features) >= 5 for model, _, _ in permuted_outcome_fits)
+    assert all(abs(c - 0.5) < 0.1 for c in validation)
+    assert abs(np.mean(validation) - 0.5) < 0.05
+    # The models did fit noise on their own training patients.
+    assert all(apparent > c for _, apparent, c in permuted_outcome_fits)
+
+
+def test_optimism_correction_lowers_c_on_noise():
+    X, time, event = synthetic_cohort(21, 80, 30)
+    fit = functools.partial(
+        mdl.fit_model, forced=["x000", "x001", "x002"], candidates=list(X.columns[3:]),
+        selection_cfg=SELECTION_CFG, cox_cfg=COX_CFG, seed=0,
+    )  # fmt: skip
+    result = mdl.optimism_corrected_c(X, time, event, fit, B=10, seed=1)
+    assert result["B_used"] == 10
+    assert result["apparent_c"] > 0.5
+    assert result["optimism"] > 0
+    assert result["corrected_c"] == pytest.approx(result["apparent_c"] - result["optimism"])
+    assert result["corrected_c"] < result["apparent_c"]
+    assert abs(result["corrected_c"] - 0.5) < abs(result["apparent_c"] - 0.5)
+    again = mdl.optimism_corrected_c(X, time, event, fit, B=10, seed=1)
+    assert again == result
+
+
+# --------------------------------------------------------------------------- clinical encoding
+
+COVARIATES = [
+    {"name": "age", "type": "numeric"},
+    {"name": "stage", "type": "categorical", "reference": "I"},
+]
+
+
+def clinical_table():
+    return pd.DataFrame(
+        {"age": [61, 70.5, None, 55], "stage": ["II", "I", "III", None]},
+        index=pd.Index(["P1", "P2", "P3", "P4"], name="patient_id"),
+    )
+
+
+def test_encode_clinical_one_hot_against_reference():
+    encoded = mdl.encode_clinical(clinical_table(), COVARIATES)
+    assert list(encoded.columns) == ["age", "stage[II]", "stage[III]"]
+    assert encoded.loc["P1"].tolist() == [61.0, 1.0, 0.0]
+    assert encoded.loc["P2"].tolist() == [70.5, 0.0, 0.0]
+    assert encoded.loc["P3", "stage[III]"] == 1.0 and np.isnan(encoded.at["P3", "age"])
+    assert encoded.loc["P4", ["stage[II]", "stage[III]"]].isna().all()
+    levels = mdl.categorical_levels(clinical_table(), COVARIATES)
+    assert levels == {"stage": ["I", "II", "III"]}
+    assert mdl.encoded_columns(COVARIATES, levels) == list(encoded.columns)
+
+
+def test_encode_clinical_uses_training_levels_for_other_patients():
+    levels = mdl.categorical_levels(clinical_table(), COVARIATES)
+    validation = pd.DataFrame({"age": [50.0], "stage": ["III"]}, index=["V1"])
+    encoded = mdl.encode_clinical(validation, COVARIATES, levels)
+    assert list(encoded.columns) == ["age", "stage[II]", "stage[III]"]
+    assert encoded.loc["V1"].tolist() == [50.0, 0.0, 1.0]
+    unseen = pd.DataFrame({"age": [50.0], "stage": ["IV"]}, index=["V2"])
+    with pytest.raises(mdl.ModelInputError, match="patient V2: level 'IV' of 'stage'"):
+        mdl.encode_clinical(unseen, COVARIATES, levels)
+
+
+def test_encode_clinical_reads_integer_like_levels():
+    cfg = [{"name": "grade", "type": "categorical", "reference": 1}]
+    table = pd.DataFrame({"grade": [1.0, 2.0, np.nan, 3.0]}, index=["A", "B", "C", "D"])
+    encoded = mdl.encode_clinical(table, cfg)
+    assert list(encoded.columns) == ["grade[2]", "grade[3]"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("age", "sixty", "patient P2: non-numeric value 'sixty' in column 'age'"),
+        ("stage", "II", "reference level 'I' of 'stage' does not occur in the training"),
+    ],
+)
+def test_encode_clinical_errors_name_patient_and_column(column, value, message):
+    table = clinical_table().astype({"age": object})
+    table.loc["P2", column] = value
+    with pytest.raises(mdl.ModelInputError, match=message):
+        mdl.encode_clinical(table, COVARIATES)

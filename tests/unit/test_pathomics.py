@@ -1,0 +1,65 @@
+"""Slide features -> patient pathomics matrices; PCA is fitted on training patients only."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from radpath.embed import write_features_h5
+from radpath.io import write_tsv
+from radpath.jobs import write_exclusion
+from radpath.pathomics import embedding_matrix, morphology_matrix, usable_slides
+
+
+def write_slide(path, tiles: np.ndarray):
+    coords = np.zeros((len(tiles), 2), dtype=np.int64)
+    write_features_h5(path, tiles, coords, np.zeros((0, 2)), {"patch_size": 224}, {})
+
+
+@pytest.fixture()
+def slides(tmp_path):
+    rng = np.random.default_rng(0)
+    files, patients = {}, {}
+    for i in range(8):
+        for k in range(1 + (i % 2)):
+            slide_id = f"P{i}-S{k}"
+            files[slide_id] = tmp_path / f"{slide_id}.h5"
+            patients[slide_id] = f"P{i}"
+            write_slide(files[slide_id], rng.normal(i, 1.0, size=(5 + k, 12)))
+    split = pd.Series(["train"] * 6 + ["validation"] * 2, index=[f"P{i}" for i in range(8)])
+    return files, patients, split
+
+
+def test_embedding_pca_is_fitted_on_training_patients_only(slides, tmp_path):
+    files, patients, split = slides
+    table, info = embedding_matrix(files, patients, ["mean"], split, n_components=3)
+    assert table.shape == (8, 3) and info["fitted_on"] == 6
+    # Changing a validation patient's tiles must not move any training patient's scores.
+    write_slide(files["P7-S0"], np.full((4, 12), 50.0))
+    moved, _ = embedding_matrix(files, patients, ["mean"], split, n_components=3)
+    train = split.index[split == "train"]
+    np.testing.assert_allclose(moved.loc[train], table.loc[train], atol=1e-5)
+    assert not np.allclose(moved.loc["P7"], table.loc["P7"])
+
+
+def test_components_capped_by_training_size(slides):
+    files, patients, split = slides
+    table, info = embedding_matrix(files, patients, ["mean", "max"], split, n_components=50)
+    assert info["n_components"] == 5  # 6 training patients -> at most 5 components
+
+
+def test_excluded_slides_are_reported_not_pooled(slides):
+    files, patients, _ = slides
+    write_exclusion("P3-S0", "slide_id", "no tissue found", [files["P3-S0"]])
+    usable, excluded = usable_slides({k: str(v) for k, v in files.items()})
+    assert "P3-S0" not in usable and len(usable) == len(files) - 1
+    assert excluded.to_dict("records") == [{"slide_id": "P3-S0", "reason": "no tissue found"}]
+
+
+def test_morphology_is_averaged_over_a_patients_slides(tmp_path):
+    paths = {}
+    for slide_id, density in [("A-1", 100.0), ("A-2", 300.0), ("B-1", 50.0)]:
+        paths[slide_id] = tmp_path / f"{slide_id}.tsv"
+        write_tsv(pd.DataFrame([{"slide_id": slide_id, "density": density}]), paths[slide_id],
+                  index=False)
+    table = morphology_matrix(paths, {"A-1": "A", "A-2": "A", "B-1": "B"})
+    assert table.loc["A", "density"] == 200.0 and table.loc["B", "density"] == 50.0

@@ -1,0 +1,121 @@
+"""Sample sheet validation: every problem is one line naming sheet, line, patient and column."""
+
+from pathlib import Path
+
+import pytest
+
+from radpath import sheets
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "config" / "schemas"
+COVARIATES = [{"name": "age", "type": "numeric"},
+              {"name": "stage", "type": "categorical", "reference": "I"}]
+
+
+def write(path: Path, rows: list[list[str]]) -> Path:
+    path.write_text("\n".join("\t".join(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def patients_sheet(tmp_path):
+    (tmp_path / "ct").mkdir()
+    for pid in ("P1", "P2"):
+        (tmp_path / "ct" / f"{pid}.nii.gz").write_bytes(b"x")
+        (tmp_path / "ct" / f"{pid}_mask.nii.gz").write_bytes(b"x")
+    return write(tmp_path / "patients.tsv", [
+        ["patient_id", "ct", "mask", "scanner"],
+        ["P1", "ct/P1.nii.gz", "ct/P1_mask.nii.gz", "A"],
+        ["P2", "ct/P2.nii.gz", "ct/P2_mask.nii.gz", "B"],
+    ])
+
+
+CLINICAL_HEADER = ["patient_id", "age", "stage", "os_time", "os_event", "pfs_time", "pfs_event"]
+
+
+def load_clinical(path, ids=("P1", "P2")):
+    return sheets.load_clinical(path, SCHEMAS / "clinical.schema.yaml", list(ids), COVARIATES)
+
+
+def test_patients_sheet_paths_resolved_and_label_defaulted(patients_sheet):
+    df = sheets.load_patients(patients_sheet, SCHEMAS / "patients.schema.yaml")
+    assert list(df.index) == ["P1", "P2"]
+    assert df.at["P1", "ct"] == str(patients_sheet.parent / "ct" / "P1.nii.gz")
+    assert df["mask_label"].tolist() == [1, 1]
+    assert df.at["P2", "scanner"] == "B"
+
+
+def test_patients_sheet_reports_all_problems_with_line_and_id(patients_sheet):
+    text = patients_sheet.read_text(encoding="utf-8").replace("P2\tct/P2.nii.gz", "P1\tct/missing.nii.gz")
+    text += "bad id!\tct/P1.nii.gz\tct/P1_mask.nii.gz\tA\n"
+    patients_sheet.write_text(text)
+    with pytest.raises(sheets.SheetError) as info:
+        sheets.load_patients(patients_sheet, SCHEMAS / "patients.schema.yaml")
+    message = str(info.value)
+    assert "patients.tsv line 4 (bad id!): column 'patient_id'" in message
+    with pytest.raises(sheets.SheetError) as info:
+        text = patients_sheet.read_text(encoding="utf-8").splitlines()[:-1]
+        patients_sheet.write_text("\n".join(text) + "\n")
+        sheets.load_patients(patients_sheet, SCHEMAS / "patients.schema.yaml")
+    message = str(info.value)
+    assert "patient_id 'P1' appears on lines 2, 3" in message
+    assert "patients.tsv line 3 (P1): ct file" in message and "missing.nii.gz does not exist" in message
+
+
+def test_clinical_text_event_is_rejected_with_hint(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        CLINICAL_HEADER,
+        ["P1", "60", "I", "12.5", "Alive", "10", "1"],
+        ["P2", "70", "II", "20", "1", "5", "0"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)
+    assert str(info.value) == (
+        "clinical.tsv line 2 (P1): column 'os_event' must be 0 or 1, got 'Alive' "
+        "(text is not accepted: code death/progression as 1, censored as 0)"
+    )
+
+
+def test_clinical_checks_times_coverage_and_covariates(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        CLINICAL_HEADER,
+        ["P1", "sixty", "I", "0", "1", "10", "1"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)
+    lines = str(info.value).splitlines()
+    assert "clinical.tsv line 2 (P1): column 'os_time' must be > 0, got 0.0" in lines
+    path = write(tmp_path / "clinical.tsv", [
+        CLINICAL_HEADER, ["P1", "sixty", "I", "3", "1", "10", "1"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)
+    lines = str(info.value).splitlines()
+    assert "clinical.tsv: no clinical row for patient(s) P2" in lines
+    assert "clinical.tsv line 2 (P1): covariate 'age' must be numeric, got 'sixty'" in lines
+
+
+def test_clinical_valid_sheet_is_typed(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        CLINICAL_HEADER + ["split"],
+        ["P1", "60", "I", "12.5", "0", "10", "1", "train"],
+        ["P2", "70", "II", "20", "1", "5", "0", "validation"],
+    ])
+    df = load_clinical(path)
+    assert df.at["P1", "os_time"] == 12.5
+    assert df.at["P2", "os_event"] == 1
+    assert df.at["P2", "split"] == "validation"
+
+
+def test_slides_sheet_unknown_patient_and_duplicate(tmp_path):
+    (tmp_path / "s.svs").write_bytes(b"x")
+    path = write(tmp_path / "slides.tsv", [
+        ["slide_id", "patient_id", "path"],
+        ["S1", "P1", "s.svs"],
+        ["S1", "P9", "s.svs"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        sheets.load_slides(path, SCHEMAS / "slides.schema.yaml", ["P1"])
+    lines = str(info.value).splitlines()
+    assert "slides.tsv: slide_id 'S1' appears on lines 2, 3" in lines
+    assert "slides.tsv line 3 (S1): patient_id 'P9' is not in the patients sheet" in lines

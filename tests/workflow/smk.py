@@ -1,0 +1,97 @@
+"""Run Snakemake in-process through snakemake.api (dry-runs and small real runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import (
+    ConfigSettings,
+    DAGSettings,
+    OutputSettings,
+    ResourceSettings,
+)
+
+from radpath.defaults import default_config
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEFILE = REPO / "Snakefile"
+
+
+def write_config(path: Path, cohort_dir: Path, **overrides) -> Path:
+    """A complete config for a cohort folder written by the demo generator."""
+    config = default_config()
+    config["patients"] = str(cohort_dir / "patients.tsv")
+    config["clinical"] = str(cohort_dir / "clinical.tsv")
+    slides = cohort_dir / "slides.tsv"
+    if slides.exists():
+        config["slides"] = str(slides)
+    else:
+        config["slides"] = ""
+        config["models"] = {
+            name: spec for name, spec in config["models"].items()
+            if not any(block.startswith("pathomics") for block in spec["blocks"])
+        }
+    config["radiomics"]["params"] = str(REPO / "config" / "pyradiomics_ct.yaml")
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def execute(workdir: Path, configfile: Path, dag_settings: DAGSettings, **execute) -> None:
+    """Build the DAG in-process and execute it (`pseudo_executor` dryrun or touch)."""
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            snakefile=SNAKEFILE,
+            workdir=workdir,
+        )
+        workflow.dag(dag_settings=dag_settings).execute_workflow(**execute)
+
+
+def dry_run(workdir: Path, configfile: Path, targets=(), forcerun=()) -> list[str]:
+    """Files the workflow would (re)build, as a sorted list of paths relative to workdir."""
+    updated: list[str] = []
+    settings = DAGSettings(targets=set(targets), forcerun=set(forcerun))
+    execute(workdir, configfile, settings, pseudo_executor="dryrun", updated_files=updated)
+    return sorted(str(f) for f in updated)
+
+
+def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True):
+    """A real run in a subprocess (the same command line a user types)."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir), "--configfile", str(configfile),
+        "--cores", str(cores), "--profile", str(REPO / "profiles" / "default"), *extra,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+def touch_all(workdir: Path, configfile: Path) -> None:
+    """Make every output exist and be up to date without computing it.
+
+    Snakemake's touch mode only touches existing files, so the planned outputs are first
+    created empty (folders for suffix-less directory outputs), then touched in DAG order,
+    which also records Snakemake's metadata as a real run would.
+    """
+    for name in dry_run(workdir, configfile):
+        path = workdir / name
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    execute(workdir, configfile, DAGSettings(), pseudo_executor="touch")
