@@ -22,3 +22,17 @@ def small_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, n_patients=20, n_scanners=2, seed=7, slides=SlideSettings())
     return out
+
+
+@pytest.fixture(scope="session")
+def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
+    """The whole workflow run locally on `small_cohort`: (workdir, config file).
+
+    Session-scoped so the SLURM tests can compare their results with it.
+    """
+    from smk import FAST_STATS, run, write_config
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = write_config(workdir / "config.yaml", small_cohort, **FAST_STATS)
+    run(workdir, config)
+    return workdir, config

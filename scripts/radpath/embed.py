@@ -337,6 +337,10 @@ def embed_slide(
         emb_cfg.get("num_workers", 2),
         pin_memory=device.type == "cuda",
     )
+    log.info(
+        "slide %s: embedding %d tiles with %s on %s (%s)",
+        slide_id, len(coords), encoder.name, device, _dtype_name(dtype),
+    )
     try:
         features, embedded = embed_tiles(loader, len(coords), encoder, device, dtype)
     finally:

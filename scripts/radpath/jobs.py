@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,14 @@ def setup_logging(log_path: str | None) -> None:
         force=True,
     )
     sys.excepthook = _log_uncaught
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """scancel, a SLURM time limit and Snakemake's own cancel send SIGTERM: unwind like an
+    exception so half-written temporary outputs are removed (Python's default just dies)."""
+    log.error("terminated by SIGTERM (job cancelled or out of time)")
+    raise SystemExit(128 + signum)
 
 
 def _log_uncaught(kind, error, traceback) -> None:

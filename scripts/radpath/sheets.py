@@ -7,6 +7,7 @@ all problems of a sheet are reported together so a user fixes them in one pass.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -65,28 +66,38 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
 
     Columns the schema does not describe (acquisition parameters, covariates) are kept as
     they are. Problems are collected for all rows and raised together.
+
+    Large cohorts: every cell is first checked column by column against the keywords in
+    FAST_KEYWORDS (no per-row jsonschema call); only rows that fail there, or all rows when
+    a column's schema uses other keywords, go through jsonschema, which words the messages.
     """
     properties = schema.get("properties", {})
     required = schema.get("required", [])
     problems = [f"{name}: missing column '{col}'" for col in required if col not in df.columns]
     if problems:
         raise SheetError("\n".join(problems))
+    columns = list(df.columns) + [
+        c for c in properties if c not in df.columns and "default" in properties[c]
+    ]
+    values = {}  # column -> typed cells; OMITTED marks an empty cell without a default
+    for col in columns:
+        spec = properties.get(col)
+        cells = df[col].tolist() if col in df.columns else [""] * len(df)
+        if spec is None:
+            values[col] = cells
+            continue
+        typed = [_coerce(value, spec) for value in cells]
+        fill = spec.get("default", OMITTED)
+        values[col] = [fill if value is None else value for value in typed]
+
+    suspect = np.zeros(len(df), dtype=bool)
+    for col, spec in properties.items():
+        if col in values:
+            suspect |= ~_fast_valid(values[col], spec, col in required)
     validator = jsonschema.Draft202012Validator(schema)
-    typed_rows = []
-    for i, row in df.iterrows():
-        record = {}
-        for col, value in row.items():
-            typed = _coerce(value, properties[col]) if col in properties else value
-            if typed is None and col in properties:
-                if "default" in properties[col]:
-                    typed = properties[col]["default"]
-                else:
-                    continue
-            record[col] = typed
-        for col, spec in properties.items():
-            if col not in record and "default" in spec:
-                record[col] = spec["default"]
-        where = _where(name, i, row.get(id_column, ""))
+    for i in np.flatnonzero(suspect):
+        record = {col: values[col][i] for col in columns if values[col][i] is not OMITTED}
+        where = _where(name, i, df[id_column].iat[i] if id_column in df.columns else "")
         reported = set()
         for error in sorted(validator.iter_errors(record), key=lambda e: list(e.path)):
             column = error.path[0] if error.path else None
@@ -94,13 +105,64 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
                 continue  # one message per cell, e.g. not both "type" and "enum"
             reported.add(column)
             problems.append(f"{where}{_describe(error, record)}")
-        typed_rows.append(record)
     if problems:
         raise SheetError("\n".join(problems))
-    typed = pd.DataFrame(typed_rows, columns=list(df.columns) + [
-        c for c in properties if c not in df.columns and "default" in properties[c]
-    ])
-    return typed
+    return pd.DataFrame(
+        {col: [np.nan if v is OMITTED else v for v in values[col]] for col in columns},
+        columns=columns,
+    )
+
+
+OMITTED = object()
+FAST_KEYWORDS = {
+    "type", "pattern", "minLength", "enum", "minimum", "exclusiveMinimum", "maximum",
+    "exclusiveMaximum", "default", "description",
+}
+
+
+def _fast_valid(values: list, spec: dict, required: bool) -> np.ndarray:
+    """Per cell: True when jsonschema would certainly accept it under `spec`.
+
+    False only means "let jsonschema decide" (it also words the message), so this may be
+    stricter than jsonschema but never looser.
+    """
+    if set(spec) - FAST_KEYWORDS:
+        return np.zeros(len(values), dtype=bool)
+    types = spec.get("type", [])
+    types = set(types if isinstance(types, list) else [types])
+    pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
+    enum = spec.get("enum")
+    bounds = [(spec.get(k), op) for k, op in (
+        ("minimum", float.__ge__), ("exclusiveMinimum", float.__gt__),
+        ("maximum", float.__le__), ("exclusiveMaximum", float.__lt__),
+    ) if k in spec]
+
+    def valid(value) -> bool:
+        if value is OMITTED:
+            return not required
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if types and not (
+            ("string" in types and isinstance(value, str))
+            or ("number" in types and is_number)
+            or ("integer" in types and is_number and float(value).is_integer())
+        ):
+            return False
+        if isinstance(value, str):
+            if pattern is not None and not pattern.search(value):
+                return False
+            if len(value) < spec.get("minLength", 0):
+                return False
+        if enum is not None and not (
+            not isinstance(value, bool) and any(value == e and not isinstance(e, bool) for e in enum)
+        ):
+            return False
+        if is_number and bounds:
+            number = float(value)
+            if not all(op(number, float(limit)) for limit, op in bounds):
+                return False
+        return True
+
+    return np.fromiter((valid(v) for v in values), dtype=bool, count=len(values))
 
 
 def _where(name: str, index: int, row_id: str) -> str:
@@ -151,10 +213,11 @@ def resolve_paths(df: pd.DataFrame, columns: list[str], sheet_path: str | os.Pat
 
 def check_files_exist(df: pd.DataFrame, columns: list[str], id_column: str, name: str) -> list[str]:
     problems = []
-    for i, row in df.iterrows():
-        for col in columns:
-            if not os.path.exists(row[col]):
-                problems.append(f"{_where(name, i, row[id_column])}{col} file {row[col]} does not exist")
+    ids = df[id_column].tolist()
+    for col in columns:
+        for i, path in enumerate(df[col].tolist()):
+            if not os.path.exists(path):
+                problems.append(f"{_where(name, i, ids[i])}{col} file {path} does not exist")
     return problems
 
 
@@ -214,11 +277,10 @@ def load_slides(
     df = resolve_paths(df, ["path"], path)
     problems = check_unique(df, "slide_id", name)
     known = set(patient_ids)
-    for i, row in df.iterrows():
-        if row["patient_id"] not in known:
+    for i, (slide_id, patient_id) in enumerate(zip(df["slide_id"], df["patient_id"], strict=True)):
+        if patient_id not in known:
             problems.append(
-                f"{_where(name, i, row['slide_id'])}patient_id {row['patient_id']!r} is not in "
-                "the patients sheet"
+                f"{_where(name, i, slide_id)}patient_id {patient_id!r} is not in the patients sheet"
             )
     problems += check_files_exist(df, ["path"], "slide_id", name)
     if problems:

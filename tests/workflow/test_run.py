@@ -13,13 +13,10 @@ import pytest
 from radpath.io import read_tsv
 from radpath.survival import harrell_c
 from radpath.train import train_and_predict
-from smk import SNAKEFILE, run, write_config
+from smk import FAST_STATS, SNAKEFILE, assert_same_results, run, write_config
 
 pytestmark = pytest.mark.slow
 
-FAST_STATS = {
-    "evaluation": {"bootstrap": 200, "optimism_bootstrap": 5},
-}
 MODELS = [
     "clinical", "radiomics_raw", "radiomics", "clinical_radiomics", "pathomics_embedding",
     "pathomics_morphology", "clinical_pathomics", "clinical_radiomics_pathomics",
@@ -27,11 +24,8 @@ MODELS = [
 
 
 @pytest.fixture(scope="module")
-def finished_run(small_cohort, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    config = write_config(workdir / "config.yaml", small_cohort, **FAST_STATS)
-    run(workdir, config)
-    return workdir, config
+def finished_run(local_run):
+    return local_run
 
 
 def test_report_and_tables(finished_run):
@@ -69,12 +63,7 @@ def test_same_seed_same_report(finished_run, tmp_path):
     for per_item in ("radiomics", "pathology"):  # per-patient/slide outputs are reused
         shutil.copytree(workdir / "results" / per_item, tmp_path / "results" / per_item)
     run(tmp_path, config)
-    for table in ("results/report/cindex.tsv", "results/cohort/radiomics.tsv",
-                  "results/cohort/pathomics_embedding.tsv"):
-        assert (tmp_path / table).read_text(encoding="utf-8") == (workdir / table).read_text(encoding="utf-8"), table
-    for model in MODELS:
-        risk = f"results/models/os/{model}/risk.tsv"
-        assert (tmp_path / risk).read_text(encoding="utf-8") == (workdir / risk).read_text(encoding="utf-8"), risk
+    assert_same_results(workdir, tmp_path)
 
 
 def test_snakemake_report(finished_run):

@@ -19,6 +19,8 @@ from radpath.defaults import default_config
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
+# Bootstrap sizes small enough for tests; everything else is config/config.yaml's default.
+FAST_STATS = {"evaluation": {"bootstrap": 200, "optimism_bootstrap": 5}}
 
 
 def write_config(path: Path, cohort_dir: Path, **overrides) -> Path:
@@ -70,7 +72,7 @@ def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(workdir), "--configfile", str(configfile),
-        "--cores", str(cores), "--profile", str(REPO / "profiles" / "default"), *extra,
+        "--cores", str(cores), "--profile", str(REPO / "profiles" / "local"), *extra,
     ]
     result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
     if check and result.returncode != 0:
@@ -78,6 +80,23 @@ def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True
             f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+RESULT_TABLES = (
+    "results/report/cindex.tsv",
+    "results/cohort/radiomics.tsv",
+    "results/cohort/pathomics_embedding.tsv",
+    "results/cohort/pathomics_morphology.tsv",
+)
+
+
+def assert_same_results(expected: Path, actual: Path) -> None:
+    """Two runs of the same config agree: cohort matrices, C-index table, every risk table."""
+    risks = sorted(p.relative_to(expected) for p in expected.glob("results/models/*/*/risk.tsv"))
+    assert risks, f"no risk tables under {expected}"
+    for name in [*RESULT_TABLES, *map(str, risks)]:
+        want = (expected / name).read_text(encoding="utf-8")
+        assert (actual / name).read_text(encoding="utf-8") == want, f"{name} differs"
 
 
 def touch_all(workdir: Path, configfile: Path) -> None:

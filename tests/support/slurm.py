@@ -4,7 +4,7 @@ Everything the cluster needs (configuration, munge key and socket, spool, state,
 pid list, simulated GPU device files) lives in one directory that `start_cluster`
 creates. `SlurmCluster.stop` ends only the processes this module started.
 
-Run `python tests/cluster/slurm.py` to start a cluster by hand; it prints the
+Run `python tests/support/slurm.py` to start a cluster by hand; it prints the
 `export SLURM_CONF=...` line for other shells and stops the cluster on Ctrl-C.
 """
 

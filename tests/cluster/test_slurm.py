@@ -1,0 +1,192 @@
+"""The workflow on a real single-node SLURM cluster (tests/support/slurm.py starts it).
+
+The cluster runs the same 20-patient cohort and config as the local run (`local_run`), through
+tests/cluster/profile, the test variant of profiles/slurm.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from slurm import SlurmCluster, cancel_all_jobs
+from smk import FAST_STATS, REPO, SNAKEFILE, assert_same_results, write_config
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+PROFILE = REPO / "tests" / "cluster" / "profile"
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
+RUN_TIMEOUT_S = 1800
+
+
+def snakemake_command(workdir: Path, config: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir), "--configfile", str(config),
+        "--profile", str(PROFILE), *extra,
+    ]
+
+
+def run_on_cluster(cluster: SlurmCluster, workdir: Path, config: Path, *extra: str, check=True):
+    result = subprocess.run(
+        snakemake_command(workdir, config, *extra), env=cluster.env, capture_output=True,
+        text=True, encoding="utf-8", timeout=RUN_TIMEOUT_S,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake on SLURM failed ({result.returncode}):\n{result.stderr[-8000:]}\n"
+            f"{cluster.log_tails()}"
+        )
+    return result
+
+
+def submitted_job_ids(snakemake_output: str) -> list[str]:
+    """SLURM job IDs of every submission, in order, from snakemake's output."""
+    return [slurm_id for _, slurm_id in SUBMITTED.findall(snakemake_output)]
+
+
+def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (the cluster keeps finished jobs: MinJobAge=86400)."""
+    line = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout
+    return dict(re.findall(r"(\w[\w/:]*)=(\S*)", line))
+
+
+def planned_job_counts(snakemake_output: str) -> dict[str, int]:
+    """The 'Job stats' table snakemake prints before running: rule -> number of jobs."""
+    table = snakemake_output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def profile_group_size(group: str) -> int:
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text(encoding="utf-8"))
+    return int(profile["group-components"][group])
+
+
+def first_slide(cohort: Path) -> str:
+    with open(cohort / "slides.tsv", encoding="utf-8") as handle:
+        return next(csv.DictReader(handle, delimiter="\t"))["slide_id"]
+
+
+@pytest.fixture(scope="module")
+def cluster_run(slurm_cluster, local_run, tmp_path_factory):
+    """The whole workflow on SLURM with the local run's config (same cohort, same seed)."""
+    _, local_config = local_run
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    config = workdir / "config.yaml"
+    config.write_text(local_config.read_text(encoding="utf-8"), encoding="utf-8")
+    result = run_on_cluster(slurm_cluster, workdir, config)
+    return workdir, result.stdout + result.stderr
+
+
+def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
+    workdir, output = cluster_run
+    planned = planned_job_counts(output)
+    # `all` has no action and stays local; the radiomics jobs are bundled by group-components.
+    n_radiomics = planned.pop("radiomics")
+    planned.pop("all")
+    expected = sum(planned.values()) + math.ceil(n_radiomics / profile_group_size("radiomics"))
+
+    job_ids = submitted_job_ids(output)
+    assert len(job_ids) == len(set(job_ids)) == expected, output[-4000:]
+    records = {job_id: job_record(slurm_cluster, job_id) for job_id in job_ids}
+    assert {r["JobState"] for r in records.values()} == {"COMPLETED"}
+    logs = {path.stem for path in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert set(job_ids) <= logs, "every SLURM job leaves its log (slurm-keep-successful-logs)"
+
+    by_rule: dict[str, list[dict]] = {}
+    for record in records.values():
+        rule = re.sub(r"^rule_|_wildcards_.*$", "", record["Comment"])
+        by_rule.setdefault(rule, []).append(record)
+    assert len(by_rule["embed_tiles"]) == planned["embed_tiles"]
+    for rule, rule_records in by_rule.items():
+        for record in rule_records:
+            has_gpu = "gres/gpu=1" in record["TRES"].split(",")
+            assert has_gpu == (rule == "embed_tiles"), (rule, record["TRES"])
+            assert record["Partition"] == slurm_cluster.partition
+
+
+def test_cluster_results_match_local_run(local_run, cluster_run):
+    local_workdir, _ = local_run
+    workdir, _ = cluster_run
+    assert (workdir / "results/report/report.html").stat().st_size > 10_000
+    assert_same_results(local_workdir, workdir)
+
+
+def wait_for(what: str, condition, timeout_s: float, process: subprocess.Popen):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if process.poll() is not None:
+            raise AssertionError(f"snakemake ended before {what}:\n{process.stderr.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def running_job(cluster: SlurmCluster, comment_prefix: str) -> str | None:
+    result = cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i|%k")
+    for line in result.stdout.splitlines():
+        job_id, comment = line.split("|", 1)
+        if comment.startswith(comment_prefix):
+            return job_id
+    return None
+
+
+@pytest.mark.parametrize("recovery", ["next_invocation", "retries"])
+def test_cancelled_embedding_job_is_rerun(
+    slurm_cluster, small_cohort, local_run, tmp_path, recovery
+):
+    """scancel the embedding job mid-run: no partial features file is ever taken as
+    complete, and the job is re-run on the next invocation or by --retries."""
+    local_workdir, _ = local_run
+    slide = first_slide(small_cohort)
+    config = write_config(tmp_path / "config.yaml", small_cohort, **FAST_STATS)
+    target = f"results/pathology/{slide}/features.h5"
+    log = tmp_path / "logs" / "pathology" / f"{slide}_embed.log"
+    extra = [target, *(["--retries", "1"] if recovery == "retries" else [])]
+
+    process = subprocess.Popen(
+        snakemake_command(tmp_path, config, *extra), env=slurm_cluster.env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+    )
+    try:
+        job_id = wait_for(
+            "the embedding job to run",
+            lambda: running_job(slurm_cluster, f"rule_embed_tiles_wildcards_slide={slide}"),
+            300, process,
+        )
+        wait_for("embedding to start", lambda: log.exists() and "embedding" in log.read_text(
+            encoding="utf-8"), 120, process)
+        slurm_cluster.run("scancel", job_id)
+        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        cancel_all_jobs(slurm_cluster)
+
+    assert job_id in submitted_job_ids(output)
+    if recovery == "next_invocation":
+        assert process.returncode != 0, output[-4000:]
+        assert not (tmp_path / target).exists(), "a cancelled job's output must not survive"
+        second = run_on_cluster(slurm_cluster, tmp_path, config, target)
+        output = second.stdout + second.stderr
+        assert "rule embed_tiles:" in output, "the next invocation re-runs the cancelled job"
+    else:
+        assert process.returncode == 0, output[-4000:]
+        assert output.count("rule embed_tiles:") == 2, "--retries resubmits the cancelled job"
+
+    leftovers = list((tmp_path / "results" / "pathology" / slide).glob(".tmp-*"))
+    assert not leftovers, "SIGTERM from scancel removes the half-written temporary file"
+    with h5py.File(tmp_path / target) as rerun, h5py.File(local_workdir / target) as local:
+        np.testing.assert_array_equal(rerun["coords"][:], local["coords"][:])
+        np.testing.assert_allclose(rerun["features"][:], local["features"][:], atol=1e-5)
