@@ -1,7 +1,10 @@
 # Configuration, sample sheets and helpers shared by every rule file.
+import json
 import os
+import shlex
 import sys
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 # The radpath library; jobs' `script:`s find it too, as Snakemake puts a script's folder on
@@ -45,6 +48,10 @@ if config["harmonization"]["batch_column"] not in PATIENTS.columns:
         f"'{config['harmonization']['batch_column']}' is not a column of the patients sheet"
     )
 PATIENT_IDS = list(PATIENTS.index)
+# Plain dicts: input functions run once per job, thousands of times in a large cohort.
+PATIENT_CT = dict(zip(PATIENTS.index, PATIENTS["ct"]))
+PATIENT_MASK = dict(zip(PATIENTS.index, PATIENTS["mask"]))
+PATIENT_MASK_LABEL = dict(zip(PATIENTS.index, PATIENTS["mask_label"].astype(int)))
 
 if config["slides"]:
     SLIDES = sheets.load_slides(
@@ -54,6 +61,15 @@ else:
     SLIDES = None
 SLIDE_IDS = [] if SLIDES is None else list(SLIDES.index)
 SLIDE_PATIENTS = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["patient_id"]))
+SLIDE_PATH = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["path"]))
+SLIDE_MPP = (
+    {}
+    if SLIDES is None
+    else {
+        slide: "" if mpp is None or mpp != mpp else repr(float(mpp))
+        for slide, mpp in zip(SLIDES.index, SLIDES["mpp"])
+    }
+)
 
 ENDPOINTS = config["endpoints"]
 MODELS = list(config["models"])
@@ -85,20 +101,41 @@ wildcard_constraints:
 
 
 def patient_ct(wildcards):
-    return PATIENTS.at[wildcards.patient, "ct"]
+    return PATIENT_CT[wildcards.patient]
 
 
 def patient_mask(wildcards):
-    return PATIENTS.at[wildcards.patient, "mask"]
+    return PATIENT_MASK[wildcards.patient]
+
+
+def patient_mask_label(wildcards):
+    return PATIENT_MASK_LABEL[wildcards.patient]
 
 
 def slide_path(wildcards):
-    return SLIDES.at[wildcards.slide, "path"]
+    return SLIDE_PATH[wildcards.slide]
 
 
 def slide_mpp(wildcards):
-    mpp = SLIDES.at[wildcards.slide, "mpp"]
-    return None if mpp is None or mpp != mpp else float(mpp)
+    """The sheet's MPP override as text ('' = read it from the slide)."""
+    return SLIDE_MPP[wildcards.slide]
+
+
+# Per-patient/per-slide jobs are shell commands (see scripts/radpath/cli.py for why). With
+# --software-deployment-method conda the rule's environment provides `python`; otherwise
+# the Python running Snakemake, whose packages are radpath's.
+PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
+RADPATH_ITEM = f"{PYTHON} {shlex.quote(os.path.join(workflow.basedir, 'scripts', 'radpath_item.py'))}"
+
+
+def settings_json(**settings):
+    """A rule's settings as one JSON text for `radpath_item.py --settings` (a params
+    value, so changing any of them re-runs the rule's jobs)."""
+    return json.dumps(settings, sort_keys=True)
 
 
 def model_block_files(wildcards):

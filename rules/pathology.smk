@@ -1,5 +1,5 @@
-# Per slide: tissue mask + tile coordinates (CPU), tile embedding (GPU), morphology (CPU);
-# then slide features pooled to patients.
+# Per slide: tissue mask, tile coordinates and morphology (CPU), tile embedding (GPU); then
+# slide features pooled to patients.
 
 
 rule tile_slide:
@@ -12,6 +12,7 @@ rule tile_slide:
             caption="../resources/report/thumbnail.rst",
             category="Slide QC",
         ),
+        morphology="results/pathology/{slide}/morphology.tsv",
     log:
         "logs/pathology/{slide}_tile.log",
     benchmark:
@@ -20,15 +21,20 @@ rule tile_slide:
         "../envs/pathology.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 20 * attempt,
+        runtime=lambda wildcards, attempt: 40 * attempt,
     params:
-        tissue=config["pathology"]["tissue"],
-        tiles=config["pathology"]["tiles"],
         mpp=slide_mpp,
-        seed=config["seed"],
-        on_error=config["on_patient_error"],
-    script:
-        "../scripts/tile_slide.py"
+        settings=settings_json(
+            tissue=config["pathology"]["tissue"],
+            tiles=config["pathology"]["tiles"],
+            morphology=config["pathology"]["morphology"],
+            seed=config["seed"],
+            on_error=config["on_patient_error"],
+        ),
+    shell:
+        "{RADPATH_ITEM} tile --slide-id {wildcards.slide} --slide {input.slide:q}"
+        " --mpp {params.mpp:q} --settings {params.settings:q} --coords {output.coords:q}"
+        " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q} --log {log:q}"
 
 
 rule embed_tiles:
@@ -49,38 +55,17 @@ rule embed_tiles:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        embedding=config["pathology"]["embedding"],
-        tiles=config["pathology"]["tiles"],
         mpp=slide_mpp,
-        seed=config["seed"],
-        on_error=config["on_patient_error"],
-    script:
-        "../scripts/embed_slide.py"
-
-
-rule morphology:
-    input:
-        slide=slide_path,
-        coords="results/pathology/{slide}/coords.h5",
-    output:
-        features="results/pathology/{slide}/morphology.tsv",
-    log:
-        "logs/pathology/{slide}_morphology.log",
-    benchmark:
-        "benchmarks/pathology/{slide}_morphology.tsv"
-    conda:
-        "../envs/pathology.yaml"
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
-    params:
-        morphology=config["pathology"]["morphology"],
-        tiles=config["pathology"]["tiles"],
-        mpp=slide_mpp,
-        seed=config["seed"],
-        on_error=config["on_patient_error"],
-    script:
-        "../scripts/morphology_slide.py"
+        settings=settings_json(
+            embedding=config["pathology"]["embedding"],
+            tiles=config["pathology"]["tiles"],
+            seed=config["seed"],
+            on_error=config["on_patient_error"],
+        ),
+    shell:
+        "{RADPATH_ITEM} embed --slide-id {wildcards.slide} --slide {input.slide:q}"
+        " --mpp {params.mpp:q} --settings {params.settings:q} --coords {input.coords:q}"
+        " --features {output.features:q} --log {log:q}"
 
 
 rule pathomics_matrices:

@@ -22,8 +22,10 @@ rule radiomics:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
-        mask_label=lambda wildcards: int(PATIENTS.at[wildcards.patient, "mask_label"]),
-        ct_cfg=config["ct"],
-        on_error=config["on_patient_error"],
-    script:
-        "../scripts/radiomics_patient.py"
+        mask_label=patient_mask_label,
+        settings=settings_json(ct=config["ct"], on_error=config["on_patient_error"]),
+    shell:
+        "{RADPATH_ITEM} radiomics --patient {wildcards.patient} --ct {input.ct:q}"
+        " --mask {input.mask:q} --mask-label {params.mask_label} --params {input.params:q}"
+        " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
+        " --log {log:q}"

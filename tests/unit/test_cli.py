@@ -1,0 +1,88 @@
+"""scripts/radpath_item.py, the command the per-patient and per-slide rules run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from test_radiomics import CT_CFG, FAST_PARAMS, synthetic_case, write
+
+from radpath.demo_slides import write_synthetic_svs
+from radpath.jobs import EXCLUSION_PREFIX
+
+REPO = Path(__file__).resolve().parents[2]
+ITEM = REPO / "scripts" / "radpath_item.py"
+
+
+def radpath_item(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ITEM), *args], capture_output=True, text=True,
+                          encoding="utf-8")
+
+
+def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(FAST_PARAMS), encoding="utf-8")
+    ct, _ = synthetic_case()
+    return [
+        "radiomics", "--patient", "P7", "--ct", str(write(ct, tmp_path / "ct.nrrd")),
+        "--mask", str(mask), "--mask-label", "1", "--params", str(params),
+        "--settings", json.dumps({"ct": CT_CFG, "on_error": on_error}),
+        "--features", str(tmp_path / "out" / "features.tsv"),
+        "--qc", str(tmp_path / "out" / "qc.tsv"), "--log", str(tmp_path / "job.log"),
+    ]
+
+
+def test_radiomics_job_writes_one_feature_row(tmp_path):
+    _, mask = synthetic_case()
+    result = radpath_item(*radiomics_args(tmp_path, write(mask, tmp_path / "m.nrrd"), "stop"))
+    assert result.returncode == 0, result.stderr
+    features = pd.read_csv(tmp_path / "out" / "features.tsv", sep="\t")
+    assert features["patient_id"].tolist() == ["P7"]
+    assert "original_shape_VoxelVolume" in features.columns
+
+
+@pytest.mark.parametrize("on_error", ["stop", "exclude"])
+def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_error):
+    _, mask = synthetic_case()
+    empty = sitk.GetImageFromArray(np.zeros(sitk.GetArrayFromImage(mask).shape, np.uint8))
+    empty.CopyInformation(mask)
+    mask_path = write(empty, tmp_path / "empty.nrrd")
+    result = radpath_item(*radiomics_args(tmp_path, mask_path, on_error))
+    log = (tmp_path / "job.log").read_text(encoding="utf-8")
+    assert "P7" in log and str(mask_path) in log
+    if on_error == "stop":
+        assert result.returncode != 0
+        assert not (tmp_path / "out" / "features.tsv").exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        record = pd.read_csv(tmp_path / "out" / "features.tsv", sep="\t")
+        assert record["patient_id"].tolist() == ["P7"]
+        assert str(mask_path) in record["error"][0] and "\n" not in record["error"][0]
+
+
+def test_tile_job_writes_coords_thumbnail_and_morphology(tmp_path):
+    from radpath.defaults import default_config
+
+    pathology = default_config()["pathology"]
+    slide = tmp_path / "S1.svs"
+    write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
+    out = tmp_path / "out"
+    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology")}
+    result = radpath_item(
+        "tile", "--slide-id", "S1", "--slide", str(slide), "--mpp", "",
+        "--settings", json.dumps({**settings, "seed": 1, "on_error": "stop"}),
+        "--coords", str(out / "coords.h5"), "--thumbnail", str(out / "thumbnail.png"),
+        "--morphology", str(out / "morphology.tsv"), "--log", str(tmp_path / "tile.log"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (out / "coords.h5").read_bytes().startswith(EXCLUSION_PREFIX.encode())
+    morphology = pd.read_csv(out / "morphology.tsv", sep="\t")
+    assert morphology["slide_id"].tolist() == ["S1"]
+    assert morphology.shape[1] > 10
+    assert (out / "thumbnail.png").stat().st_size > 0
