@@ -1,7 +1,6 @@
 # Configuration, sample sheets and helpers shared by every rule file.
 import json
 import os
-import shlex
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -11,7 +10,7 @@ from snakemake.utils import validate
 # its sys.path.
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
-from radpath import sheets  # noqa: E402
+from radpath import cli, sheets  # noqa: E402
 
 SCHEMAS = os.path.join(workflow.basedir, "config", "schemas")
 
@@ -121,19 +120,18 @@ def slide_mpp(wildcards):
     return SLIDE_MPP[wildcards.slide]
 
 
-# Per-patient/per-slide jobs are shell commands (see scripts/radpath/cli.py for why). With
-# --software-deployment-method conda the rule's environment provides `python`; otherwise
+# Per-patient/per-slide jobs are shell commands `python -m radpath.cli ...` (see
+# scripts/radpath/cli.py for why): radpath comes from this workflow's scripts/ folder, and
+# `python` is the rule's conda environment's with --software-deployment-method conda, else
 # the Python running Snakemake, whose packages are radpath's.
-PYTHON = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else shlex.quote(sys.executable)
+cli.prepare_job_environment(
+    os.path.join(workflow.basedir, "scripts"),
+    use_conda=DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method,
 )
-RADPATH_ITEM = f"{PYTHON} {shlex.quote(os.path.join(workflow.basedir, 'scripts', 'radpath_item.py'))}"
 
 
 def settings_json(**settings):
-    """A rule's settings as one JSON text for `radpath_item.py --settings` (a params
+    """A rule's settings as one JSON text for `python -m radpath.cli --settings` (a params
     value, so changing any of them re-runs the rule's jobs)."""
     return json.dumps(settings, sort_keys=True)
 

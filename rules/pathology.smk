@@ -32,7 +32,7 @@ rule tile_slide:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "{RADPATH_ITEM} tile --slide-id {wildcards.slide} --slide {input.slide:q}"
+        "python -m radpath.cli tile --slide-id {wildcards.slide} --slide {input.slide:q}"
         " --mpp {params.mpp:q} --settings {params.settings:q} --coords {output.coords:q}"
         " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q} --log {log:q}"
 
@@ -63,7 +63,7 @@ rule embed_tiles:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "{RADPATH_ITEM} embed --slide-id {wildcards.slide} --slide {input.slide:q}"
+        "python -m radpath.cli embed --slide-id {wildcards.slide} --slide {input.slide:q}"
         " --mpp {params.mpp:q} --settings {params.settings:q} --coords {input.coords:q}"
         " --features {output.features:q} --log {log:q}"
 

@@ -25,7 +25,7 @@ rule radiomics:
         mask_label=patient_mask_label,
         settings=settings_json(ct=config["ct"], on_error=config["on_patient_error"]),
     shell:
-        "{RADPATH_ITEM} radiomics --patient {wildcards.patient} --ct {input.ct:q}"
+        "python -m radpath.cli radiomics --patient {wildcards.patient} --ct {input.ct:q}"
         " --mask {input.mask:q} --mask-label {params.mask_label} --params {input.params:q}"
         " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
         " --log {log:q}"

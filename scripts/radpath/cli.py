@@ -1,4 +1,4 @@
-"""Command line of the per-patient and per-slide jobs (`scripts/radpath_item.py`).
+"""Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
 The rules `radiomics`, `tile_slide` and `embed_tiles` run one job per patient or slide, so a
 cohort of thousands has tens of thousands of them. They are `shell:` rules calling this
@@ -14,10 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 
 from radpath.jobs import run_item, setup_logging
 
 log = logging.getLogger("radpath")
+
+
+def prepare_job_environment(scripts_dir: str, use_conda: bool) -> None:
+    """Make `python -m radpath.cli` work in the shell jobs Snakemake starts from this process.
+
+    radpath comes from the workflow's scripts/ folder; `python` is the rule's conda
+    environment's when conda is used, otherwise the interpreter running Snakemake (whose
+    packages are radpath's), even when its environment was never activated.
+    """
+    paths = [scripts_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if not use_conda:
+        bin_dir = os.path.dirname(sys.executable)
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if path[:1] != [bin_dir]:
+            os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
 
 
 def optional_float(text: str) -> float | None:
@@ -92,7 +110,7 @@ def embed_tiles(args: argparse.Namespace, settings: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radpath_item.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m radpath.cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, job, help_text: str) -> argparse.ArgumentParser:
@@ -133,3 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log)
     args.job(args, json.loads(args.settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
-"""scripts/radpath_item.py, the command the per-patient and per-slide rules run."""
+"""`python -m radpath.cli`, the command the per-patient and per-slide rules run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,12 @@ from radpath.demo_slides import write_synthetic_svs
 from radpath.jobs import EXCLUSION_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
-ITEM = REPO / "scripts" / "radpath_item.py"
 
 
-def radpath_item(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ITEM), *args], capture_output=True, text=True,
-                          encoding="utf-8")
+def radpath_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
+    return subprocess.run([sys.executable, "-m", "radpath.cli", *args], capture_output=True,
+                          text=True, encoding="utf-8", env=env)
 
 
 def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
@@ -40,7 +41,7 @@ def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
 
 def test_radiomics_job_writes_one_feature_row(tmp_path):
     _, mask = synthetic_case()
-    result = radpath_item(*radiomics_args(tmp_path, write(mask, tmp_path / "m.nrrd"), "stop"))
+    result = radpath_cli(*radiomics_args(tmp_path, write(mask, tmp_path / "m.nrrd"), "stop"))
     assert result.returncode == 0, result.stderr
     features = pd.read_csv(tmp_path / "out" / "features.tsv", sep="\t")
     assert features["patient_id"].tolist() == ["P7"]
@@ -53,7 +54,7 @@ def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_err
     empty = sitk.GetImageFromArray(np.zeros(sitk.GetArrayFromImage(mask).shape, np.uint8))
     empty.CopyInformation(mask)
     mask_path = write(empty, tmp_path / "empty.nrrd")
-    result = radpath_item(*radiomics_args(tmp_path, mask_path, on_error))
+    result = radpath_cli(*radiomics_args(tmp_path, mask_path, on_error))
     log = (tmp_path / "job.log").read_text(encoding="utf-8")
     assert "P7" in log and str(mask_path) in log
     if on_error == "stop":
@@ -74,7 +75,7 @@ def test_tile_job_writes_coords_thumbnail_and_morphology(tmp_path):
     write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
     out = tmp_path / "out"
     settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology")}
-    result = radpath_item(
+    result = radpath_cli(
         "tile", "--slide-id", "S1", "--slide", str(slide), "--mpp", "",
         "--settings", json.dumps({**settings, "seed": 1, "on_error": "stop"}),
         "--coords", str(out / "coords.h5"), "--thumbnail", str(out / "thumbnail.png"),
