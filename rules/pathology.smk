@@ -33,7 +33,7 @@ rule tile_slide:
         ),
     shell:
         "python -m radpath.cli tile --slide-id {wildcards.slide} --slide {input.slide:q}"
-        " --mpp {params.mpp:q} --settings {params.settings:q} --coords {output.coords:q}"
+        " --mpp={params.mpp} --settings {params.settings:q} --coords {output.coords:q}"
         " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q} --log {log:q}"
 
 
@@ -64,7 +64,7 @@ rule embed_tiles:
         ),
     shell:
         "python -m radpath.cli embed --slide-id {wildcards.slide} --slide {input.slide:q}"
-        " --mpp {params.mpp:q} --settings {params.settings:q} --coords {input.coords:q}"
+        " --mpp={params.mpp} --settings {params.settings:q} --coords {input.coords:q}"
         " --features {output.features:q} --log {log:q}"
 
 

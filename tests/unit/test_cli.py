@@ -76,7 +76,7 @@ def test_tile_job_writes_coords_thumbnail_and_morphology(tmp_path):
     out = tmp_path / "out"
     settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology")}
     result = radpath_cli(
-        "tile", "--slide-id", "S1", "--slide", str(slide), "--mpp", "",
+        "tile", "--slide-id", "S1", "--slide", str(slide), "--mpp=",
         "--settings", json.dumps({**settings, "seed": 1, "on_error": "stop"}),
         "--coords", str(out / "coords.h5"), "--thumbnail", str(out / "thumbnail.png"),
         "--morphology", str(out / "morphology.tsv"), "--log", str(tmp_path / "tile.log"),
