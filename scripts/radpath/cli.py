@@ -98,6 +98,13 @@ def tile_slide(args: argparse.Namespace, settings: dict) -> None:
 def embed_tiles(args: argparse.Namespace, settings: dict) -> None:
     from radpath.embed import embed_slide
 
+    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
+        log.info(
+            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+
     def job() -> None:
         summary = embed_slide(
             args.slide, args.slide_id, args.coords, args.features, settings["embedding"],

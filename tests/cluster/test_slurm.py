@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
+from radpath.defaults import default_config
 from slurm import SlurmCluster, cancel_all_jobs
-from smk import FAST_STATS, REPO, SNAKEFILE, assert_same_results, write_config
+from smk import REPO, SNAKEFILE, assert_same_results, run, write_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -110,9 +111,19 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     assert len(by_rule["embed_tiles"]) == planned["embed_tiles"]
     for rule, rule_records in by_rule.items():
         for record in rule_records:
-            has_gpu = "gres/gpu=1" in record["TRES"].split(",")
-            assert has_gpu == (rule == "embed_tiles"), (rule, record["TRES"])
+            assert gpus_requested(record) == (1 if rule == "embed_tiles" else 0), (rule, record)
             assert record["Partition"] == slurm_cluster.partition
+    # ... and SLURM allocated one of the node's GPUs to each (the job's environment says so).
+    for slide_log in (workdir / "logs" / "pathology").glob("*_embed.log"):
+        assert re.search(r"CUDA_VISIBLE_DEVICES=\d+",
+                         slide_log.read_text(encoding="utf-8")), slide_log
+
+
+def gpus_requested(record: dict[str, str]) -> int:
+    """GPUs a job asked for (--gpus lands in TresPerJob as gres:gpu:N or gres/gpu:N)."""
+    requests = ",".join(record.get(k, "") for k in ("TresPerJob", "TresPerNode", "TresPerTask"))
+    match = re.search(r"gres[:/]gpu(?::[\w.-]+)?[:=](\d+)", requests)
+    return int(match.group(1)) if match else 0
 
 
 def test_cluster_results_match_local_run(local_run, cluster_run):
@@ -143,14 +154,16 @@ def running_job(cluster: SlurmCluster, comment_prefix: str) -> str | None:
 
 
 @pytest.mark.parametrize("recovery", ["next_invocation", "retries"])
-def test_cancelled_embedding_job_is_rerun(
-    slurm_cluster, small_cohort, local_run, tmp_path, recovery
-):
+def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path, recovery):
     """scancel the embedding job mid-run: no partial features file is ever taken as
     complete, and the job is re-run on the next invocation or by --retries."""
-    local_workdir, _ = local_run
     slide = first_slide(small_cohort)
-    config = write_config(tmp_path / "config.yaml", small_cohort, **FAST_STATS)
+    # A slower encoder and more tiles than the defaults, so the job is still embedding when
+    # it is cancelled (resnet50_trunc embeds the demo slide's tiles in about a second).
+    pathology = default_config()["pathology"]
+    pathology["embedding"] = {**pathology["embedding"], "model": "vit_base_patch16_224"}
+    pathology["tiles"] = {**pathology["tiles"], "min_tissue_fraction": 0.2}
+    config = write_config(tmp_path / "config.yaml", small_cohort, pathology=pathology)
     target = f"results/pathology/{slide}/features.h5"
     log = tmp_path / "logs" / "pathology" / f"{slide}_embed.log"
     extra = [target, *(["--retries", "1"] if recovery == "retries" else [])]
@@ -162,7 +175,7 @@ def test_cancelled_embedding_job_is_rerun(
     try:
         job_id = wait_for(
             "the embedding job to run",
-            lambda: running_job(slurm_cluster, f"rule_embed_tiles_wildcards_slide={slide}"),
+            lambda: running_job(slurm_cluster, f"rule_embed_tiles_wildcards_{slide}"),
             300, process,
         )
         wait_for("embedding to start", lambda: log.exists() and "embedding" in log.read_text(
@@ -187,6 +200,9 @@ def test_cancelled_embedding_job_is_rerun(
 
     leftovers = list((tmp_path / "results" / "pathology" / slide).glob(".tmp-*"))
     assert not leftovers, "SIGTERM from scancel removes the half-written temporary file"
+    local_workdir = tmp_path / "local"  # the same slide computed without SLURM
+    local_workdir.mkdir()
+    run(local_workdir, config, target)
     with h5py.File(tmp_path / target) as rerun, h5py.File(local_workdir / target) as local:
         np.testing.assert_array_equal(rerun["coords"][:], local["coords"][:])
         np.testing.assert_allclose(rerun["features"][:], local["features"][:], atol=1e-5)

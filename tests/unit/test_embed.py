@@ -54,7 +54,7 @@ def test_embed_slide_on_cpu_writes_fp16_features_with_coords(slide, single_proce
     assert np.ptp(features.astype(np.float32), axis=0).max() > 0  # tiles differ
     assert attrs["encoder"] == "resnet50_trunc"
     assert attrs["feature_dim"] == 1024
-    assert attrs["precision"] == "bf16"
+    assert attrs["precision"] == ("bf16" if embed.cpu_has_native_bf16() else "fp32")
     assert attrs["n_skipped"] == 0
     assert attrs["patch_size"] == 112 and attrs["target_mpp"] == 1.0
     assert summary["n_tiles"] == len(expected_coords) and summary["n_skipped"] == 0
@@ -219,7 +219,8 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
 
 def test_autocast_precision_per_device():
     cpu = torch.device("cpu")
-    assert embed.autocast_dtype("bf16", cpu) == torch.bfloat16
+    native = embed.cpu_has_native_bf16()
+    assert embed.autocast_dtype("bf16", cpu) == (torch.bfloat16 if native else torch.float32)
     assert embed.autocast_dtype("fp32", cpu) == torch.float32
     assert embed.autocast_dtype("fp16", cpu) == torch.float32  # fp16 autocast is GPU only
     with pytest.raises(ValueError, match="unknown precision"):
@@ -265,3 +266,10 @@ def test_pooling_of_tiles_and_patients(tmp_path):
     assert table.index.name == "patient_id"
     assert table.loc["P1"].tolist() == [2.0, 4.0, 3.0, 6.0]  # tiles weigh, not slides
     assert table.loc["P2"].tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert embed.cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert embed.cpu_has_native_bf16("flags\t: fpu amx_tile amx_bf16\n")
+    assert not embed.cpu_has_native_bf16("flags\t: fpu sse avx2 fma\n")
+    assert not embed.cpu_has_native_bf16("")
