@@ -66,8 +66,8 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
 def tile_slide(args: argparse.Namespace, settings: dict) -> None:
     """Tissue mask, tile coordinates and thumbnail, then morphology on the same tiles.
 
-    Morphology is cheap next to embedding, so it shares the tiling job (one job and one
-    slide opening fewer per slide) instead of being a job of its own.
+    Morphology is cheap next to embedding, so it shares the tiling job (one Snakemake job,
+    SLURM submission and Python start-up fewer per slide) instead of being a job of its own.
     """
     from radpath.morphology import morphology_features
     from radpath.wsi import tile_slide as make_tiles
