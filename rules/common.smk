@@ -99,12 +99,12 @@ wildcard_constraints:
     model=sheets.ID_PATTERN,
 
 
-def patient_ct(wildcards):
-    return PATIENT_CT[wildcards.patient]
-
-
-def patient_mask(wildcards):
-    return PATIENT_MASK[wildcards.patient]
+def patient_images(wildcards):
+    """The patient's CT and mask (one input function: each call costs Snakemake per job)."""
+    return {
+        "ct": PATIENT_CT[wildcards.patient],
+        "mask": PATIENT_MASK[wildcards.patient],
+    }
 
 
 def patient_mask_label(wildcards):

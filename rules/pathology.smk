@@ -1,8 +1,15 @@
-# Per slide: tissue mask, tile coordinates and morphology (CPU), tile embedding (GPU); then
+# Per slide, one GPU job: tissue mask and tile coordinates, morphology, tile embedding; then
 # slide features pooled to patients.
+#
+# One job rather than a CPU tiling job and a GPU embedding job: tiling and morphology take
+# seconds per slide (tissue found on a thumbnail, morphology on a fixed sample of tiles)
+# against minutes of embedding, so the GPU waits little, and every slide costs one SLURM
+# submission, one Python start-up and one Snakemake job instead of two, which keeps
+# dry-runs of large cohorts fast. The price: changing tissue, tile or morphology settings
+# re-runs the slide's embedding too.
 
 
-rule tile_slide:
+rule slide_features:
     input:
         slide=slide_path,
     output:
@@ -13,40 +20,11 @@ rule tile_slide:
             category="Slide QC",
         ),
         morphology="results/pathology/{slide}/morphology.tsv",
-    log:
-        "logs/pathology/{slide}_tile.log",
-    benchmark:
-        "benchmarks/pathology/{slide}_tile.tsv"
-    conda:
-        "../envs/pathology.yaml"
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 40 * attempt,
-    params:
-        mpp=slide_mpp,
-        settings=settings_json(
-            tissue=config["pathology"]["tissue"],
-            tiles=config["pathology"]["tiles"],
-            morphology=config["pathology"]["morphology"],
-            seed=config["seed"],
-            on_error=config["on_patient_error"],
-        ),
-    shell:
-        "python -m radpath.cli tile --slide-id {wildcards.slide} --slide {input.slide:q}"
-        " --mpp={params.mpp} --settings {params.settings:q} --coords {output.coords:q}"
-        " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q} --log {log:q}"
-
-
-rule embed_tiles:
-    input:
-        slide=slide_path,
-        coords="results/pathology/{slide}/coords.h5",
-    output:
         features="results/pathology/{slide}/features.h5",
     log:
-        "logs/pathology/{slide}_embed.log",
+        "logs/pathology/{slide}.log",
     benchmark:
-        "benchmarks/pathology/{slide}_embed.tsv"
+        "benchmarks/pathology/{slide}.tsv"
     conda:
         "../envs/pathology.yaml"
     threads: max(1, config["pathology"]["embedding"]["num_workers"])
@@ -57,14 +35,17 @@ rule embed_tiles:
     params:
         mpp=slide_mpp,
         settings=settings_json(
-            embedding=config["pathology"]["embedding"],
+            tissue=config["pathology"]["tissue"],
             tiles=config["pathology"]["tiles"],
+            morphology=config["pathology"]["morphology"],
+            embedding=config["pathology"]["embedding"],
             seed=config["seed"],
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli embed --slide-id {wildcards.slide} --slide {input.slide:q}"
-        " --mpp={params.mpp} --settings {params.settings:q} --coords {input.coords:q}"
+        "python -m radpath.cli slide --slide-id {wildcards.slide} --slide {input.slide:q}"
+        " --mpp={params.mpp} --settings {params.settings:q} --coords {output.coords:q}"
+        " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q}"
         " --features {output.features:q} --log {log:q}"
 
 

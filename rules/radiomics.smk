@@ -3,8 +3,7 @@
 
 rule radiomics:
     input:
-        ct=patient_ct,
-        mask=patient_mask,
+        unpack(patient_images),
         params=RADIOMICS_PARAMS,
     output:
         features="results/radiomics/{patient}/features.tsv",

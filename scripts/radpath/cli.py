@@ -1,7 +1,7 @@
 """Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
-The rules `radiomics`, `tile_slide` and `embed_tiles` run one job per patient or slide, so a
-cohort of thousands has tens of thousands of them. They are `shell:` rules calling this
+The rules `radiomics` and `slide_features` run one job per patient or slide, so a cohort of
+thousands has thousands of them. They are `shell:` rules calling this
 command rather than `script:` rules: Snakemake reads and inspects a `script:` file once per
 job while it builds the DAG, which made dry-runs of large cohorts ~1.6x slower.
 
@@ -63,19 +63,27 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
     )
 
 
-def tile_slide(args: argparse.Namespace, settings: dict) -> None:
-    """Tissue mask, tile coordinates and thumbnail, then morphology on the same tiles.
+def slide(args: argparse.Namespace, settings: dict) -> None:
+    """Tissue mask, tile coordinates and thumbnail; morphology; tile embedding.
 
-    Morphology is cheap next to embedding, so it shares the tiling job (one Snakemake job,
-    SLURM submission and Python start-up fewer per slide) instead of being a job of its own.
+    One job per slide (see rules/pathology.smk for why). A slide whose tiling fails is
+    excluded from all four outputs; a morphology failure leaves the embedding alone and
+    the other way round.
     """
+    from radpath.embed import embed_slide
     from radpath.morphology import morphology_features
-    from radpath.wsi import tile_slide as make_tiles
+    from radpath.wsi import tile_slide
 
+    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
+        log.info(
+            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
     run_item(
         args.slide_id,
         "slide_id",
-        lambda: make_tiles(
+        lambda: tile_slide(
             args.slide, args.slide_id, settings["tissue"], settings["tiles"], settings["seed"],
             args.coords, args.thumbnail, mpp_override=args.mpp,
         ),
@@ -94,25 +102,14 @@ def tile_slide(args: argparse.Namespace, settings: dict) -> None:
         upstream=[args.coords],
     )
 
-
-def embed_tiles(args: argparse.Namespace, settings: dict) -> None:
-    from radpath.embed import embed_slide
-
-    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
-        log.info(
-            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
-            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
-            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        )
-
-    def job() -> None:
+    def embed() -> None:
         summary = embed_slide(
             args.slide, args.slide_id, args.coords, args.features, settings["embedding"],
             settings["tiles"], mpp_override=args.mpp, seed=settings["seed"],
         )
         log.info("embedding summary: %s", summary)
 
-    run_item(args.slide_id, "slide_id", job, [args.features], settings["on_error"],
+    run_item(args.slide_id, "slide_id", embed, [args.features], settings["on_error"],
              upstream=[args.coords])
 
 
@@ -136,21 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
 
-    for name, job, help_text in (
-        ("tile", tile_slide, "slide -> coords.h5, thumbnail.png, morphology.tsv"),
-        ("embed", embed_tiles, "slide + coords.h5 -> features.h5"),
-    ):
-        sub = command(name, job, help_text)
-        sub.add_argument("--slide-id", required=True)
-        sub.add_argument("--slide", required=True)
-        sub.add_argument("--mpp", type=optional_float, default=None,
-                         help="microns per pixel override ('' = from the slide)")
-        sub.add_argument("--coords", required=True)
-        if name == "tile":
-            sub.add_argument("--thumbnail", required=True)
-            sub.add_argument("--morphology", required=True)
-        else:
-            sub.add_argument("--features", required=True)
+    sub = command("slide", slide,
+                  "slide -> coords.h5, thumbnail.png, morphology.tsv, features.h5")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    for output in ("--coords", "--thumbnail", "--morphology", "--features"):
+        sub.add_argument(output, required=True)
     return parser
 
 

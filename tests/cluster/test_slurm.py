@@ -113,13 +113,15 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     for record in records.values():
         rule = re.sub(r"^rule_|_wildcards_.*$", "", record["Comment"])
         by_rule.setdefault(rule, []).append(record)
-    assert len(by_rule["embed_tiles"]) == planned["embed_tiles"]
+    assert len(by_rule["slide_features"]) == planned["slide_features"]
     for rule, rule_records in by_rule.items():
         for record in rule_records:
-            assert gpus_requested(record) == (1 if rule == "embed_tiles" else 0), (rule, record)
+            assert gpus_requested(record) == (1 if rule == "slide_features" else 0), (rule, record)
             assert record["Partition"] == slurm_cluster.partition
     # ... and SLURM allocated one of the node's GPUs to each (the job's environment says so).
-    for slide_log in (workdir / "logs" / "pathology").glob("*_embed.log"):
+    slide_logs = list((workdir / "logs" / "pathology").glob("*.log"))
+    assert len(slide_logs) == planned["slide_features"]
+    for slide_log in slide_logs:
         assert re.search(r"CUDA_VISIBLE_DEVICES=\d+",
                          slide_log.read_text(encoding="utf-8")), slide_log
 
@@ -170,7 +172,7 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     pathology["tiles"] = {**pathology["tiles"], "min_tissue_fraction": 0.2}
     config = write_config(tmp_path / "config.yaml", small_cohort, pathology=pathology)
     target = f"results/pathology/{slide}/features.h5"
-    log = tmp_path / "logs" / "pathology" / f"{slide}_embed.log"
+    log = tmp_path / "logs" / "pathology" / f"{slide}.log"
     extra = [target, *(["--retries", "1"] if recovery == "retries" else [])]
 
     process = subprocess.Popen(
@@ -180,10 +182,10 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     try:
         job_id = wait_for(
             "the embedding job to run",
-            lambda: running_job(slurm_cluster, f"rule_embed_tiles_wildcards_{slide}"),
+            lambda: running_job(slurm_cluster, f"rule_slide_features_wildcards_{slide}"),
             300, process,
         )
-        wait_for("embedding to start", lambda: log.exists() and "embedding" in log.read_text(
+        wait_for("embedding to start", lambda: log.exists() and ": embedding " in log.read_text(
             encoding="utf-8"), 120, process)
         slurm_cluster.run("scancel", job_id)
         output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
@@ -195,13 +197,15 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     assert job_id in submitted_job_ids(output)
     if recovery == "next_invocation":
         assert process.returncode != 0, output[-4000:]
-        assert not (tmp_path / target).exists(), "a cancelled job's output must not survive"
+        slide_dir = tmp_path / "results" / "pathology" / slide
+        survivors = list(slide_dir.iterdir()) if slide_dir.exists() else []
+        assert not survivors, "a cancelled job's outputs (all four) must not survive"
         second = run_on_cluster(slurm_cluster, tmp_path, config, target)
         output = second.stdout + second.stderr
-        assert len(rule_submissions(output, "embed_tiles")) == 1, "the next run re-runs it"
+        assert len(rule_submissions(output, "slide_features")) == 1, "the next run re-runs it"
     else:
         assert process.returncode == 0, output[-4000:]
-        assert len(rule_submissions(output, "embed_tiles")) == 2, "--retries resubmits it"
+        assert len(rule_submissions(output, "slide_features")) == 2, "--retries resubmits it"
 
     leftovers = list((tmp_path / "results" / "pathology" / slide).glob(".tmp-*"))
     assert not leftovers, "SIGTERM from scancel removes the half-written temporary file"

@@ -67,19 +67,22 @@ def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_err
         assert str(mask_path) in record["error"][0] and "\n" not in record["error"][0]
 
 
-def test_tile_job_writes_coords_thumbnail_and_morphology(tmp_path):
+def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
+    import h5py
+
     from radpath.defaults import default_config
 
     pathology = default_config()["pathology"]
     slide = tmp_path / "S1.svs"
     write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
     out = tmp_path / "out"
-    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology")}
+    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
     result = radpath_cli(
-        "tile", "--slide-id", "S1", "--slide", str(slide), "--mpp=",
+        "slide", "--slide-id", "S1", "--slide", str(slide), "--mpp=",
         "--settings", json.dumps({**settings, "seed": 1, "on_error": "stop"}),
         "--coords", str(out / "coords.h5"), "--thumbnail", str(out / "thumbnail.png"),
-        "--morphology", str(out / "morphology.tsv"), "--log", str(tmp_path / "tile.log"),
+        "--morphology", str(out / "morphology.tsv"), "--features", str(out / "features.h5"),
+        "--log", str(tmp_path / "slide.log"),
     )
     assert result.returncode == 0, result.stderr
     assert not (out / "coords.h5").read_bytes().startswith(EXCLUSION_PREFIX.encode())
@@ -87,3 +90,32 @@ def test_tile_job_writes_coords_thumbnail_and_morphology(tmp_path):
     assert morphology["slide_id"].tolist() == ["S1"]
     assert morphology.shape[1] > 10
     assert (out / "thumbnail.png").stat().st_size > 0
+    with h5py.File(out / "coords.h5") as coords, h5py.File(out / "features.h5") as features:
+        assert features["features"].shape == (len(coords["coords"]), 1024)
+        np.testing.assert_array_equal(features["coords"][:], coords["coords"][:])
+    log = (tmp_path / "slide.log").read_text(encoding="utf-8")
+    assert "slide S1: embedding" in log
+
+
+def test_slide_that_cannot_be_tiled_is_excluded_from_all_its_outputs(tmp_path):
+    from radpath.defaults import default_config
+
+    pathology = default_config()["pathology"]
+    slide = tmp_path / "S2.svs"
+    slide.write_bytes(b"not a slide")
+    out = tmp_path / "out"
+    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
+    outputs = {name: out / name for name in
+               ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")}
+    result = radpath_cli(
+        "slide", "--slide-id", "S2", "--slide", str(slide), "--mpp=",
+        "--settings", json.dumps({**settings, "seed": 1, "on_error": "exclude"}),
+        "--coords", str(outputs["coords.h5"]), "--thumbnail", str(outputs["thumbnail.png"]),
+        "--morphology", str(outputs["morphology.tsv"]),
+        "--features", str(outputs["features.h5"]), "--log", str(tmp_path / "slide.log"),
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("coords.h5", "thumbnail.png", "features.h5"):
+        assert outputs[name].read_text(encoding="utf-8").startswith(EXCLUSION_PREFIX), name
+    record = pd.read_csv(outputs["morphology.tsv"], sep="\t")
+    assert record["slide_id"].tolist() == ["S2"] and str(slide) in record["error"][0]
