@@ -87,8 +87,12 @@ def main() -> None:
                         "--configfile", str(config), "--cores", "1"]
             bare_cmd = [snakemake, "-n", "-q", "--cores", "1", "--config",
                         f"patients={data / 'patients.tsv'}", f"slides={data / 'slides.tsv'}"]
-            ours = min(timed(ours_cmd, work) for _ in range(args.repeats))
-            bare_s = min(timed(bare_cmd, bare) for _ in range(args.repeats))
+            # Alternate the two so drift in the machine's speed hits both alike; keep the best.
+            ours_runs, bare_runs = [], []
+            for _ in range(args.repeats):
+                ours_runs.append(timed(ours_cmd, work))
+                bare_runs.append(timed(bare_cmd, bare))
+            ours, bare_s = min(ours_runs), min(bare_runs)
             rows.append((size, ours, bare_s))
             print(f"{size:>6} patients: radpath {ours:7.2f} s   bare {bare_s:7.2f} s   "
                   f"ratio {ours / bare_s:5.2f}", flush=True)
