@@ -1,9 +1,9 @@
 """Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
 The rules `radiomics` and `slide_features` run one job per patient or slide, so a cohort of
-thousands has thousands of them. They are `shell:` rules calling this
-command rather than `script:` rules: Snakemake reads and inspects a `script:` file once per
-job while it builds the DAG, which made dry-runs of large cohorts ~1.6x slower.
+thousands has thousands of them. They are `shell:` rules calling this command rather than
+`script:` rules: Snakemake reads and inspects a `script:` file once per job while it builds
+the DAG, which made dry-runs of large cohorts ~1.6x slower.
 
 Settings that are the same for every job of a rule come as one JSON object (`--settings`),
 so a changed setting still triggers Snakemake's params re-run check.
@@ -66,9 +66,9 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
 def slide(args: argparse.Namespace, settings: dict) -> None:
     """Tissue mask, tile coordinates and thumbnail; morphology; tile embedding.
 
-    One job per slide (see rules/pathology.smk for why). A slide whose tiling fails is
-    excluded from all four outputs; a morphology failure leaves the embedding alone and
-    the other way round.
+    One job per slide (see rules/pathology.smk for why). With on_error "exclude", a slide
+    whose tiling fails is excluded from all four outputs; a morphology failure leaves the
+    embedding alone and the other way round.
     """
     from radpath.embed import embed_slide
     from radpath.morphology import morphology_features

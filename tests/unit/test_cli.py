@@ -67,23 +67,30 @@ def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_err
         assert str(mask_path) in record["error"][0] and "\n" not in record["error"][0]
 
 
-def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
-    import h5py
+SLIDE_OUTPUTS = ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")
 
+
+def slide_args(tmp_path: Path, slide: Path, on_error: str) -> list[str]:
+    """`slide` command line writing SLIDE_OUTPUTS under tmp_path/out, default settings."""
     from radpath.defaults import default_config
 
     pathology = default_config()["pathology"]
+    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
+    outputs = [f"--{name.split('.')[0]}={tmp_path / 'out' / name}" for name in SLIDE_OUTPUTS]
+    return [
+        "slide", "--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
+        "--settings", json.dumps({**settings, "seed": 1, "on_error": on_error}),
+        *outputs, "--log", str(tmp_path / "slide.log"),
+    ]
+
+
+def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
+    import h5py
+
     slide = tmp_path / "S1.svs"
     write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
     out = tmp_path / "out"
-    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
-    result = radpath_cli(
-        "slide", "--slide-id", "S1", "--slide", str(slide), "--mpp=",
-        "--settings", json.dumps({**settings, "seed": 1, "on_error": "stop"}),
-        "--coords", str(out / "coords.h5"), "--thumbnail", str(out / "thumbnail.png"),
-        "--morphology", str(out / "morphology.tsv"), "--features", str(out / "features.h5"),
-        "--log", str(tmp_path / "slide.log"),
-    )
+    result = radpath_cli(*slide_args(tmp_path, slide, "stop"))
     assert result.returncode == 0, result.stderr
     assert not (out / "coords.h5").read_bytes().startswith(EXCLUSION_PREFIX.encode())
     morphology = pd.read_csv(out / "morphology.tsv", sep="\t")
@@ -98,22 +105,10 @@ def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
 
 
 def test_slide_that_cannot_be_tiled_is_excluded_from_all_its_outputs(tmp_path):
-    from radpath.defaults import default_config
-
-    pathology = default_config()["pathology"]
     slide = tmp_path / "S2.svs"
     slide.write_bytes(b"not a slide")
-    out = tmp_path / "out"
-    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
-    outputs = {name: out / name for name in
-               ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")}
-    result = radpath_cli(
-        "slide", "--slide-id", "S2", "--slide", str(slide), "--mpp=",
-        "--settings", json.dumps({**settings, "seed": 1, "on_error": "exclude"}),
-        "--coords", str(outputs["coords.h5"]), "--thumbnail", str(outputs["thumbnail.png"]),
-        "--morphology", str(outputs["morphology.tsv"]),
-        "--features", str(outputs["features.h5"]), "--log", str(tmp_path / "slide.log"),
-    )
+    outputs = {name: tmp_path / "out" / name for name in SLIDE_OUTPUTS}
+    result = radpath_cli(*slide_args(tmp_path, slide, "exclude"))
     assert result.returncode == 0, result.stderr
     for name in ("coords.h5", "thumbnail.png", "features.h5"):
         assert outputs[name].read_text(encoding="utf-8").startswith(EXCLUSION_PREFIX), name
