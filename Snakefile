@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile replaces the shipped config (it is not merged into it), so what a user's
+# config leaves out (a model, a section) stays out; missing keys take the schema's defaults.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -16,6 +20,7 @@ include: "rules/cohort.smk"
 include: "rules/pathology.smk"
 include: "rules/survival.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 report: "resources/report/workflow.rst"

@@ -6,8 +6,10 @@ rule cohort_tables:
         clinical=config["clinical"],
         patients=config["patients"],
     output:
+        split="results/cohort/split.tsv",
         outcomes="results/cohort/outcomes.tsv",
         clinical="results/cohort/clinical.tsv",
+        imputation="results/cohort/imputation.tsv",
         batch_covariates="results/cohort/harmonization_covariates.tsv",
     log:
         "logs/cohort/cohort_tables.log",
@@ -15,10 +17,10 @@ rule cohort_tables:
         "../envs/stats.yaml"
     params:
         patient_ids=PATIENT_IDS,
+        split=SPLIT,
         covariates=config["covariates"],
         harmonization_covariates=config["harmonization"]["covariates"],
-        validation_fraction=config["split"]["validation_fraction"],
-        seed=config["seed"],
+        missing_covariates=config["missing_covariates"],
         schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
     script:
         "../scripts/cohort_tables.py"

@@ -3,19 +3,19 @@ import json
 import os
 import sys
 
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
 
 # The radpath library; jobs' `script:`s find it too, as Snakemake puts a script's folder on
 # its sys.path.
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
-from radpath import cli, sheets  # noqa: E402
+from radpath import cli, cohort, configuration, sheets  # noqa: E402
 
 SCHEMAS = os.path.join(workflow.basedir, "config", "schemas")
 
-
-validate(config, os.path.join(SCHEMAS, "config.schema.yaml"))
+# Defaults from the schema, unknown keys rejected, every problem named by its key path.
+configuration.load_config(config, os.path.join(SCHEMAS, "config.schema.yaml"))
 
 
 def workflow_file(path):
@@ -31,33 +31,28 @@ REPORT_TEMPLATE = os.path.join(
 )
 
 
-PATIENTS = sheets.load_patients(
-    config["patients"], os.path.join(SCHEMAS, "patients.schema.yaml")
-)
-CLINICAL = sheets.load_clinical(
-    config["clinical"],
-    os.path.join(SCHEMAS, "clinical.schema.yaml"),
-    list(PATIENTS.index),
-    config["covariates"],
-    config["harmonization"]["covariates"],
-)
-if config["harmonization"]["batch_column"] not in PATIENTS.columns:
-    raise sheets.SheetError(
-        f"{config['patients']}: harmonization batch column "
-        f"'{config['harmonization']['batch_column']}' is not a column of the patients sheet"
-    )
+# All sheets validated before any job runs; every bad line of every sheet in one error.
+COHORT = sheets.load_cohort(config, SCHEMAS)
+PATIENTS = COHORT.patients
+CLINICAL = COHORT.clinical
+SLIDES = COHORT.slides
 PATIENT_IDS = list(PATIENTS.index)
 # Plain dicts: input functions run once per job, thousands of times in a large cohort.
 PATIENT_CT = dict(zip(PATIENTS.index, PATIENTS["ct"]))
 PATIENT_MASK = dict(zip(PATIENTS.index, PATIENTS["mask"]))
 PATIENT_MASK_LABEL = dict(zip(PATIENTS.index, PATIENTS["mask_label"].astype(int)))
-
-if config["slides"]:
-    SLIDES = sheets.load_slides(
-        config["slides"], os.path.join(SCHEMAS, "slides.schema.yaml"), PATIENT_IDS
+# The optional DICOM columns as the radiomics job's options, only those given (one lookup).
+PATIENT_DICOM_ARGS = {
+    patient: [
+        f"--{column.replace('_', '-')}={row[column]}"
+        for column in sheets.PATIENT_DICOM_COLUMNS
+        if row[column]
+    ]
+    for patient, row in zip(
+        PATIENTS.index, PATIENTS[list(sheets.PATIENT_DICOM_COLUMNS)].to_dict("records")
     )
-else:
-    SLIDES = None
+}
+
 SLIDE_IDS = [] if SLIDES is None else list(SLIDES.index)
 SLIDE_PATIENTS = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["patient_id"]))
 SLIDE_PATH = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["path"]))
@@ -70,12 +65,16 @@ SLIDE_MPP = (
     }
 )
 
+# The train/validation split is decided here, before any job, so a change is announced
+# before anything runs (see radpath.cohort.make_split); rule cohort_tables records it.
+SPLIT, _split_warnings = cohort.split_for_run(
+    config, CLINICAL, "results/cohort/split.tsv"
+)
+for _warning in _split_warnings if workflow.is_main_process else []:
+    logger.warning(f"radpath: {_warning}")
+
 ENDPOINTS = config["endpoints"]
 MODELS = list(config["models"])
-if config["reference_model"] not in MODELS:
-    raise ValueError(
-        f"config: reference_model '{config['reference_model']}' is not one of the models {MODELS}"
-    )
 
 BLOCK_FILES = {
     "radiomics_raw": "results/cohort/radiomics_raw.tsv",
@@ -83,13 +82,6 @@ BLOCK_FILES = {
     "pathomics_embedding": "results/cohort/pathomics_embedding.tsv",
     "pathomics_morphology": "results/cohort/pathomics_morphology.tsv",
 }
-PATHOLOGY_BLOCKS = {"pathomics_embedding", "pathomics_morphology"}
-for _name, _spec in config["models"].items():
-    if SLIDES is None and PATHOLOGY_BLOCKS & set(_spec["blocks"]):
-        raise ValueError(
-            f"config: model '{_name}' uses pathomics blocks but no slides sheet is set "
-            "(set `slides:` or remove the model)"
-        )
 
 
 wildcard_constraints:
@@ -109,6 +101,11 @@ def patient_images(wildcards):
 
 def patient_mask_label(wildcards):
     return PATIENT_MASK_LABEL[wildcards.patient]
+
+
+def patient_dicom_args(wildcards):
+    """e.g. ['--ct-series-uid=1.2.3', '--mask-roi=GTV 1'] ([] for label maps)."""
+    return PATIENT_DICOM_ARGS[wildcards.patient]
 
 
 def slide_path(wildcards):
@@ -144,3 +141,14 @@ def all_model_risks():
     return expand(
         "results/models/{endpoint}/{model}/risk.tsv", endpoint=ENDPOINTS, model=MODELS
     )
+
+
+# SLURM (scripts/radpath/slurm.py): the `srun` that starts each job keeps SLURM_CONF, and a
+# run whose job status queries cannot work (`sacct` without slurmdbd) stops before it submits.
+from radpath import slurm as radpath_slurm  # noqa: E402
+
+radpath_slurm.keep_slurm_conf()
+
+
+onstart:
+    radpath_slurm.check_status_command(workflow)

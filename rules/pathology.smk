@@ -9,6 +9,13 @@
 # re-runs the slide's embedding too.
 
 
+# Memory of one slide job (MB; times `attempt`): 4000 for the job's process (torch and the
+# encoder, tiling, morphology, a batch's activations on CPU, CUDA's host memory on a GPU)
+# plus 1000 per DataLoader worker (a process with its own OpenSlide handle and cache and
+# PREFETCH_BATCHES batches of tiles). Measured peaks: see profiles/slurm/config.yaml.
+SLIDE_MEM_MB = 4000 + 1000 * config["pathology"]["embedding"]["num_workers"]
+
+
 rule slide_features:
     input:
         slide=slide_path,
@@ -27,10 +34,10 @@ rule slide_features:
         "benchmarks/pathology/{slide}.tsv"
     conda:
         "../envs/pathology.yaml"
-    threads: max(1, config["pathology"]["embedding"]["num_workers"])
+    threads: config["pathology"]["threads"]
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        mem_mb=lambda wildcards, attempt: SLIDE_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         mpp=slide_mpp,
@@ -46,7 +53,7 @@ rule slide_features:
         "python -m radpath.cli slide --slide-id {wildcards.slide} --slide {input.slide:q}"
         " --mpp={params.mpp} --settings {params.settings:q} --coords {output.coords:q}"
         " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q}"
-        " --features {output.features:q} --log {log:q}"
+        " --features {output.features:q} --threads {threads} --log {log:q}"
 
 
 rule pathomics_matrices:

@@ -7,6 +7,7 @@ rule report:
         forest="results/report/forest.png",
         km="results/report/km",
         outcomes="results/cohort/outcomes.tsv",
+        imputation="results/cohort/imputation.tsv",
         excluded="results/cohort/radiomics_excluded.tsv",
         batch_tests="results/cohort/harmonization/radiomics_batch_tests.tsv",
         pca="results/cohort/harmonization/radiomics_pca.png",

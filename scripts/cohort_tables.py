@@ -1,7 +1,9 @@
 """Rule `cohort_tables`: clinical sheet -> outcomes with the split, encoded covariates."""
 
+import pandas as pd
+
 from radpath import sheets
-from radpath.cohort import make_split, outcomes_table
+from radpath.cohort import impute_covariates, outcomes_table
 from radpath.io import write_tsv
 from radpath.jobs import setup_logging
 from radpath.modeling import encode_clinical
@@ -9,11 +11,19 @@ from radpath.modeling import encode_clinical
 setup_logging(snakemake.log[0])
 p = snakemake.params
 clinical = sheets.load_clinical(
-    snakemake.input.clinical, p.schema, p.patient_ids, p.covariates, p.harmonization_covariates
+    snakemake.input.clinical, p.schema, p.patient_ids, p.covariates, p.harmonization_covariates,
+    p.missing_covariates,
 ).loc[p.patient_ids]
-split = make_split(clinical, p.validation_fraction, p.seed)
+split = pd.Series(p.split, name="split").loc[clinical.index]
+split.index.name = "patient_id"
+write_tsv(split.to_frame(), snakemake.output.split)
 write_tsv(outcomes_table(clinical, split), snakemake.output.outcomes)
 
+train_ids = list(split.index[split == "train"])
+clinical, imputation = impute_covariates(
+    clinical, p.covariates, p.harmonization_covariates, train_ids
+)
+write_tsv(imputation, snakemake.output.imputation, index=False)
 encoded = encode_clinical(clinical, p.covariates)
 encoded.index.name = "patient_id"
 write_tsv(encoded, snakemake.output.clinical)

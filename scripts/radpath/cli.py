@@ -57,6 +57,9 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
             params_path=args.params,
             features_out=args.features,
             qc_out=args.qc,
+            ct_series_uid=args.ct_series_uid,
+            mask_roi=args.mask_roi,
+            mask_segment=args.mask_segment,
         ),
         [args.features, args.qc],
         settings["on_error"],
@@ -106,11 +109,22 @@ def slide(args: argparse.Namespace, settings: dict) -> None:
         summary = embed_slide(
             args.slide, args.slide_id, args.coords, args.features, settings["embedding"],
             settings["tiles"], mpp_override=args.mpp, seed=settings["seed"],
+            threads=args.threads,
         )
         log.info("embedding summary: %s", summary)
 
     run_item(args.slide_id, "slide_id", embed, [args.features], settings["on_error"],
              upstream=[args.coords])
+
+
+def export_slide(args: argparse.Namespace, settings: dict) -> None:
+    """features.h5 -> float32 CLAM and TRIDENT files in the slide's staging folder (rule
+    export_slide); a slide excluded upstream gets only a status row saying why."""
+    from radpath.export import export_slide as stage_slide
+
+    status = stage_slide(args.slide_id, args.features, args.out,
+                         trident_encoder=settings.get("trident_encoder", ""))
+    log.info("export status: %s", status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--ct", required=True)
     sub.add_argument("--mask", required=True)
     sub.add_argument("--mask-label", type=int, required=True)
+    sub.add_argument("--ct-series-uid", default="",
+                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
+    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
+    sub.add_argument("--mask-segment", default="",
+                     help="DICOM-SEG segment number or label ('' = the only segment)")
     sub.add_argument("--params", required=True, help="pyradiomics parameter file")
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
@@ -139,8 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--slide", required=True)
     sub.add_argument("--mpp", type=optional_float, default=None,
                      help="microns per pixel override ('' = from the slide)")
+    sub.add_argument("--threads", type=int, required=True,
+                     help="CPUs of this job (the rule's threads): DataLoader workers plus torch "
+                          "threads, whatever OMP_NUM_THREADS says")
     for output in ("--coords", "--thumbnail", "--morphology", "--features"):
         sub.add_argument(output, required=True)
+
+    sub = command("export-slide", export_slide,
+                  "features.h5 -> float32 CLAM/TRIDENT files in a staging folder")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--features", required=True, help="the slide's features.h5")
+    sub.add_argument("--out", required=True, help="the slide's staging folder")
     return parser
 
 

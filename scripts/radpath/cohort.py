@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -15,9 +17,50 @@ log = logging.getLogger(__name__)
 OUTCOME_COLUMNS = ["os_time", "os_event", "pfs_time", "pfs_event"]
 
 
-def make_split(clinical: pd.DataFrame, validation_fraction: float, seed: int) -> pd.Series:
-    """The sheet's `split` column if it has one, else a seeded split stratified on OS event."""
-    if "split" in clinical.columns and clinical["split"].notna().any():
+SPLIT_PARTS = ("train", "validation")
+
+
+def split_draw(patient_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) that depends only on the seed and the patient's ID."""
+    digest = hashlib.sha256(f"radpath-split:{seed}:{patient_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def read_frozen_split(path: str | os.PathLike) -> pd.Series:
+    """A frozen split file (patient_id, split), e.g. a copy of results/cohort/split.tsv."""
+    table = read_tsv(path)
+    missing = {"patient_id", "split"} - set(table.columns)
+    if missing:
+        raise ValueError(f"split file {path}: missing column(s) {', '.join(sorted(missing))}")
+    bad = table.loc[~table["split"].isin(SPLIT_PARTS), "patient_id"]
+    if len(bad):
+        raise ValueError(
+            f"split file {path}: split must be train or validation for patient(s) "
+            + ", ".join(bad.astype(str))
+        )
+    duplicated = table["patient_id"][table["patient_id"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"split file {path}: patient(s) listed twice: {', '.join(duplicated)}")
+    return table.set_index("patient_id")["split"]
+
+
+def make_split(
+    clinical: pd.DataFrame,
+    validation_fraction: float,
+    seed: int,
+    frozen: pd.Series | None = None,
+) -> pd.Series:
+    """Train/validation per patient, named `split`, in clinical's order.
+
+    The clinical sheet's `split` column wins when it has one (it must then be complete).
+    Otherwise a patient listed in `frozen` keeps that split, and every other patient is
+    validation when its seeded draw (:func:`split_draw`) is below `validation_fraction`.
+    A patient's split so depends on nothing but its own ID, the seed and the fraction:
+    adding or removing patients never moves another one, and each event stratum gets the
+    validation fraction in expectation (exact stratification would move patients whenever
+    the cohort changes).
+    """
+    if "split" in clinical.columns and (clinical["split"].notna() & (clinical["split"] != "")).any():
         missing = clinical.index[clinical["split"].isna() | (clinical["split"] == "")]
         if len(missing):
             raise ValueError(
@@ -25,18 +68,125 @@ def make_split(clinical: pd.DataFrame, validation_fraction: float, seed: int) ->
             )
         split = clinical["split"].astype(str)
     else:
-        rng = np.random.default_rng(seed)
-        split = pd.Series("train", index=clinical.index, dtype=object)
-        events = clinical["os_event"].astype(int)
-        for stratum in (0, 1):
-            ids = np.array(sorted(events.index[events == stratum]))
-            n_validation = int(round(validation_fraction * len(ids)))
-            chosen = rng.choice(ids, size=n_validation, replace=False) if n_validation else []
-            split.loc[list(chosen)] = "validation"
-    for part in ("train", "validation"):
-        if not (split == part).any():
-            raise ValueError(f"clinical sheet: the split has no {part} patients")
+        draws = np.array([split_draw(pid, seed) for pid in clinical.index])
+        split = pd.Series(
+            np.where(draws < validation_fraction, "validation", "train"),
+            index=clinical.index, dtype=object,
+        )
+        if frozen is not None:
+            kept = clinical.index.intersection(frozen.index)
+            split.loc[kept] = frozen.loc[kept]
+    advice = "set a `split` column or split.file, or change split.validation_fraction or seed"
+    for part in SPLIT_PARTS:
+        in_part = split == part
+        if not in_part.any():
+            raise ValueError(f"the split has no {part} patients ({advice})")
+        for column in ("os_event", "pfs_event"):
+            if column in clinical.columns:
+                events = pd.to_numeric(clinical.loc[in_part, column], errors="coerce")
+                if events.sum() == 0:
+                    raise ValueError(
+                        f"the {part} patients ({int(in_part.sum())}) have no {column} events: "
+                        f"their models cannot be fitted or evaluated ({advice})"
+                    )
     return split.rename("split")
+
+
+def split_changes(previous: pd.Series, current: pd.Series) -> pd.DataFrame:
+    """Patients present in both whose split differs (columns: previous, current)."""
+    common = previous.index.intersection(current.index)
+    moved = common[previous.loc[common].to_numpy() != current.loc[common].to_numpy()]
+    return pd.DataFrame(
+        {"previous": previous.loc[moved], "current": current.loc[moved]}, index=moved
+    )
+
+
+def split_for_run(
+    config: dict, clinical: pd.DataFrame, recorded: str | os.PathLike
+) -> tuple[dict[str, str], list[str]]:
+    """The run's split as {patient: part}, and warnings for the user.
+
+    Warns about patients missing from a frozen split file, and about patients of the last
+    run (its `recorded` split.tsv) whose split this run would change.
+    """
+    warnings = []
+    frozen = None
+    if config["split"]["file"]:
+        frozen = read_frozen_split(config["split"]["file"])
+        unlisted = clinical.index.difference(frozen.index)
+        if len(unlisted):
+            warnings.append(
+                f"{len(unlisted)} patient(s) are not in the frozen split file "
+                f"{config['split']['file']} and get the automatic split: "
+                + ", ".join(unlisted[:20]) + (", ..." if len(unlisted) > 20 else "")
+            )
+    split = make_split(clinical, config["split"]["validation_fraction"], config["seed"], frozen)
+    previous = _recorded_split(recorded)
+    if previous is not None:
+        moved = split_changes(previous, split)
+        if len(moved):
+            shown = [f"{pid} {row.previous}->{row.current}" for pid, row in moved.head(20).iterrows()]
+            warnings.append(
+                f"this run changes the train/validation split of {len(moved)} patient(s) of "
+                f"the last run ({recorded}): {', '.join(shown)}"
+                + (", ..." if len(moved) > 20 else "")
+                + ". Every model's training set changes. To keep the last split, copy "
+                f"{recorded} and set split.file to the copy."
+            )
+    return dict(zip(split.index, split, strict=True)), warnings
+
+
+def _recorded_split(path: str | os.PathLike) -> pd.Series | None:
+    """The split a previous run recorded, or None when there is none it could read."""
+    try:
+        return read_frozen_split(path)
+    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
+        return None
+
+
+def impute_covariates(
+    clinical: pd.DataFrame,
+    covariates_cfg: list[dict],
+    batch_covariates: list[str],
+    train_ids: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Blank covariate cells filled from the training patients only.
+
+    Numeric covariates (and ComBat covariates whose training values are all numbers) get
+    the training median, others the most frequent training level (ties: the first in sorted
+    order). Returns the filled table and one row per covariate: fill value and how many
+    training and validation patients were filled.
+    """
+    kinds = {c["name"]: c["type"] for c in covariates_cfg}
+    filled = clinical.copy()
+    rows = []
+    train = clinical.index.isin(train_ids)
+    for name in dict.fromkeys([*kinds, *batch_covariates]):
+        cells = clinical[name].astype(object)
+        blank = cells.isna() | (cells.astype(str).str.strip() == "")
+        train_values = cells[train & ~blank]
+        numbers = pd.to_numeric(train_values, errors="coerce")
+        numeric = kinds.get(name) == "numeric" or (
+            name not in kinds and len(numbers) and numbers.notna().all()
+        )
+        if train_values.empty:
+            raise ValueError(f"covariate '{name}' is blank for every training patient")
+        if numeric:
+            fill = float(numbers.median())
+            fill_text = repr(fill)
+        else:
+            counts = train_values.astype(str).value_counts()
+            fill = fill_text = sorted(counts.index[counts == counts.max()])[0]
+        filled.loc[blank, name] = fill_text if not numeric else fill
+        rows.append({
+            "covariate": name,
+            "kind": "numeric" if numeric else "categorical",
+            "fill": fill,
+            "n_train_filled": int((blank & train).sum()),
+            "n_validation_filled": int((blank & ~train).sum()),
+        })
+    columns = ["covariate", "kind", "fill", "n_train_filled", "n_validation_filled"]
+    return filled, pd.DataFrame(rows, columns=columns)
 
 
 def outcomes_table(clinical: pd.DataFrame, split: pd.Series) -> pd.DataFrame:

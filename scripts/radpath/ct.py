@@ -13,6 +13,13 @@ around the ROI (the mask, hence the grid, is untouched). The prefilter's boundar
 decays by 0.268 per voxel, so with `BSPLINE_DECAY_MARGIN` extra voxels the resampled voxels
 are bit-identical for int16/float32 CTs (measured; float64 CTs agree to ~1e-11 HU).
 
+DICOM: a CT folder may hold several series; `_read_dicom_series` reads the one named by the
+sheet's `ct_series_uid`, else the folder's only CT series (localizers and non-image objects
+such as RTSTRUCT or SEG are never picked), and refuses to guess between several. Masks may be
+label maps, DICOM RTSTRUCT (ROI by name, `mask_roi`) or DICOM-SEG (segment by number or
+label, `mask_segment`); the DICOM kinds are rasterised onto the CT grid by `radpath.dicom`,
+which (with pydicom) is imported only when a DICOM input is used.
+
 Importing this module routes pyradiomics' log records (WARNING and up) to the
 `radpath.pyradiomics` logger and drops its INFO chatter and its own stderr handler.
 """
@@ -40,6 +47,7 @@ PYRADIOMICS_LOG = logging.getLogger("radpath.pyradiomics")
 ROLE_CT = "CT"
 ROLE_MASK = "mask"
 SUPPORTED_FORMATS = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series directory"
+LABEL_MAP = "label map"
 BSPLINE_SUPPORT = 2  # voxels each side a cubic B-spline reads around a sample point
 BSPLINE_DECAY_MARGIN = 40  # extra voxels so the cropped prefilter equals the full one
 ROI_BOUNDS_TOLERANCE = 1e-3  # voxels; same slack as pyradiomics' _checkROI
@@ -108,6 +116,37 @@ class GeometryCheck(NamedTuple):
     note: str  # what was done, for the QC table
 
 
+class SeriesInfo(NamedTuple):
+    """One DICOM series of a folder, described from the header of its first file."""
+
+    uid: str
+    modality: str
+    description: str
+    image_type: str  # ImageType values joined by backslashes, e.g. ORIGINAL\PRIMARY\AXIAL
+    frame_of_reference: str
+    n_slices: int
+    files: tuple[str, ...]  # sorted by slice position (GDCM)
+
+    @property
+    def is_ct(self) -> bool:
+        """A CT image series that is not a localizer (scout)."""
+        return self.modality == "CT" and "LOCALIZER" not in self.image_type.upper().split("\\")
+
+    def describe(self) -> str:
+        return f"{self.uid} '{self.description}' ({self.modality or '?'}, {self.n_slices} slices)"
+
+
+class CTVolume(NamedTuple):
+    image: sitk.Image
+    series: SeriesInfo | None  # the DICOM series read; None for an image file
+
+
+class MaskSource(NamedTuple):
+    mask: sitk.Image  # binary (0/1, UInt8)
+    kind: str  # LABEL_MAP, "RTSTRUCT" or "SEG"
+    note: str  # what was read (file, ROI or segment), for the QC table
+
+
 class PreparedCase(NamedTuple):
     image: sitk.Image
     mask: sitk.Image  # binary (0/1, UInt8), same grid as `image`
@@ -128,14 +167,34 @@ def _fmt(values: Sequence[float]) -> str:
 def read_image(path: str | os.PathLike, patient_id: str, role: str) -> sitk.Image:
     """Read a 3D scalar image from a file or a DICOM series directory.
 
-    Raises CaseInputError for a missing, unreadable, truncated or non-3D-scalar image.
+    Raises CaseInputError for a missing, unreadable, truncated or non-3D-scalar image, and
+    for a DICOM folder whose series is ambiguous (see `choose_series`).
     """
+    return _read_volume(path, patient_id, role).image
+
+
+def read_ct(path: str | os.PathLike, patient_id: str, series_uid: str = "") -> CTVolume:
+    """The CT image and, for a DICOM folder, the series read (`series_uid` or the one CT)."""
+    if series_uid and not os.path.isdir(path):
+        where = _where(patient_id, ROLE_CT, path)
+        if not os.path.exists(path):
+            raise CaseInputError(f"{where}: file not found")
+        raise CaseInputError(
+            f"{where}: ct_series_uid {series_uid} is set but the CT is a file, not a DICOM folder"
+        )
+    return _read_volume(path, patient_id, ROLE_CT, series_uid)
+
+
+def _read_volume(
+    path: str | os.PathLike, patient_id: str, role: str, series_uid: str = ""
+) -> CTVolume:
     where = _where(patient_id, role, path)
     if not os.path.exists(path):
         raise CaseInputError(f"{where}: file not found")
+    series = None
     try:
         if os.path.isdir(path):
-            image = _read_dicom_series(path)
+            image, series = _read_dicom_series(path, series_uid, ct_only=role == ROLE_CT)
         else:
             problem = _nifti_problem(path)
             if problem:
@@ -146,7 +205,7 @@ def read_image(path: str | os.PathLike, patient_id: str, role: str) -> sitk.Imag
             f"{where}: cannot be read as an image ({SUPPORTED_FORMATS}; corrupt or truncated?): "
             f"{_itk_reason(exc)}"
         ) from None
-    except _NoDicomSeries as exc:
+    except _DicomFolderProblem as exc:
         raise CaseInputError(f"{where}: {exc}") from None
     if image.GetDimension() != 3:
         raise CaseInputError(f"{where}: expected a 3D image, got {image.GetDimension()}D")
@@ -155,25 +214,77 @@ def read_image(path: str | os.PathLike, patient_id: str, role: str) -> sitk.Imag
             f"{where}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} "
             "components per voxel"
         )
-    return image
+    return CTVolume(image, series)
 
 
-class _NoDicomSeries(Exception):
-    pass
+class _DicomFolderProblem(Exception):
+    """Why a DICOM folder cannot be read (read_image adds the patient and path)."""
 
 
-def _read_dicom_series(directory: str | os.PathLike) -> sitk.Image:
-    """The series with the most files in `directory` (not recursive)."""
+def _read_dicom_series(
+    directory: str | os.PathLike, series_uid: str = "", ct_only: bool = True
+) -> tuple[sitk.Image, SeriesInfo]:
+    """The chosen series of `directory` (not recursive) and its description.
+
+    See `choose_series` for which one; one pydicom header read per series says its modality.
+    """
     directory = os.fspath(directory)
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
-    if not series:
-        raise _NoDicomSeries("directory holds no DICOM series")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid) for uid in series), key=len
-    )
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
+    if not uids:
+        raise _DicomFolderProblem("directory holds no DICOM series")
+    from radpath import dicom  # pydicom is needed only for DICOM inputs
+
+    series = [
+        dicom.describe_series(uid, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid))
+        for uid in uids
+    ]
+    chosen = choose_series(series, series_uid, ct_only)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+    reader.SetFileNames(chosen.files)
+    return reader.Execute(), chosen
+
+
+def choose_series(series: Sequence[SeriesInfo], wanted_uid: str, ct_only: bool) -> SeriesInfo:
+    """`wanted_uid` if given, else the only candidate (the only CT series when `ct_only`).
+
+    Raises _DicomFolderProblem when the wanted series is absent or not CT, when there is no
+    candidate, and when there are several (listing UID, description, modality and size, so
+    the user can set ct_series_uid).
+    """
+    if wanted_uid:
+        match = [s for s in series if s.uid == wanted_uid]
+        if not match:
+            raise _DicomFolderProblem(
+                f"series {wanted_uid} (ct_series_uid) is not in this folder; series present: "
+                + _listing(series)
+            )
+        if ct_only and match[0].modality != "CT":
+            raise _DicomFolderProblem(
+                f"series {wanted_uid} (ct_series_uid) is {match[0].modality or 'not'} an image "
+                "series, not CT"
+            )
+        return match[0]
+    candidates = [s for s in series if s.is_ct] if ct_only else list(series)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise _DicomFolderProblem(
+            "no CT image series in this folder (localizers are not used); series present: "
+            + _listing(series)
+        )
+    if ct_only:
+        raise _DicomFolderProblem(
+            f"{len(candidates)} CT series in this folder; set ct_series_uid in the patients "
+            "sheet to one of: " + _listing(candidates)
+        )
+    raise _DicomFolderProblem(
+        f"{len(candidates)} DICOM series in this folder; use a folder holding only the mask "
+        "series: " + _listing(candidates)
+    )
+
+
+def _listing(series: Sequence[SeriesInfo]) -> str:
+    return "; ".join(s.describe() for s in series)
 
 
 def _itk_reason(exc: RuntimeError) -> str:
@@ -378,6 +489,97 @@ def select_label(
     return binary
 
 
+def optional_text(value) -> str:
+    """A sheet cell that may be empty (None/NaN/'') as stripped text; '' when empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def read_mask(
+    mask_path: str | os.PathLike,
+    ct: CTVolume,
+    patient_id: str,
+    label: int,
+    roi: str = "",
+    segment: str = "",
+    tolerance: float = 1e-3,
+) -> MaskSource:
+    """The binary mask of a label map (`label`), an RTSTRUCT ROI or a DICOM-SEG segment.
+
+    The kind comes from the DICOM header (Modality / SOPClassUID), not the file name. DICOM
+    masks need a DICOM CT: their frame of reference and referenced series are checked
+    against it, and they are rasterised onto its grid (see `radpath.dicom`).
+    """
+    where = _where(patient_id, ROLE_MASK, mask_path)
+    if not os.path.exists(mask_path):
+        raise CaseInputError(f"{where}: file not found")
+    found = _dicom_mask_object(mask_path, where)
+    if found is None:
+        for column, value in (("mask_roi", roi), ("mask_segment", segment)):
+            if value:
+                raise CaseInputError(
+                    f"{where}: {column} {value!r} is set but the mask is a label-map image, not "
+                    "an RTSTRUCT or DICOM-SEG (use mask_label)"
+                )
+        image = read_image(mask_path, patient_id, ROLE_MASK)
+        mask = select_label(image, label, patient_id, mask_path)
+        return MaskSource(mask, LABEL_MAP, f"{LABEL_MAP}, label {label}")
+    kind, path = found
+    where = _where(patient_id, ROLE_MASK, path)
+    a_kind = ("an " if kind == "RTSTRUCT" else "a ") + kind
+    wrong = ("mask_segment", segment) if kind == "RTSTRUCT" else ("mask_roi", roi)
+    if wrong[1]:
+        right = "mask_roi" if kind == "RTSTRUCT" else "mask_segment"
+        raise CaseInputError(
+            f"{where}: {wrong[0]} {wrong[1]!r} is set but the mask is {a_kind}; use {right}"
+        )
+    if ct.series is None:
+        raise CaseInputError(
+            f"{where}: {a_kind} mask needs the CT as a DICOM series folder (its frame of "
+            "reference and series are checked against the CT's)"
+        )
+    from radpath import dicom
+
+    if kind == "RTSTRUCT":
+        mask, note = dicom.rtstruct_mask(path, ct.image, ct.series, roi, where)
+    else:
+        mask, note = dicom.seg_mask(path, ct.image, ct.series, segment, where, tolerance)
+    return MaskSource(mask, kind, note)
+
+
+def _dicom_mask_object(path: str | os.PathLike, where: str) -> tuple[str, str] | None:
+    """(kind, file) when `path` is, or is a folder holding, one RTSTRUCT or DICOM-SEG object.
+
+    A file is looked at only when it starts like DICOM (or is named *.dcm), so label maps
+    cost no pydicom import. A folder holding several such objects is an error.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        if not (_has_dicom_preamble(path) or path.lower().endswith(".dcm")):
+            return None
+        from radpath import dicom
+
+        kind = dicom.mask_kind(path)
+        return None if kind is None else (kind, path)
+    from radpath import dicom
+
+    objects = dicom.find_mask_objects(path)
+    if len(objects) > 1:
+        shown = "; ".join(f"{os.path.basename(file)} ({kind})" for kind, file in objects)
+        raise CaseInputError(
+            f"{where}: folder holds {len(objects)} RTSTRUCT/SEG objects, point mask at one of "
+            f"them: {shown}"
+        )
+    return objects[0] if objects else None
+
+
+def _has_dicom_preamble(path: str) -> bool:
+    """Part 10 files: 128-byte preamble, then 'DICM'."""
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
 def count_roi_voxels(mask: sitk.Image) -> int:
     return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
 
@@ -443,17 +645,33 @@ def prepare_case(
     interpolator: str | int = "sitkBSpline",
     pad_distance: int = 5,
     crop: bool = True,
+    ct_series_uid: str | None = "",
+    mask_roi: str | None = "",
+    mask_segment: str | int | None = "",
 ) -> PreparedCase:
     """Read, check and resample one patient's CT and mask for pyradiomics.
 
     `interpolator` and `pad_distance` must be the pyradiomics settings of the same names
     (`radpath.radiomics.extract_patient` passes them). `crop=False` skips the CT crop
     before resampling (slower, for checking that the crop changes nothing).
+    `ct_series_uid`, `mask_roi` and `mask_segment` are the sheet's optional columns ('' or
+    None when not given): the DICOM series of a CT folder, the RTSTRUCT ROI name and the
+    DICOM-SEG segment (number or label).
     """
     settings = ct_cfg if isinstance(ct_cfg, CTSettings) else CTSettings.from_config(ct_cfg)
     label = as_label(mask_label, patient_id)
-    ct = read_image(ct_path, patient_id, ROLE_CT)
-    mask = select_label(read_image(mask_path, patient_id, ROLE_MASK), label, patient_id, mask_path)
+    ct_volume = read_ct(ct_path, patient_id, optional_text(ct_series_uid))
+    ct = ct_volume.image
+    source = read_mask(
+        mask_path,
+        ct_volume,
+        patient_id,
+        label,
+        optional_text(mask_roi),
+        optional_text(mask_segment),
+        settings.geometry_tolerance,
+    )
+    mask = source.mask
     geometry = check_geometry(
         ct,
         mask,
@@ -468,7 +686,9 @@ def prepare_case(
     notes = {
         "radpath_ct_path": os.fspath(ct_path),
         "radpath_mask_path": os.fspath(mask_path),
-        "radpath_mask_label": str(label),
+        "radpath_mask_label": str(label) if source.kind == LABEL_MAP else "",
+        "radpath_ct_series": "" if ct_volume.series is None else ct_volume.series.describe(),
+        "radpath_mask_source": source.note,
         "radpath_ct_size": _fmt(ct.GetSize()),
         "radpath_ct_spacing": _fmt(ct.GetSpacing()),
         "radpath_ct_pixel_type": ct.GetPixelIDTypeAsString(),

@@ -1,5 +1,5 @@
-"""Tile embedding: encoder building, a per-worker-handle tile Dataset, slide embedding to HDF5,
-and pooling of tile features to slides and patients.
+"""Tile embedding: encoder building, a per-worker-handle tile Dataset, slide embedding to HDF5
+(read back and pooled to patients by radpath.tile_features).
 
 The GPU is kept busy by decoding tiles in DataLoader workers (each with its own OpenSlide
 handle), shipping uint8 tiles (4x fewer bytes than float) through pinned memory, and
@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import openslide
-import pandas as pd
 import timm
 import torch
 from torch import nn
@@ -28,7 +27,6 @@ from radpath.io import atomic_path
 from radpath.wsi import (
     Slide,
     SlideError,
-    attrs_dict,
     check_tile_attrs,
     open_slide,
     read_coords_h5,
@@ -42,7 +40,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TRUNCATED_RESNET = "resnet50_trunc"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREFETCH_BATCHES = 4  # per worker
-POOLINGS = ("mean", "max", "std")
 
 
 # ---------------------------------------------------------------------------- encoder
@@ -173,7 +170,7 @@ class TileDataset(Dataset):
         try:
             tile = read_tile(self._handle(), x, y, self.tiles_cfg)
             return torch.from_numpy(tile), index, True
-        except (openslide.OpenSlideError, OSError, SlideError) as err:
+        except (openslide.OpenSlideError, SlideError) as err:  # I/O errors fail the job
             log.warning(
                 "slide %s: tile %d at level-0 (%d, %d) unreadable, skipped: %s",
                 self.slide_id,
@@ -242,6 +239,27 @@ def tile_loader(
 
 
 # -------------------------------------------------------------------------- embedding
+
+
+def cpu_budget(threads: int, num_workers: int, slide_id: str = "") -> tuple[int, int]:
+    """(DataLoader workers, torch intra-op threads) for a job given `threads` CPUs.
+
+    Each worker is a process that needs a CPU besides the main one, so at most threads - 1
+    workers run: more are cut down with a warning rather than failing the job, as Snakemake
+    may give a job fewer threads than configured (never more than --cores) and the workers
+    do not change the features. The main process's torch gets the CPUs the workers leave
+    (at least 1), whatever OMP_NUM_THREADS says.
+    """
+    threads = max(1, int(threads))
+    workers = max(0, int(num_workers))
+    if workers > threads - 1:
+        log.warning(
+            "slide %s: num_workers %d needs %d CPUs but the job has %d "
+            "(pathology.threads, capped by --cores): using %d workers",
+            slide_id, workers, workers + 1, threads, threads - 1,
+        )
+        workers = threads - 1
+    return workers, max(1, threads - workers)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -333,14 +351,25 @@ def embed_slide(
     device: str | torch.device | None = None,
     mpp_override: float | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict:
     """Embed every tile of `coords_h5` and write `features`/`coords` HDF5 atomically.
 
-    Unreadable tiles are skipped, counted and stored as `skipped_coords`; all tiles
-    unreadable -> SlideError. Returns n_tiles, n_skipped, seconds, tiles_per_s, device.
+    `threads`: the CPUs of this job (see `cpu_budget`); None leaves torch's thread count
+    and the configured workers alone. Unreadable tiles are skipped, counted and stored as
+    `skipped_coords`; all tiles unreadable -> SlideError. Returns n_tiles, n_skipped,
+    seconds, tiles_per_s, device, num_workers, torch_threads.
     """
     start = time.perf_counter()
     device = resolve_device(device)
+    num_workers = emb_cfg.get("num_workers", 2)
+    if threads is not None:
+        num_workers, torch_threads = cpu_budget(threads, num_workers, slide_id)
+        torch.set_num_threads(torch_threads)
+        log.info(
+            "slide %s: %d CPUs: %d DataLoader workers, %d torch threads on %s",
+            slide_id, threads, num_workers, torch.get_num_threads(), device,
+        )
     coords, tile_attrs = read_coords_h5(coords_h5)
     with open_slide(slide_path, slide_id, mpp_override) as slide:
         check_tile_attrs(tile_attrs, tiles_cfg, f"{slide.label()}, {coords_h5}", slide.mpp)
@@ -355,7 +384,7 @@ def embed_slide(
     loader = tile_loader(
         dataset,
         emb_cfg.get("batch_size", 64),
-        emb_cfg.get("num_workers", 2),
+        num_workers,
         pin_memory=device.type == "cuda",
     )
     log.info(
@@ -387,6 +416,8 @@ def embed_slide(
         "seconds": seconds,
         "tiles_per_s": len(coords) / seconds if seconds > 0 else float("nan"),
         "device": str(device),
+        "num_workers": int(num_workers),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -418,49 +449,3 @@ def write_features_h5(
         h5.attrs.update(tile_attrs)
         h5.attrs.update(attrs)
         h5["features"].attrs.update(attrs)
-
-
-def read_features_h5(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features (N, D) float16, coords (N, 2) int64, attrs) of a features file."""
-    with h5py.File(path, "r") as h5:
-        return h5["features"][:], h5["coords"][:], attrs_dict(h5.attrs)
-
-
-# ---------------------------------------------------------------------------- pooling
-
-
-def pool_slide_features(features: np.ndarray, methods: Sequence[str]) -> dict[str, np.ndarray]:
-    """Pool (N, D) tile features to one D vector per method (mean, max, std), in float32."""
-    unknown = set(methods) - set(POOLINGS)
-    if unknown:
-        raise ValueError(f"unknown pooling {sorted(unknown)}: use {list(POOLINGS)}")
-    tiles = np.asarray(features, dtype=np.float32)
-    if tiles.ndim != 2 or len(tiles) == 0:
-        raise ValueError(f"pooling needs (N>0, D) tile features, got shape {tiles.shape}")
-    pooled = {"mean": tiles.mean(axis=0), "max": tiles.max(axis=0), "std": tiles.std(axis=0)}
-    return {method: pooled[method] for method in methods}
-
-
-def patient_embedding_table(
-    feature_files: Mapping[str, Sequence[str | os.PathLike]],
-    methods: Sequence[str],
-) -> pd.DataFrame:
-    """One row per patient: tiles of all the patient's slides pooled together.
-
-    Pooling over the union of tiles weighs each slide by its tissue (tile count).
-    Columns are `{method}_{i:04d}`; the index is `patient_id`.
-    """
-    rows = {}
-    for patient_id, paths in feature_files.items():
-        if not paths:
-            raise ValueError(f"patient {patient_id}: no slide feature files")
-        tiles = np.concatenate([read_features_h5(path)[0] for path in paths], axis=0)
-        pooled = pool_slide_features(tiles, methods)
-        rows[patient_id] = np.concatenate([pooled[m] for m in methods])
-    if not rows:
-        raise ValueError("no patients to pool")
-    dim = len(next(iter(rows.values()))) // len(methods)
-    columns = [f"{method}_{i:04d}" for method in methods for i in range(dim)]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
-    table.index.name = "patient_id"
-    return table

@@ -12,7 +12,11 @@ Differences from neuroCombat, all deliberate:
   listed in ``model.passthrough_features``) instead of entering the priors or giving NaN;
 - a batch with one training patient is an error, or is merged into the largest batch
   (``single_patient_batch="merge"``), instead of turning every output into NaN;
-- the non-parametric likelihoods are computed in log space, so they cannot underflow.
+- the non-parametric likelihoods are computed in log space, so they cannot underflow;
+- "zero variance" (passthrough, and sva's ``delta_hat == 0 -> 1`` for a feature constant
+  within one batch) is compared against a tolerance relative to the feature's RMS, not
+  exactly: rounding can leave 1e-31 where the exact value is 0, and neuroCombat's exact test
+  then misses the constant batch (its result depends on how numpy happened to round).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from scipy import stats
 SINGLE_PATIENT_BATCH_POLICIES = ("error", "merge")
 CONVERGENCE_TOLERANCE = 1e-4  # relative change that stops it_sol, as in sva / neuroCombat
 MAX_ITERATIONS = 10_000
-# Residual SD below this fraction of a feature's RMS counts as zero variance.
+# Residual SD below this fraction of a feature's RMS counts as zero variance: for the whole
+# training set (passthrough) and within one batch (sva's delta_hat == 0 -> 1). Rounding often
+# leaves a few ulps instead of an exact 0, so the comparison needs the feature's own scale.
 ZERO_VARIANCE_RELATIVE_SD = 1e-9
 MAX_IDS_IN_MESSAGE = 10
 
@@ -331,17 +337,39 @@ def _nonparametric_batch(
     return gamma_star, delta_star
 
 
+def _zero_within_batch_variance(rms: np.ndarray, var_pooled: np.ndarray) -> np.ndarray:
+    """Per feature, the largest within-batch variance of the standardized data that is zero.
+
+    The passthrough rule in standardized units: a residual SD of at most
+    ``ZERO_VARIANCE_RELATIVE_SD`` times the feature's RMS. A feature constant within a batch
+    gets a variance of rounding noise (e.g. 5e-32: the mean of n equal floats is not always
+    that float), far below this bound; for a harmonized (not passed through) feature the
+    bound is below the pooled variance, so a batch that varies is never called constant.
+    """
+    return (ZERO_VARIANCE_RELATIVE_SD * rms) ** 2 / var_pooled
+
+
 def _empirical_bayes(
-    s_data: np.ndarray, batch_index: np.ndarray, n_batches: int, parametric: bool, mean_only: bool
+    s_data: np.ndarray,
+    batch_index: np.ndarray,
+    n_batches: int,
+    parametric: bool,
+    mean_only: bool,
+    zero_variance: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """gamma_star and delta_star (n_batches x features) from standardized data."""
+    """gamma_star and delta_star (n_batches x features) from standardized data.
+
+    ``zero_variance``: per feature, the within-batch variance at or below which a batch
+    counts as constant (:func:`_zero_within_batch_variance`); its delta_hat becomes 1, as sva's
+    ``delta_hat == 0`` replacement.
+    """
     rows = [batch_index == b for b in range(n_batches)]
     gamma_hat = np.vstack([s_data[r].mean(axis=0) for r in rows])
     if mean_only:
         delta_hat = np.ones_like(gamma_hat)
     else:
         delta_hat = np.vstack([s_data[r].var(axis=0, ddof=1) for r in rows])
-        delta_hat[delta_hat == 0] = 1.0  # a feature constant within one batch, as in sva
+        delta_hat[delta_hat <= zero_variance[None, :]] = 1.0
     gamma_bar = gamma_hat.mean(axis=1)
     t2 = gamma_hat.var(axis=1, ddof=1)
 
@@ -422,7 +450,10 @@ def fit_combat(
     keep = ~passthrough
     preserved = grand_mean[keep] + covariate_design @ covariate_coefs[:, keep]
     s_data = (values[:, keep] - preserved) / np.sqrt(var_pooled[keep])
-    gamma_star, delta_star = _empirical_bayes(s_data, batch_index, n_batches, parametric, mean_only)
+    zero_variance = _zero_within_batch_variance(rms[keep], var_pooled[keep])
+    gamma_star, delta_star = _empirical_bayes(
+        s_data, batch_index, n_batches, parametric, mean_only, zero_variance
+    )
 
     return ComBatModel(
         features=[str(c) for c in features.columns],

@@ -8,8 +8,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -74,10 +76,30 @@ def write_tsv(df: pd.DataFrame, path: str | os.PathLike, index: bool = True) -> 
         df.to_csv(handle, sep="\t", index=index, lineterminator="\n")
 
 
+# Columns that hold names, never numbers or missing values: patient `007` stays '007' and a
+# patient called `NA`, `True` or `1e3` keeps its name.
+TEXT_COLUMNS = frozenset({
+    "patient_id", "slide_id", "model", "endpoint", "cohort", "split", "feature", "covariate",
+})  # fmt: skip
+
+
 def read_tsv(path: str | os.PathLike, index_col: str | None = None) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", float_precision="round_trip")
+    """A TSV written by radpath; name columns (TEXT_COLUMNS, index_col) are read as text."""
+    import pandas as pd  # here, not at module level: per-patient jobs start without pandas
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+    text = [c for c in header if c in TEXT_COLUMNS or c == index_col]
+    df = pd.read_csv(
+        path,
+        sep="\t",
+        float_precision="round_trip",
+        dtype=dict.fromkeys(text, str),
+        keep_default_na=False,
+        na_values={c: STR_NA_VALUES for c in header if c not in text},
+    )
     if index_col is not None:
-        df[index_col] = df[index_col].astype(str)
         df = df.set_index(index_col)
     return df
 

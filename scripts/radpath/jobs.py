@@ -8,16 +8,33 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from radpath.io import atomic_write, write_tsv
 
 log = logging.getLogger("radpath")
 
-# Errors that mean "this patient's/slide's input is bad", as opposed to a bug in radpath.
-INPUT_ERRORS = (ValueError, OSError, RuntimeError)
 # Non-TSV outputs (HDF5, PNG) of an excluded item hold one text line starting with this.
 EXCLUSION_PREFIX = "excluded: "
+# Words of errors that come from the machine, not the data (torch and CUDA raise these as
+# RuntimeError, some libraries as ValueError).
+RESOURCE_WORDS = ("out of memory", "cuda", "cudnn", "cublas", "nccl", "memoryerror")
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether `error` means the item's data is unusable (exclude it), not a passing failure.
+
+    Bad input: radpath's input errors, all ValueErrors naming the item and file
+    (CaseInputError, SlideError, RadiomicsError, ...). Everything else fails the job so that
+    Snakemake's --retries runs it again (with more memory) and no item leaves the cohort for
+    a reason that a retry would fix: out of memory (MemoryError, torch.OutOfMemoryError),
+    CUDA and other RuntimeErrors, I/O errors (OSError: a network filesystem hiccup), and a
+    cancelled job (SIGTERM, a SystemExit). Bugs (KeyError, TypeError, ...) fail too, and so
+    do errors of the run's own settings (they set `excludes_item = False`, e.g. an unusable
+    pyradiomics parameter file), which would otherwise exclude every patient.
+    """
+    if not isinstance(error, ValueError) or getattr(error, "excludes_item", True) is False:
+        return False
+    text = f"{type(error).__name__}: {error}".lower()
+    return not any(word in text for word in RESOURCE_WORDS)
 
 
 def setup_logging(log_path: str | None) -> None:
@@ -59,16 +76,26 @@ def run_item(
     """Run one per-patient/per-slide job.
 
     on_error="stop": a bad input raises (the job fails with a one-line reason).
-    on_error="exclude": the reason is written into every output (an `error` column in TSVs,
-    an EXCLUSION_PREFIX line in other files) so the cohort step leaves this item out and the report lists it. An item excluded by an
-    earlier job (an `upstream` input holding an exclusion record) stays excluded.
+    on_error="exclude": the reason of a bad input (see `is_bad_input`) is written into every
+    output (an `error` column in TSVs, an EXCLUSION_PREFIX line in other files) so the cohort
+    step leaves this item out and the report lists it. An item excluded by an earlier job (an
+    `upstream` input holding an exclusion record) stays excluded. Any other failure (out of
+    memory, CUDA, I/O, a cancel) fails the job in both modes, so --retries can rerun it.
     """
     reason = next(filter(None, (exclusion_reason(p) for p in upstream)), None)
     if reason is None:
         try:
             job()
             return
-        except INPUT_ERRORS as error:
+        except Exception as error:
+            if not is_bad_input(error):
+                if on_error == "exclude":
+                    log.error(
+                        "%s %s: %s: %s; not excluded (not an input problem): the job fails so "
+                        "that a retry can run it again", id_column.removesuffix("_id"), item_id,
+                        type(error).__name__, error,
+                    )
+                raise
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             if on_error != "exclude":
                 log.error(reason)
@@ -79,6 +106,8 @@ def run_item(
 
 def write_exclusion(item_id: str, id_column: str, reason: str, outputs: list[str]) -> None:
     """Record why an item was left out in each of its outputs."""
+    import pandas as pd  # not at module level: the per-patient job's start-up stays light
+
     record = pd.DataFrame({id_column: [item_id], "error": [reason]})
     for path in outputs:
         if str(path).endswith(".tsv"):

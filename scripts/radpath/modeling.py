@@ -22,9 +22,13 @@ from radpath.survival import check_outcome, harrell_c
 Z_95 = norm.ppf(0.975)
 COEFFICIENT_COLUMNS = [
     "feature", "coef", "se", "hr", "hr_lower", "hr_upper", "p",
-    "train_mean", "train_sd", "coef_per_unit",
+    "train_mean", "train_sd", "coef_per_unit", "binary",
 ]  # fmt: skip
+NUMERIC_COEFFICIENT_COLUMNS = COEFFICIENT_COLUMNS[1:-1]
 LOG_COLUMNS = ["step", "n_in", "n_out", "note"]
+# Ridge penalties tried in turn (those above the configured one) when a Cox refit has no
+# finite maximum (separation on data without signal, collinear columns without a penalty).
+REFIT_PENALIZERS = (0.01, 0.1, 1.0)
 
 
 class ModelInputError(ValueError):
@@ -120,7 +124,9 @@ class FittedModel:
             medians={k: float(v) for k, v in data["medians"].items()},
             means={k: float(v) for k, v in data["means"].items()},
             sds={k: float(v) for k, v in data["sds"].items()},
-            coefficients=coefficients.astype({c: float for c in COEFFICIENT_COLUMNS[1:]}),
+            coefficients=coefficients.astype(
+                {**dict.fromkeys(NUMERIC_COEFFICIENT_COLUMNS, float), "binary": bool}
+            ),
             selection_log=pd.DataFrame(data["selection_log"], columns=LOG_COLUMNS),
             alpha=None if data.get("alpha") is None else float(data["alpha"]),
             forced=list(data.get("forced", [])),
@@ -193,6 +199,60 @@ def cox_refit(Z: pd.DataFrame, time, event, penalizer: float) -> pd.DataFrame:
     )
 
 
+def _refit_attempts(
+    features: list[str], forced: list[str], penalizer: float
+) -> list[tuple[list[str], float]]:
+    """(columns, penalizer) in the order tried: the selected features with the configured
+    penalizer, then with each larger one of REFIT_PENALIZERS; then the same for the forced
+    columns alone when the selection added candidates to them (no columns: a null model)."""
+    penalizers = [penalizer] + [p for p in REFIT_PENALIZERS if p > penalizer]
+    attempts = [(features, p) for p in penalizers]
+    if forced != features:
+        attempts += [(forced, p) for p in penalizers] if forced else [([], penalizer)]
+    return attempts
+
+
+def refit_with_fallback(
+    Z: pd.DataFrame, features: list[str], forced: list[str], time, event, penalizer: float
+) -> tuple[pd.DataFrame | None, list[str], dict | None]:
+    """:func:`cox_refit` of the selected features, retried while lifelines cannot fit them.
+
+    A refit that raises ConvergenceError (or a singular matrix) is retried as
+    :func:`_refit_attempts` lists. Returns (coefficient table, None for a null model; the
+    columns it is on; a ``cox_refit`` selection-log row saying what failed and what was fitted
+    instead, None when the first attempt fitted). Raises the first error if nothing fits.
+    """
+    from lifelines.exceptions import ConvergenceError
+
+    failed: list[str] = []
+    error: Exception | None = None
+    for columns, pen in _refit_attempts(features, forced, penalizer):
+        table = None
+        if columns:
+            try:
+                table = cox_refit(Z[columns], time, event, pen)
+            except (ConvergenceError, np.linalg.LinAlgError) as exc:
+                error = error or exc
+                failed.append(f"penalizer {pen:g} on {len(columns)} column(s)")
+                continue
+        if not failed:
+            return table, columns, None
+        note = f"lifelines did not converge ({_first_sentence(error)}) with {'; '.join(failed)}"
+        if columns:
+            note += f"; refitted with penalizer {pen:g} on {len(columns)} column(s)"
+        if columns != features:
+            note += "; selected candidates dropped: " + (
+                "forced columns only" if columns else "null model (predicts 0)"
+            )
+        return table, columns, {"step": "cox_refit", "n_in": len(features),
+                                "n_out": len(columns), "note": note}  # fmt: skip
+    raise error
+
+
+def _first_sentence(exc: BaseException) -> str:
+    return str(exc).split(". ")[0].strip().rstrip(".") or type(exc).__name__
+
+
 def fit_model(
     X_train: pd.DataFrame,
     time,
@@ -206,7 +266,10 @@ def fit_model(
     """Impute (train medians) and standardize (train mean/SD) forced + candidate columns, select
     among candidates (forced kept, unpenalized), refit a Cox model on the result.
 
-    An empty selection without forced columns gives a null model (predicts 0).
+    An empty selection without forced columns gives a null model (predicts 0). A refit that
+    lifelines cannot fit (no signal: separation) is retried with a larger ridge penalty, then
+    on the forced columns only (:func:`refit_with_fallback`); a ``cox_refit`` row in the
+    selection log says so.
     """
     time, event = check_outcome(time, event)
     if len(X_train) != time.size:
@@ -216,23 +279,32 @@ def fit_model(
     medians, means, sds = training_statistics(values)
     Z = (fill_missing(values, medians) - means) / sds
     selection = select_features(Z, time, event, selection_cfg, list(forced), seed)
-    features = selection.selected
+    features, table, log = selection.selected, None, selection.log
+    if features:
+        kept_forced = [f for f in forced if f in features]
+        table, features, refit_row = refit_with_fallback(
+            Z, features, kept_forced, time, event, float(cox_cfg["penalizer"])
+        )
+        if refit_row is not None:
+            refit_log = pd.DataFrame([refit_row], columns=LOG_COLUMNS)
+            log = pd.concat([log, refit_log], ignore_index=True)
     model = FittedModel(
         features=features,
         coef=np.zeros(len(features)),
         medians={f: float(medians[f]) for f in features},
         means={f: float(means[f]) for f in features},
         sds={f: float(sds[f]) for f in features},
-        selection_log=selection.log,
+        selection_log=log,
         alpha=selection.alpha,
         forced=[f for f in forced if f in features],
     )
-    if not features:
+    if table is None:
         return model
-    table = cox_refit(Z[features], time, event, float(cox_cfg["penalizer"]))
     table["train_mean"] = means[features].to_numpy()
     table["train_sd"] = sds[features].to_numpy()
     table["coef_per_unit"] = table["coef"] / table["train_sd"]
+    # 0/1 columns (a category against its reference) are read per unit, not per SD.
+    table["binary"] = [bool(set(np.unique(values[f].dropna())) <= {0.0, 1.0}) for f in features]
     model.coef = table["coef"].to_numpy()
     model.coefficients = table[COEFFICIENT_COLUMNS]
     return model

@@ -225,7 +225,7 @@ def _read_tiles(slide_path, slide_id, coords, tiles_cfg, mpp_override):
             try:
                 tiles.append(read_tile(slide, x, y, tiles_cfg))
                 ok[i] = True
-            except (openslide.OpenSlideError, OSError) as err:
+            except openslide.OpenSlideError as err:  # a corrupt tile; I/O errors fail the job
                 log.warning(
                     "slide %s: tile at level-0 (%d, %d) unreadable, skipped: %s",
                     slide_id,

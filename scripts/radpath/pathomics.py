@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from radpath.embed import patient_embedding_table
 from radpath.io import read_tsv
 from radpath.jobs import exclusion_reason
+from radpath.tile_features import patient_embedding_table
 
 log = logging.getLogger(__name__)
 

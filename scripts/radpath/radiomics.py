@@ -30,7 +30,14 @@ PYRADIOMICS_DEFAULTS = RadiomicsFeatureExtractor._getDefaultSettings()
 
 
 class RadiomicsError(ValueError):
-    """Bad parameters or a failed extraction; the message names the file or patient."""
+    """A failed extraction (bad input data); the message names the patient."""
+
+
+class ParameterFileError(RadiomicsError):
+    """The pyradiomics parameter file is unusable: a problem of the run, not of a patient, so
+    it fails every job instead of excluding patients (see radpath.jobs.is_bad_input)."""
+
+    excludes_item = False
 
 
 def _one_line(value: object, limit: int | None = 300) -> str:
@@ -43,7 +50,7 @@ def _one_line(value: object, limit: int | None = 300) -> str:
 def load_params(path: str | os.PathLike) -> dict:
     """A pyradiomics parameter file, validated by pyradiomics and for use with radpath.
 
-    Raises RadiomicsError for unreadable YAML, anything pyradiomics' schema rejects, and
+    Raises ParameterFileError for unreadable YAML, anything pyradiomics' schema rejects, and
     settings that radpath owns elsewhere (see `unsupported_settings`).
     """
     where = f"pyradiomics parameter file {os.fspath(path)}"
@@ -51,18 +58,18 @@ def load_params(path: str | os.PathLike) -> dict:
         with open(path, encoding="utf-8") as handle:
             params = yaml.safe_load(handle)
     except OSError as exc:
-        raise RadiomicsError(f"{where}: cannot be read: {exc.strerror}") from exc
+        raise ParameterFileError(f"{where}: cannot be read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise RadiomicsError(f"{where}: not valid YAML: {_one_line(exc)}") from exc
+        raise ParameterFileError(f"{where}: not valid YAML: {_one_line(exc)}") from exc
     if not isinstance(params, dict):
-        raise RadiomicsError(f"{where}: expected a mapping with imageType/featureClass/setting")
+        raise ParameterFileError(f"{where}: expected a mapping with imageType/featureClass/setting")
     try:
         RadiomicsFeatureExtractor(copy.deepcopy(params))
     except PyKwalifyException as exc:
-        raise RadiomicsError(f"{where}: rejected by pyradiomics: {_one_line(exc.msg)}") from exc
+        raise ParameterFileError(f"{where}: rejected by pyradiomics: {_one_line(exc.msg)}") from exc
     problems = unsupported_settings(params.get("setting") or {})
     if problems:
-        raise RadiomicsError(f"{where}: {'; '.join(problems)}")
+        raise ParameterFileError(f"{where}: {'; '.join(problems)}")
     return params
 
 
@@ -156,9 +163,15 @@ def extract_patient(
     params_path: str | os.PathLike,
     features_out: str | os.PathLike,
     qc_out: str | os.PathLike,
+    *,
+    ct_series_uid: str | None = "",
+    mask_roi: str | None = "",
+    mask_segment: str | int | None = "",
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Prepare one patient's CT, extract features, write the features and QC TSVs atomically.
 
+    `ct_series_uid`, `mask_roi` and `mask_segment` are the patients sheet's optional DICOM
+    columns ('' when not given; see `radpath.ct.prepare_case`).
     Returns (features, qc) as written (without `patient_id`).
     """
     params = load_params(params_path)
@@ -172,6 +185,9 @@ def extract_patient(
         patient_id,
         interpolator=setting["interpolator"],
         pad_distance=setting["padDistance"],
+        ct_series_uid=ct_series_uid,
+        mask_roi=mask_roi,
+        mask_segment=mask_segment,
     )
     run_params = params_for_prepared_case(
         params, resampled=ct_settings.resample_spacing is not None

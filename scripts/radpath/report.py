@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import io
 import itertools
+import re
+import subprocess
 from pathlib import Path
 
 import jinja2
@@ -14,6 +18,7 @@ from PIL import Image
 
 from radpath.io import atomic_write, read_tsv
 from radpath.jobs import exclusion_reason
+from radpath.modeling import Z_95
 
 MODEL_DESCRIPTIONS = {
     "clinical": "clinical covariates only",
@@ -55,7 +60,39 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def performance_rows(cindex: pd.DataFrame, reference: str) -> list[dict]:
+def selected_imaging_features(coefficients: pd.DataFrame) -> list[str]:
+    """Features of a final model that come from a feature block (`block:name`), not clinical."""
+    return [f for f in coefficients["feature"] if ":" in str(f)]
+
+
+def model_notes(
+    coefficient_files: dict[tuple[str, str], str], model_specs: dict[str, dict]
+) -> dict[tuple[str, str], str]:
+    """Per (endpoint, model): why a model's numbers look the way they do, when they need it."""
+    notes = {}
+    for (endpoint, model), path in coefficient_files.items():
+        spec = model_specs.get(model, {})
+        if not spec.get("blocks"):
+            continue
+        coefficients = read_tsv(path)
+        if selected_imaging_features(coefficients):
+            continue
+        if spec.get("clinical"):
+            notes[endpoint, model] = (
+                "no imaging feature was selected: this is the clinical model (ΔC = 0 by "
+                "construction)"
+            )
+        else:
+            notes[endpoint, model] = (
+                "no feature was selected: the same risk for everyone (C = 0.5)"
+            )
+    return notes
+
+
+def performance_rows(
+    cindex: pd.DataFrame, reference: str, notes: dict[tuple[str, str], str] | None = None
+) -> list[dict]:
+    notes = notes or {}
     rows = []
     for r in cindex.to_dict("records"):
         row = {
@@ -70,6 +107,7 @@ def performance_rows(cindex: pd.DataFrame, reference: str) -> list[dict]:
             "delta": "",
             "corrected": "",
             "logrank": fmt_p(r.get("logrank_p", np.nan)),
+            "note": notes.get((r["endpoint"], r["model"]), ""),
         }
         if r["model"] != reference and np.isfinite(r.get("delta_harrell", np.nan)):
             row["delta"] = (
@@ -82,26 +120,86 @@ def performance_rows(cindex: pd.DataFrame, reference: str) -> list[dict]:
     return rows
 
 
+def hazard_ratio_row(r: dict) -> dict:
+    """A coefficient row for readers: binary terms per unit (the category against its
+    reference), continuous ones per training SD with the SD in the feature's own units."""
+    if r.get("binary") in (True, "True", 1):
+        sd = float(r["train_sd"])
+        log_hr, half_width = r["coef"] / sd, Z_95 * r["se"] / sd
+        hr = fmt_ci(np.exp(log_hr), np.exp(log_hr - half_width), np.exp(log_hr + half_width))
+        scale = "1 vs 0 (category vs reference)"
+    else:
+        hr = fmt_ci(r["hr"], r["hr_lower"], r["hr_upper"])
+        scale = f"per SD (SD = {float(r['train_sd']):.4g})"
+    return {"feature": r["feature"], "hr": hr, "scale": scale, "p": fmt_p(r["p"])}
+
+
 def coefficient_tables(files: dict[tuple[str, str], str]) -> list[dict]:
     tables = []
     for (endpoint, model), path in files.items():
-        coef = pd.read_csv(path, sep="\t")
-        rows = [
-            {
-                "feature": r["feature"],
-                "hr": fmt_ci(r["hr"], r["hr_lower"], r["hr_upper"]),
-                "p": fmt_p(r["p"]),
-            }
-            for r in coef.to_dict("records")
-        ]
+        coef = read_tsv(path)
+        rows = [hazard_ratio_row(r) for r in coef.to_dict("records")]
         tables.append({"endpoint": endpoint.upper(), "model": model, "rows": rows})
     return tables
+
+
+SMALL_VALIDATION_EVENTS = 30  # fewer validation events than this: CIs are wide
+
+
+def caveats(cindex: pd.DataFrame, reference: str) -> dict:
+    """Plain statements of how far the validation numbers can be trusted."""
+    validation = cindex[cindex["cohort"] == "validation"]
+    if validation.empty:
+        return {"small": [], "n_comparisons": 0}
+    by_endpoint = validation.groupby("endpoint").agg(n=("n", "max"), events=("events", "max"))
+    small = [
+        {"endpoint": e.upper(), "n": int(r.n), "events": int(r.events)}
+        for e, r in by_endpoint.iterrows()
+        if r.events < SMALL_VALIDATION_EVENTS
+    ]
+    compared = validation[validation["model"] != reference]
+    return {"small": small, "n_comparisons": int(len(compared))}
+
+
+def provenance(workflow_dir: str | Path, sheets: dict[str, str]) -> dict:
+    """radpath's version and commit, the date, and the input sheets with their SHA-256."""
+    workflow_dir = Path(workflow_dir)
+    version = "unknown"
+    pyproject = workflow_dir / "pyproject.toml"
+    if pyproject.is_file():
+        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
+        version = match.group(1) if match else version
+    commit = _git(workflow_dir, "rev-parse", "--short=12", "HEAD")
+    if commit and _git(workflow_dir, "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    inputs = []
+    for name, path in sheets.items():
+        if path and Path(path).is_file():
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+            inputs.append({"name": name, "path": str(path), "sha256": digest})
+    return {
+        "version": version,
+        "commit": commit or "unknown (not a git checkout)",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "inputs": inputs,
+    }
+
+
+def _git(folder: Path, *args: str) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True,
+            encoding="utf-8", timeout=10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def selection_tables(files: dict[tuple[str, str], str]) -> list[dict]:
     tables = []
     for (endpoint, model), path in files.items():
-        log = pd.read_csv(path, sep="\t").fillna("")
+        log = read_tsv(path).fillna("")
         tables.append(
             {"endpoint": endpoint.upper(), "model": model, "rows": log.to_dict("records")}
         )
@@ -154,31 +252,45 @@ def render_report(
     out_path,
     slides: dict[str, str] | None = None,
     slide_patients: dict[str, str] | None = None,
+    workflow_dir: str | Path | None = None,
 ):
     keys = list(itertools.product(endpoints, models))
     slides = slides or {}
-    cindex = pd.read_csv(inputs.cindex, sep="\t")
+    cindex = read_tsv(inputs.cindex)
     outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
-    excluded = pd.read_csv(inputs.excluded, sep="\t")
+    excluded = read_tsv(inputs.excluded)
     km_dir = Path(inputs.km)
     context = {
         "config": config,
         "cohort": cohort_summary(outcomes),
         "excluded": excluded.to_dict("records"),
+        "imputation": [
+            r for r in read_tsv(inputs.imputation).to_dict("records")
+            if r["n_train_filled"] or r["n_validation_filled"]
+        ],
         "slides": slide_gallery(slides, slide_patients or {}),
         "n_slides": len(slides),
         "slide_excluded": (
-            pd.read_csv(inputs.pathomics_excluded[0], sep="\t").to_dict("records")
+            read_tsv(inputs.pathomics_excluded[0]).to_dict("records")
             if slides else []
         ),
-        "performance": performance_rows(cindex, config["reference_model"]),
+        "performance": performance_rows(
+            cindex, config["reference_model"],
+            model_notes(dict(zip(keys, inputs.coefficients, strict=True)), config["models"]),
+        ),
+        "caveats": caveats(cindex, config["reference_model"]),
+        "provenance": provenance(
+            workflow_dir or Path(inputs.template).parents[2],  # resources/report/ -> workflow
+            {"patients": config["patients"], "clinical": config["clinical"],
+             "slides": config.get("slides", "")},
+        ),
         "forest": embed_png(inputs.forest),
         "km": [
             {"endpoint": e.upper(), "model": m, "img": embed_png(km_dir / f"{e}_{m}.png")}
             for e, m in keys
         ],
         "pca": embed_png(inputs.pca),
-        "batch": batch_summary(pd.read_csv(inputs.batch_tests, sep="\t")),
+        "batch": batch_summary(read_tsv(inputs.batch_tests)),
         "coefficients": coefficient_tables(dict(zip(keys, inputs.coefficients, strict=True))),
         "selection": selection_tables(dict(zip(keys, inputs.selection, strict=True))),
         "models": [{"name": m, "description": MODEL_DESCRIPTIONS.get(m, ""),

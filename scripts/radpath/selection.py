@@ -4,6 +4,13 @@ Steps, in order, on the candidate columns (forced columns, e.g. clinical covaria
 filtered and are unpenalized): near-zero variance, Spearman correlation pruning, univariate Cox
 screening, penalized Cox (Coxnet) with the penalty chosen by cross-validation, cap on the number
 of features. Each step returns what it kept and one log row (step, n_in, n_out, note).
+
+Weak or absent signal is a normal outcome, not a crash. Where Coxnet cannot fit a path (its
+linear predictor overflows: weak penalties on null data with few events, or undamped steps on
+correlated forced columns), it is refitted with the forced columns orthonormalized and then on
+paths cut short at the weak end (:func:`coxnet_path`); a CV fold that still fails makes the
+alphas it could not fit ineligible; failing everything, the selection is empty (forced columns
+only). The penalized_cox log row records every fallback taken.
 """
 
 from __future__ import annotations
@@ -254,6 +261,129 @@ def _fit_quietly(model, x, y):
         return model.fit(x, y)
 
 
+def _failure(exc: BaseException) -> str:
+    """Short reason for a log note: the exception's first sentence."""
+    return str(exc).split(". ")[0].strip().rstrip(".") or type(exc).__name__
+
+
+def _auto_min_ratio(n_samples: int, n_columns: int) -> float:
+    """scikit-survival's alpha_min_ratio='auto' (as glmnet's lambda.min.ratio)."""
+    return 1e-4 if n_samples > n_columns else 1e-2
+
+
+def _path_cuts(n_alphas: int, log10_span: float) -> list[int]:
+    """Fallback path lengths for a failed geometric path of n_alphas alphas spanning log10_span
+    decades: the path cut at 10**-k times its first (strongest) alpha, for k from
+    ceil(span) - 1 down to 1, i.e. each a decade shorter at the weak end. With the default
+    50 alphas over 4 decades: 37, 25 and 13 alphas."""
+    if n_alphas < 2 or log10_span <= 0:
+        return []
+    per_step = log10_span / (n_alphas - 1)
+    cuts: list[int] = []
+    for k in range(int(np.ceil(log10_span - 1e-9)) - 1, 0, -1):
+        n = int(np.floor(k / per_step + 1e-9)) + 1
+        if n < (cuts[-1] if cuts else n_alphas):
+            cuts.append(n)
+    return cuts
+
+
+def _orthonormal_forced(x: np.ndarray, n_forced: int) -> tuple[np.ndarray, np.ndarray]:
+    """x with its first n_forced (unpenalized) columns replaced by an orthonormal basis of their
+    centred span (SD 1; zero columns where the span has a lower rank), and the matrix that maps
+    the basis's coefficients back to the forced columns' (beta = back @ gamma).
+
+    An exact reparametrization: unpenalized columns enter the Coxnet objective only through
+    their span, so the candidates' path and the linear predictors are unchanged (up to a
+    constant shift, to which the Cox partial likelihood is blind).
+    """
+    centred = x[:, :n_forced] - x[:, :n_forced].mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    rank = s > (s.max() if s.size else 0.0) * 1e-10
+    scale = np.sqrt(x.shape[0])
+    basis = np.where(rank, u * scale, 0.0)
+    back = np.where(rank, vt.T / np.where(rank, s, 1.0) * scale, 0.0)
+    return np.c_[basis, x[:, n_forced:]], back
+
+
+@dataclass
+class _CoxnetFit:
+    """A Coxnet fit that may have needed fallbacks: alphas, coefficients on the given columns
+    (n_columns x n_alphas; both None when every attempt failed), the log note ("" when the
+    first attempt fitted) and whether the fitted path was cut short."""
+
+    alphas: np.ndarray | None
+    coef: np.ndarray | None
+    note: str
+    cut: bool = False
+
+
+def _attempts(n_alphas: int, log10_span: float, n_forced: int) -> list[tuple[int, bool]]:
+    """(number of alphas, orthonormalize forced columns) in the order tried: the whole path,
+    then each cut of :func:`_path_cuts`; each length as given and, with two or more forced
+    columns, with them orthonormalized (:func:`_orthonormal_forced`)."""
+    parametrizations = [False, True] if n_forced >= 2 else [False]
+    lengths = [n_alphas] + _path_cuts(n_alphas, log10_span)
+    return [(n, orthonormal) for n in lengths for orthonormal in parametrizations]
+
+
+def _fit_attempts(x, y, n_forced: int, l1_ratio: float, attempts: list) -> _CoxnetFit:
+    """Coxnet on x (first n_forced columns unpenalized) with each attempt in turn until one fits.
+
+    ``attempts``: (label, orthonormalize forced columns, path cut short, CoxnetSurvivalAnalysis
+    keyword arguments), the first one the unchanged default. Coxnet raises ArithmeticError
+    ("weights are too large") when the linear predictor overflows; that moves on to the next.
+    """
+    penalty_factor = np.r_[np.zeros(n_forced), np.ones(x.shape[1] - n_forced)]
+    failed: list[tuple[str, str]] = []
+    for label, orthonormal, cut, kwargs in attempts:
+        design, back = _orthonormal_forced(x, n_forced) if orthonormal else (x, None)
+        try:
+            model = _fit_quietly(_coxnet(l1_ratio, penalty_factor, **kwargs), design, y)
+        except ArithmeticError as exc:
+            failed.append((label, _failure(exc)))
+            continue
+        coef = model.coef_
+        if back is not None:
+            coef = np.r_[back @ coef[:n_forced], coef[n_forced:]]
+        note = ""
+        if failed:
+            tried = "; ".join(name for name, _ in failed)
+            note = f"Coxnet failed ({failed[0][1]}) on: {tried}; fitted on: {label}"
+        return _CoxnetFit(model.alphas_, coef, note, cut)
+    tried = "; ".join(name for name, _ in failed)
+    return _CoxnetFit(None, None, f"Coxnet failed ({failed[0][1]}) on every attempt: {tried}")
+
+
+def _label(n: int, n_alphas: int, orthonormal: bool, ratio: float | None = None) -> str:
+    label = f"{n}/{n_alphas} alphas"
+    if ratio is not None and n < n_alphas:
+        label += f" (alpha_min_ratio {ratio:.3g})"
+    return label + (", forced orthonormalized" if orthonormal else "")
+
+
+def coxnet_path(x, y, n_forced: int, l1_ratio: float, n_alphas: int) -> _CoxnetFit:
+    """Coxnet's own path, alpha_max down to alpha_max * alpha_min_ratio ('auto'), with fallbacks.
+
+    Coxnet raises ArithmeticError ("weights are too large") when the linear predictor
+    overflows: at weak penalties on data with no signal and few events, and also when its
+    undamped coordinate-wise Newton steps on unpenalized correlated columns (the one-hot
+    levels of a covariate) overshoot, whatever the penalty. In the order of :func:`_attempts`:
+    the default path; the same path with the forced columns orthonormalized (an exact
+    reparametrization that changes the steps); then the same alpha grid cut a decade shorter
+    at its weak end each time (alpha_min_ratio raised tenfold, the alphas kept are those of
+    the default path). All deterministic.
+    """
+    min_ratio = _auto_min_ratio(*x.shape)
+    per_step = np.log10(min_ratio) / max(n_alphas - 1, 1)
+    attempts = []
+    for n, orthonormal in _attempts(n_alphas, -np.log10(min_ratio), n_forced):
+        ratio = min_ratio if n == n_alphas else 10 ** (per_step * (n - 1))
+        kwargs = {"n_alphas": n, "alpha_min_ratio": ratio}
+        label = _label(n, n_alphas, orthonormal, ratio)
+        attempts.append((label, orthonormal, n < n_alphas, kwargs))
+    return _fit_attempts(x, y, n_forced, l1_ratio, attempts)
+
+
 def cv_folds(event: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded K-fold split stratified on the event; K lowered to the smaller event class size."""
     from sklearn.model_selection import StratifiedKFold
@@ -276,33 +406,53 @@ def _effective_alphas(per_candidate: np.ndarray, n_forced: int, n_candidates: in
     return per_candidate * n_candidates / (n_forced + n_candidates)
 
 
+def _fold_coxnet(x, y, n_forced: int, fold_alphas: np.ndarray, l1_ratio: float) -> _CoxnetFit:
+    """Coxnet on one fold at the given alphas, with the fallbacks of :func:`coxnet_path` (the
+    alphas a cut leaves out get no fit in this fold)."""
+    span = float(np.log10(fold_alphas[0] / fold_alphas[-1])) if fold_alphas.size > 1 else 0.0
+    size = fold_alphas.size
+    attempts = [
+        (_label(n, size, orthonormal), orthonormal, n < size, {"alphas": fold_alphas[:n]})
+        for n, orthonormal in _attempts(size, span, n_forced)
+    ]
+    return _fit_attempts(x, y, n_forced, l1_ratio, attempts)
+
+
 def _fold_linear_predictors(x, time, event, train, n_forced, candidate_cols, alphas, l1_ratio):
-    """Linear predictors (all patients, fold-training patients) per alpha of a fold's fit.
+    """Linear predictors (all patients, fold-training patients) per alpha of a fold's fit, and a
+    note on any fallback ("" when none was needed).
 
     Columns 0..n_forced-1 of x are forced (unpenalized); ``candidate_cols`` are the candidate
-    columns this fold screened in. Alphas the fold's path did not reach are NaN columns.
+    columns this fold screened in. Alphas the fold's path did not reach, or could not be
+    fitted at (see :func:`_fold_coxnet`), are NaN columns.
     """
     lp = np.full((x.shape[0], alphas.size), np.nan)
     cols = list(range(n_forced)) + list(candidate_cols)
+    note = ""
     if candidate_cols:
-        penalty_factor = np.r_[np.zeros(n_forced), np.ones(len(candidate_cols))]
         fold_alphas = _effective_alphas(alphas, n_forced, len(candidate_cols))
-        model = _coxnet(l1_ratio, penalty_factor, alphas=fold_alphas)
-        model = _fit_quietly(model, x[train][:, cols], _surv(time[train], event[train]))
-        lp[:, : model.alphas_.size] = x[:, cols] @ model.coef_
+        y = _surv(time[train], event[train])
+        fit = _fold_coxnet(x[train][:, cols], y, n_forced, fold_alphas, l1_ratio)
+        if fit.coef is not None:
+            lp[:, : fit.alphas.size] = x[:, cols] @ fit.coef
+        note = fit.note + ("; weaker alphas not eligible" if fit.cut else "")
     elif n_forced:
         beta = _unpenalized_cox(x[train][:, cols], time[train], event[train])
-        lp[:] = (x[:, cols] @ beta)[:, None]
+        if beta is None:
+            note = "Cox on the forced columns failed, also with a ridge penalty"
+        else:
+            lp[:] = (x[:, cols] @ beta)[:, None]
     else:
         lp[:] = 0.0
-    return lp, lp[train]
+    return lp, lp[train], note
 
 
-def _unpenalized_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+def _unpenalized_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray | None:
     """Cox coefficients of the forced columns on one fold's training patients.
 
     Columns constant in the fold (a covariate level absent from a small fold) get 0; if the
     fit still does not converge (separation in a tiny fold), a light ridge penalty is used.
+    None if that fails too (the fold then has no usable fit).
     """
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
@@ -313,17 +463,19 @@ def _unpenalized_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.n
         return beta
     data = pd.DataFrame(x[:, varying], columns=[f"c{i}" for i in varying])
     data["__time__"], data["__event__"] = time, event
-    try:
-        fitted = CoxPHFitter().fit(data, "__time__", "__event__")
-    except ConvergenceError:
-        fitted = CoxPHFitter(penalizer=0.1).fit(data, "__time__", "__event__")
-    beta[varying] = fitted.params_.to_numpy()
-    return beta
+    for penalizer in (0.0, 0.1):
+        try:
+            fitted = CoxPHFitter(penalizer=penalizer).fit(data, "__time__", "__event__")
+        except (ConvergenceError, np.linalg.LinAlgError):
+            continue
+        beta[varying] = fitted.params_.to_numpy()
+        return beta
+    return None
 
 
 def cv_deviance(
     x, time, event, alphas, folds, l1_ratio, n_forced, screen, candidate_names
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[str]]:
     """Cross-validated partial-likelihood deviance per alpha (Verweij & van Houwelingen 1993).
 
     ``alphas`` are penalties per candidate (see :func:`_effective_alphas`).
@@ -333,17 +485,28 @@ def cv_deviance(
     cross-validated too (screening once outside the folds makes CV favour weak penalties).
     Mean and SE are event-weighted across folds; alphas a fold's path did not reach, or with an
     infinite fold deviance, are not eligible.
+
+    A fold whose Coxnet path cannot be fitted is refitted with the fallbacks of
+    :func:`coxnet_path` (:func:`_fold_coxnet`: forced columns orthonormalized, then the same
+    alphas cut a decade shorter at the weak end each time). Alphas a fold could not be fitted
+    at have no deviance in that fold, so they are not eligible: the penalty is only chosen
+    among those every fold could be fitted at (a fold that fits nothing makes none eligible,
+    and the selection is empty). Returns the table and one note per fold that needed a
+    fallback ("fold k: ...").
     """
     raw = np.full((len(folds), alphas.size), np.nan)
     fold_events = np.array([event[val].sum() for _, val in folds], dtype=float)
     candidates = pd.DataFrame(x[:, n_forced:], columns=candidate_names)
     position = {name: i for i, name in enumerate(candidate_names)}
+    notes = []
     for k, (train, _) in enumerate(folds):
         kept = screen(candidates.iloc[train], time[train], event[train])
         candidate_cols = [n_forced + position[c] for c in kept]
-        lp_all, lp_train = _fold_linear_predictors(
+        lp_all, lp_train, note = _fold_linear_predictors(
             x, time, event, train, n_forced, candidate_cols, alphas, l1_ratio
         )
+        if note:
+            notes.append(f"fold {k + 1}: {note}")
         # Weak penalties on tiny folds can overfit to an infinite held-out deviance.
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             ll_all = breslow_loglik(lp_all, time, event)
@@ -357,7 +520,8 @@ def cv_deviance(
         var = (w * (filled - np.nan_to_num(mean)) ** 2).sum(axis=0) / w.sum(axis=0)
         se = np.sqrt(var / (reached.sum(axis=0) - 1))
     complete = reached.all(axis=0)
-    return pd.DataFrame({"alpha": alphas, "cv_deviance": mean, "cv_se": se, "complete": complete})
+    table = pd.DataFrame({"alpha": alphas, "cv_deviance": mean, "cv_se": se, "complete": complete})
+    return table, notes
 
 
 def choose_alpha_index(cv: pd.DataFrame, rule: str) -> int:
@@ -401,6 +565,11 @@ def penalized_cox(
     exactly that alpha. When X's candidates were screened from ``X_unscreened`` by ``screen``,
     each fold repeats the screen on its own training patients. Returns candidates with
     nonzero coefficients, by decreasing |coef|.
+
+    A path (full or one fold's) that cannot be fitted is retried as :func:`coxnet_path` says.
+    When no attempt fits the full path, or no alpha could be fitted and cross-validated in
+    every fold, no candidate is kept (alpha None): a weak or absent signal gives an empty
+    selection, not an error. The log note records every fallback taken and why.
     """
     time, event = check_outcome(time, event)
     candidates = [c for c in X.columns if c not in forced]
@@ -412,24 +581,32 @@ def penalized_cox(
         return [], _log_row("penalized_cox", len(candidates), 0, note), None, pd.DataFrame()
     l1_ratio = float(cfg["l1_ratio"])
     x = standardize(X[forced + candidates].to_numpy(dtype=float))
-    penalty_factor = np.r_[np.zeros(len(forced)), np.ones(len(candidates))]
-    full = _coxnet(l1_ratio, penalty_factor, n_alphas=int(cfg["n_alphas"]))
-    full = _fit_quietly(full, x, _surv(time, event))
-    per_candidate = full.alphas_ * (len(forced) + len(candidates)) / len(candidates)
+    full = coxnet_path(x, _surv(time, event), len(forced), l1_ratio, int(cfg["n_alphas"]))
+    if full.coef is None:
+        note = f"{full.note}; no candidate kept"
+        return [], _log_row("penalized_cox", len(candidates), 0, note), None, pd.DataFrame()
+    per_candidate = full.alphas * (len(forced) + len(candidates)) / len(candidates)
     x_pool = standardize(pool[forced + pool_candidates].to_numpy(dtype=float))
-    cv = cv_deviance(
+    cv, fold_notes = cv_deviance(
         x_pool, time, event, per_candidate, folds, l1_ratio, len(forced), screen, pool_candidates
     )
-    cv["alpha"] = full.alphas_
-    cv["n_nonzero"] = (full.coef_[len(forced) :] != 0).sum(axis=0)
+    cv["alpha"] = full.alphas
+    cv["n_nonzero"] = (full.coef[len(forced) :] != 0).sum(axis=0)
+    fallbacks = "; ".join(note for note in [full.note, *fold_notes] if note)
+    if not cv["complete"].any():
+        note = "no alpha had a finite CV deviance in every fold; no candidate kept"
+        note += f"; {fallbacks}" if fallbacks else ""
+        return [], _log_row("penalized_cox", len(candidates), 0, note), None, cv
     idx = choose_alpha_index(cv, cfg["alpha_rule"])
-    coef = pd.Series(full.coef_[len(forced) :, idx], index=candidates)
+    coef = pd.Series(full.coef[len(forced) :, idx], index=candidates)
     nonzero = coef[coef != 0]
     kept = list(nonzero.abs().sort_values(ascending=False, kind="stable").index)
-    alpha = float(full.alphas_[idx])
+    alpha = float(full.alphas[idx])
     note = f"alpha={alpha:.4g} ({cfg['alpha_rule']}, {len(folds)}-fold CV deviance)"
     if not kept:
         note += "; no candidate has a nonzero coefficient"
+    if fallbacks:
+        note += f"; {fallbacks}"
     return kept, _log_row("penalized_cox", len(candidates), len(kept), note), alpha, cv
 
 

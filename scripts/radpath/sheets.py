@@ -6,8 +6,10 @@ all problems of a sheet are reported together so a user fixes them in one pass.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +18,7 @@ import pandas as pd
 import yaml
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+PATIENT_DICOM_COLUMNS = ("ct_series_uid", "mask_roi", "mask_segment")
 EVENT_WORDS = {"alive", "dead", "deceased", "censored", "yes", "no", "true", "false", "event"}
 
 
@@ -61,11 +64,15 @@ def _coerce(value: str, spec: dict):
     return value
 
 
-def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> pd.DataFrame:
+def validate_rows(
+    df: pd.DataFrame, schema: dict, name: str, id_column: str, problems: list[str] | None = None
+) -> pd.DataFrame:
     """Validate each row against `schema`; return the sheet with typed columns.
 
     Columns the schema does not describe (acquisition parameters, covariates) are kept as
-    they are. Problems are collected for all rows and raised together.
+    they are. Problems are collected for all rows and raised together, or, when a
+    `problems` list is given, appended to it (the typed sheet is then returned anyway, so
+    later checks can go on and report theirs in the same run).
 
     Large cohorts: every cell is first checked column by column against the keywords in
     FAST_KEYWORDS (no per-row jsonschema call); only rows that fail there, or all rows when
@@ -73,9 +80,14 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
     """
     properties = schema.get("properties", {})
     required = schema.get("required", [])
-    problems = [f"{name}: missing column '{col}'" for col in required if col not in df.columns]
-    if problems:
-        raise SheetError("\n".join(problems))
+    collect = problems is not None
+    problems = problems if collect else []
+    missing_columns = [col for col in required if col not in df.columns]
+    problems += [f"{name}: missing column '{col}'" for col in missing_columns]
+    if missing_columns:
+        if not collect:
+            raise SheetError("\n".join(problems))
+        df = df.assign(**{col: "" for col in missing_columns})
     columns = list(df.columns) + [
         c for c in properties if c not in df.columns and "default" in properties[c]
     ]
@@ -94,6 +106,7 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
     for col, spec in properties.items():
         if col in values:
             suspect |= ~_fast_valid(values[col], spec, col in required)
+    nonfinite = _nonfinite_numbers(values, properties, name, df, id_column)
     validator = jsonschema.Draft202012Validator(schema)
     for i in np.flatnonzero(suspect):
         record = {col: values[col][i] for col in columns if values[col][i] is not OMITTED}
@@ -105,7 +118,8 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
                 continue  # one message per cell, e.g. not both "type" and "enum"
             reported.add(column)
             problems.append(f"{where}{_describe(error, record)}")
-    if problems:
+    problems += nonfinite
+    if problems and not collect:
         raise SheetError("\n".join(problems))
     return pd.DataFrame(
         {col: [np.nan if v is OMITTED else v for v in values[col]] for col in columns},
@@ -114,6 +128,23 @@ def validate_rows(df: pd.DataFrame, schema: dict, name: str, id_column: str) -> 
 
 
 OMITTED = object()
+
+
+def _nonfinite_numbers(values: dict, properties: dict, name: str, df, id_column: str) -> list[str]:
+    """NaN and infinity parse as numbers and pass JSON-schema bounds; a sheet must not hold them."""
+    problems = []
+    for col, spec in properties.items():
+        types = spec.get("type", [])
+        if col not in values or not {"number", "integer"} & set(np.atleast_1d(types)):
+            continue
+        for i, value in enumerate(values[col]):
+            if isinstance(value, float) and not math.isfinite(value):
+                row_id = df[id_column].iat[i] if id_column in df.columns else ""
+                problems.append(
+                    f"{_where(name, i, row_id)}column '{col}' must be a finite number, "
+                    f"got {df[col].iat[i]!r}"
+                )
+    return problems
 FAST_KEYWORDS = {
     "type", "pattern", "minLength", "enum", "minimum", "exclusiveMinimum", "maximum",
     "exclusiveMaximum", "default", "description",
@@ -182,12 +213,18 @@ def _describe(error: jsonschema.ValidationError, record: dict) -> str:
         if isinstance(value, str) and value.strip().lower() in EVENT_WORDS:
             hint = " (text is not accepted: code death/progression as 1, censored as 0)"
         return f"column '{column}' must be 0 or 1, got {value!r}{hint}"
+    if error.validator == "pattern" and column == "ct_series_uid":
+        return (
+            f"column '{column}' value {value!r} is not a DICOM UID (digits separated by dots, "
+            "at most 64 characters)"
+        )
     if error.validator == "pattern":
         return f"column '{column}' value {value!r} is not a valid ID (letters, digits, . _ -)"
     if error.validator in ("exclusiveMinimum", "minimum"):
         return f"column '{column}' must be > {error.validator_value}, got {value!r}"
     if error.validator == "type":
-        return f"column '{column}' must be a {error.validator_value}, got {value!r}"
+        article = "an" if str(error.validator_value)[:1] in "aeiou" else "a"
+        return f"column '{column}' must be {article} {error.validator_value}, got {value!r}"
     if error.validator == "enum":
         return f"column '{column}' must be one of {error.validator_value}, got {value!r}"
     return f"column '{column}': {error.message}"
@@ -221,15 +258,32 @@ def check_files_exist(df: pd.DataFrame, columns: list[str], id_column: str, name
     return problems
 
 
-def load_patients(path: str | os.PathLike, schema_path: str | os.PathLike) -> pd.DataFrame:
-    name = Path(path).name
-    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id")
-    df = resolve_paths(df, ["ct", "mask"], path)
-    problems = check_unique(df, "patient_id", name)
-    problems += check_files_exist(df, ["ct", "mask"], "patient_id", name)
-    if problems:
+def _finish(problems: list[str], collect: list[str] | None) -> None:
+    """Raise the problems found (standalone use), or leave them in the caller's list."""
+    if collect is None and problems:
         raise SheetError("\n".join(problems))
-    df["mask_label"] = df["mask_label"].astype(int)
+
+
+def load_patients(
+    path: str | os.PathLike, schema_path: str | os.PathLike, problems: list[str] | None = None
+) -> pd.DataFrame:
+    """The patients sheet, typed, paths resolved, indexed by patient_id.
+
+    Raises SheetError with every problem; with a `problems` list, appends to it instead.
+    """
+    name = Path(path).name
+    found: list[str] = []
+    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id", found)
+    df = resolve_paths(df, ["ct", "mask"], path)
+    found += check_unique(df, "patient_id", name)
+    found += check_files_exist(df, ["ct", "mask"], "patient_id", name)
+    _finish(found, problems)
+    if problems is not None:
+        problems += found
+    df["mask_label"] = pd.to_numeric(df["mask_label"], errors="coerce").fillna(1).astype(int)
+    for column in PATIENT_DICOM_COLUMNS:  # optional; '' when absent or blank
+        cells = df[column] if column in df.columns else [""] * len(df)
+        df[column] = ["" if not isinstance(v, str) else v for v in cells]
     return df.set_index("patient_id", drop=False)
 
 
@@ -239,52 +293,171 @@ def load_clinical(
     patient_ids: list[str],
     covariates: list[dict],
     batch_covariates: list[str] = (),
+    missing_covariates: str = "error",
+    problems: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Clinical sheet checked against the patients it must cover and the covariates used."""
+    """Clinical sheet checked against the patients it must cover and the covariates used.
+
+    A blank covariate cell is a problem with `missing_covariates="error"`; with "impute" it
+    is left blank (NaN for numeric covariates) for the cohort step to fill from training
+    patients. ComBat covariates follow the same rule.
+    """
     name = Path(path).name
-    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id")
-    problems = check_unique(df, "patient_id", name)
+    found: list[str] = []
+    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id", found)
+    found += check_unique(df, "patient_id", name)
     known = set(df["patient_id"])
     missing = [pid for pid in patient_ids if pid not in known]
     if missing:
-        problems.append(f"{name}: no clinical row for patient(s) {', '.join(missing)}")
+        found.append(f"{name}: no clinical row for patient(s) {', '.join(missing)}")
     for endpoint in ("os", "pfs"):
-        events = df[f"{endpoint}_event"].astype(int)
-        if len(df) and events.sum() == 0:
-            problems.append(f"{name}: column '{endpoint}_event' has no events (all censored)")
-    needed = [c["name"] for c in covariates] + [c for c in batch_covariates]
-    for column in dict.fromkeys(needed):
-        if column not in df.columns:
-            problems.append(f"{name}: missing covariate column '{column}' (named in the config)")
-    for cov in covariates:
-        if cov["name"] in df.columns and cov["type"] == "numeric":
-            numbers = pd.to_numeric(df[cov["name"]].replace("", np.nan), errors="coerce")
-            for i in np.flatnonzero(numbers.isna() & (df[cov["name"]] != "")):
-                problems.append(
-                    f"{_where(name, i, df['patient_id'][i])}covariate '{cov['name']}' must be "
-                    f"numeric, got {df[cov['name']][i]!r}"
-                )
-    if problems:
-        raise SheetError("\n".join(problems))
+        events = pd.to_numeric(df[f"{endpoint}_event"], errors="coerce")
+        if len(df) and events.isin([0, 1]).all() and events.sum() == 0:
+            found.append(f"{name}: column '{endpoint}_event' has no events (all censored)")
+    found += _endpoint_order_problems(df, name)
+    found += _covariate_problems(df, name, covariates, batch_covariates, missing_covariates)
+    _finish(found, problems)
+    if problems is not None:
+        problems += found
     return df.set_index("patient_id", drop=False)
 
 
+def _endpoint_order_problems(df: pd.DataFrame, name: str) -> list[str]:
+    """Progression-free survival cannot outlast overall survival (death ends both)."""
+    os_time = pd.to_numeric(df["os_time"], errors="coerce")
+    pfs_time = pd.to_numeric(df["pfs_time"], errors="coerce")
+    valid = (os_time > 0) & (pfs_time > 0) & np.isfinite(os_time) & np.isfinite(pfs_time)
+    later = np.flatnonzero((valid & (pfs_time > os_time * (1 + 1e-9))).to_numpy())
+    return [
+        f"{_where(name, i, df['patient_id'].iat[i])}pfs_time {df['pfs_time'].iat[i]} is after "
+        f"os_time {df['os_time'].iat[i]} (progression-free survival ends at death at the latest)"
+        for i in later
+    ]
+
+
+def _covariate_problems(
+    df: pd.DataFrame,
+    name: str,
+    covariates: list[dict],
+    batch_covariates: list[str],
+    missing_covariates: str,
+) -> list[str]:
+    problems = []
+    needed = [c["name"] for c in covariates] + list(batch_covariates)
+    for column in dict.fromkeys(needed):
+        if column not in df.columns:
+            problems.append(f"{name}: missing covariate column '{column}' (named in the config)")
+    numeric = {c["name"] for c in covariates if c["type"] == "numeric"}
+    for column in dict.fromkeys(needed):
+        if column not in df.columns:
+            continue
+        cells = df[column]
+        blank = cells == ""
+        if missing_covariates == "error":
+            for i in np.flatnonzero(blank.to_numpy()):
+                problems.append(
+                    f"{_where(name, i, df['patient_id'].iat[i])}covariate '{column}' is blank "
+                    "(fill it, or set missing_covariates: impute to use the training patients' "
+                    "median / most frequent level)"
+                )
+        if column in numeric:
+            numbers = pd.to_numeric(cells.replace("", np.nan), errors="coerce")
+            bad = ~blank & ~np.isfinite(numbers.fillna(np.inf))
+            for i in np.flatnonzero(bad.to_numpy()):
+                problems.append(
+                    f"{_where(name, i, df['patient_id'].iat[i])}covariate '{column}' must be "
+                    f"a finite number, got {cells.iat[i]!r}"
+                )
+    for cov in covariates:
+        if cov["type"] != "categorical" or cov["name"] not in df.columns:
+            continue
+        reference = _level_text(cov["reference"])
+        levels = {_level_text(v) for v in df[cov["name"]] if v != ""}
+        if levels and reference not in levels:
+            problems.append(
+                f"{name}: covariate '{cov['name']}': reference level {reference!r} does not "
+                f"occur (levels: {', '.join(sorted(levels))})"
+            )
+    return problems
+
+
+def _level_text(value) -> str:
+    """A category label as text; 2.0 and '2.0' become '2' (as radpath.modeling does)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() else str(value)
+
+
 def load_slides(
-    path: str | os.PathLike, schema_path: str | os.PathLike, patient_ids: list[str]
+    path: str | os.PathLike,
+    schema_path: str | os.PathLike,
+    patient_ids: list[str],
+    problems: list[str] | None = None,
 ) -> pd.DataFrame:
     name = Path(path).name
-    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "slide_id")
+    found: list[str] = []
+    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "slide_id", found)
     df = resolve_paths(df, ["path"], path)
-    problems = check_unique(df, "slide_id", name)
+    found += check_unique(df, "slide_id", name)
     known = set(patient_ids)
     for i, (slide_id, patient_id) in enumerate(zip(df["slide_id"], df["patient_id"], strict=True)):
         if patient_id not in known:
-            problems.append(
+            found.append(
                 f"{_where(name, i, slide_id)}patient_id {patient_id!r} is not in the patients sheet"
             )
-    problems += check_files_exist(df, ["path"], "slide_id", name)
-    if problems:
-        raise SheetError("\n".join(problems))
+    found += check_files_exist(df, ["path"], "slide_id", name)
+    _finish(found, problems)
+    if problems is not None:
+        problems += found
     if "mpp" not in df.columns:
         df["mpp"] = None
     return df.set_index("slide_id", drop=False)
+
+
+@dataclass
+class Cohort:
+    """The validated sheets of one run."""
+
+    patients: pd.DataFrame
+    clinical: pd.DataFrame
+    slides: pd.DataFrame | None
+
+
+def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
+    """Every sheet named in the (validated) config, with every problem of every sheet
+    reported together in one SheetError."""
+    schemas = Path(schemas_dir)
+    problems: list[str] = []
+    patients = load_patients(config["patients"], schemas / "patients.schema.yaml", problems)
+    clinical = load_clinical(
+        config["clinical"],
+        schemas / "clinical.schema.yaml",
+        list(patients.index),
+        config["covariates"],
+        config["harmonization"]["covariates"],
+        config["missing_covariates"],
+        problems,
+    )
+    batch_column = config["harmonization"]["batch_column"]
+    if batch_column not in patients.columns:
+        problems.append(
+            f"{Path(config['patients']).name}: harmonization batch column '{batch_column}' "
+            "(config harmonization.batch_column) is not a column of the patients sheet"
+        )
+    else:
+        blank = patients.index[patients[batch_column] == ""]
+        if len(blank):
+            problems.append(
+                f"{Path(config['patients']).name}: batch column '{batch_column}' is blank for "
+                f"patient(s) {', '.join(blank)}"
+            )
+    slides = None
+    if config["slides"]:
+        slides = load_slides(
+            config["slides"], schemas / "slides.schema.yaml", list(patients.index), problems
+        )
+    if problems:
+        raise SheetError("\n".join(problems))
+    return Cohort(patients, clinical, slides)

@@ -4,6 +4,12 @@ tile coordinates at a true physical size, HDF5 coordinate files and QC thumbnail
 Tiles are defined in microns, never by pyramid level: a tile is `patch_size` px at
 `tiles.mpp` um/px, so a 0.25 um/px slide and a 0.5 um/px slide give tiles of the same
 physical area. Coordinates are level-0 pixels (CLAM/TRIDENT convention).
+
+The `coords` attributes serve radpath, TRIDENT and CLAM (see `coords_attrs`). TRIDENT's
+`patch_size` is px at the target magnification, as radpath's is; CLAM's is px read at
+`patch_level`. The two agree only when a pyramid level sits at the target mpp, so
+`patch_level` is written only then; elsewhere CLAM's reader fails on the missing attribute
+instead of silently reading tiles of the wrong scale (`radpath.export` writes CLAM's own file).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import tifffile
 from scipy import ndimage
 
 from radpath.io import atomic_path, atomic_write
+from radpath.tile_features import attrs_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,10 @@ MPP_TOLERANCE = 0.03  # a level within 3% of the target mpp counts as that resol
 MIN_OTSU_SATURATION = 15  # floor on Otsu's threshold so clean glass never becomes "tissue"
 MASK_STRIP_PIXELS = 1 << 24  # pixels read per strip when building the low-resolution image
 QC_MAX_SIDE = 1024
+# TRIDENT's magnification convention: 1x is 10 um/px, so 20x is 0.5 um/px
+# (trident/wsi_objects/WSIPatcher.py, WSIPatcher.__init__: pixel size = 10 / magnification).
+MICRONS_PER_PIXEL_AT_1X = 10.0
+TILE_OVERLAP = 0  # radpath's tiles never overlap (TRIDENT's `overlap`, px at the target mpp)
 
 
 class SlideError(ValueError):
@@ -147,7 +158,7 @@ def open_slide(
         raise SlideError(f"{label}: file not found")
     try:
         osr = openslide.OpenSlide(str(path))
-    except (openslide.OpenSlideError, OSError) as err:
+    except openslide.OpenSlideError as err:  # an OSError (I/O) is not bad input: it propagates
         raise SlideError(f"{label}: not readable by OpenSlide: {_why_unreadable(path)}") from err
     try:
         mpp = slide_mpp(osr, label, mpp_override)
@@ -453,9 +464,53 @@ def tile_coordinates(slide: Slide, mask: TissueMask, tiles_cfg: dict, seed: int)
     return coords
 
 
-def tile_attrs(slide: Slide, geom: TileGeometry) -> dict:
-    """HDF5 attributes of a coords dataset (TRIDENT-style names plus ours)."""
-    return {
+def magnification(mpp: float) -> float:
+    """Magnification in TRIDENT's convention, 10 / (um/px): 0.25 um/px is 40x, 0.5 is 20x.
+
+    Exact, not rounded to 40 or 20 as TRIDENT's own slide reader does: TRIDENT turns the
+    stored magnifications back into um/px, so it then derives radpath's level-0 tile size.
+    """
+    return MICRONS_PER_PIXEL_AT_1X / float(mpp)
+
+
+def clam_patch_level(geom: TileGeometry) -> int | None:
+    """CLAM's `patch_level` for coords whose `patch_size` is px at the target mpp, or None.
+
+    CLAM reads `patch_size` px at `patch_level`. That is radpath's read only when radpath
+    read `patch_size` px (no resize), i.e. a level sits at the target mpp; then the level.
+    """
+    return geom.level if geom.read_size == geom.patch_size else None
+
+
+def geometry_from_attrs(attrs: dict) -> TileGeometry:
+    """The TileGeometry a coords dataset's radpath attributes describe."""
+    return TileGeometry(
+        patch_size=int(attrs["patch_size"]),
+        target_mpp=float(attrs["target_mpp"]),
+        slide_mpp=float(attrs["slide_mpp"]),
+        level=int(attrs["level"]),
+        downsample=float(attrs["downsample"]),
+        read_size=int(attrs["read_size"]),
+        patch_size_level0=level0_tile_size(attrs),
+    )
+
+
+def coords_attrs(geom: TileGeometry, slide_id: str, level_dim, level0_dim) -> dict:
+    """HDF5 attributes of a coords dataset: radpath's, TRIDENT's and (when exact) CLAM's.
+
+    radpath: patch_size (px at target_mpp, what the encoder sees), patch_size_level0 (tile
+    side in level-0 px, rounded), target_mpp, slide_mpp, level and downsample (the pyramid
+    level read), read_size (px read there, resized to patch_size), slide_id, level_dim,
+    level0_dim.
+    TRIDENT (trident/IO.py coords_to_h5; read by trident/wsi_objects/WSI.py
+    extract_patch_features): patch_size, level0_magnification and target_magnification
+    (10 / mpp, exact), patch_size_level0, overlap (0), name (slide id), level0_width and
+    level0_height.
+    CLAM (dataset_modules/dataset_h5.py Whole_Slide_Bag_FP): patch_level, only when
+    `patch_size` px at that level is what radpath read (see `clam_patch_level`).
+    """
+    width0, height0 = (int(v) for v in level0_dim)
+    attrs = {
         "patch_size": geom.patch_size,
         "patch_size_level0": int(round(geom.patch_size_level0)),
         "target_mpp": geom.target_mpp,
@@ -463,10 +518,51 @@ def tile_attrs(slide: Slide, geom: TileGeometry) -> dict:
         "downsample": geom.downsample,
         "read_size": geom.read_size,
         "slide_mpp": geom.slide_mpp,
-        "slide_id": slide.slide_id,
-        "level_dim": np.asarray(slide.level_dimensions[geom.level], dtype=np.int64),
-        "level0_dim": np.asarray(slide.dimensions, dtype=np.int64),
+        "slide_id": slide_id,
+        "level_dim": np.asarray(level_dim, dtype=np.int64),
+        "level0_dim": np.asarray(level0_dim, dtype=np.int64),
+        "level0_magnification": magnification(geom.slide_mpp),
+        "target_magnification": magnification(geom.target_mpp),
+        "overlap": TILE_OVERLAP,
+        "name": slide_id,
+        "level0_width": width0,
+        "level0_height": height0,
     }
+    patch_level = clam_patch_level(geom)
+    if patch_level is not None:
+        attrs["patch_level"] = patch_level
+    return attrs
+
+
+def clam_attrs(geom: TileGeometry, slide_id: str, level_dim) -> dict:
+    """CLAM's coords attributes for exactly radpath's read, whatever the resize.
+
+    CLAM reads `patch_size` px at `patch_level` (dataset_modules/dataset_h5.py
+    Whole_Slide_Bag_FP) and resizes them to extract_features_fp.py's --target_patch_size:
+    here radpath's level and read_size, and target_patch_size = radpath's patch_size. The
+    other names are those of CLAM's wsi_core/WholeSlideImage.py process_contour. Never
+    combine these with TRIDENT's magnifications: TRIDENT would read this `patch_size` as
+    px at the target magnification.
+    """
+    return {
+        "patch_size": geom.read_size,
+        "patch_level": geom.level,
+        "downsample": np.array([geom.downsample, geom.downsample]),
+        "downsampled_level_dim": np.asarray(level_dim, dtype=np.int64),
+        "level_dim": np.asarray(level_dim, dtype=np.int64),
+        "name": slide_id,
+        "target_patch_size": geom.patch_size,
+        "patch_size_level0": int(round(geom.patch_size_level0)),
+        "target_mpp": geom.target_mpp,
+        "slide_mpp": geom.slide_mpp,
+    }
+
+
+def tile_attrs(slide: Slide, geom: TileGeometry) -> dict:
+    """HDF5 attributes of a slide's coords dataset (see `coords_attrs`)."""
+    return coords_attrs(
+        geom, slide.slide_id, slide.level_dimensions[geom.level], slide.dimensions
+    )
 
 
 def check_tile_attrs(attrs: dict, tiles_cfg: dict, label: str, slide_mpp: float | None = None):
@@ -522,19 +618,6 @@ def read_tissue_mask_h5(path: str | os.PathLike) -> TissueMask:
             downsample=float(stored.attrs["downsample"]),
             mpp=float(stored.attrs["mpp"]),
         )
-
-
-def attrs_dict(attrs) -> dict:
-    """HDF5 attributes as plain Python values (str, int, float; arrays stay arrays)."""
-    return {key: _plain(value) for key, value in attrs.items()}
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # -------------------------------------------------------------------------------- QC

@@ -1,7 +1,9 @@
 """The workflow on a real single-node SLURM cluster (tests/support/slurm.py starts it).
 
-The cluster runs the same 20-patient cohort and config as the local run (`local_run`), through
-tests/cluster/profile, the test variant of profiles/slurm.
+The cluster has no slurmdbd (so `sacct` cannot answer) and finds its slurm.conf only through
+SLURM_CONF. It runs the same 20-patient cohort and config as the local run (`local_run`)
+with the shipped profiles/slurm after the README's site edits (`site_profile`), and the
+cancellation tests with tests/cluster/profile, a variant that polls every 2 s.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,22 +29,49 @@ from smk import REPO, SNAKEFILE, assert_same_results, run, write_config
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 PROFILE = REPO / "tests" / "cluster" / "profile"
+SHIPPED_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
+RUN_ID = re.compile(r"SLURM run ID: (\S+)")
 RUN_TIMEOUT_S = 1800
+# A run whose status command cannot answer must stop before this (it used to hang).
+FAIL_FAST_S = 180
 
 
-def snakemake_command(workdir: Path, config: Path, *extra: str) -> list[str]:
+def site_profile(folder: Path, cluster: SlurmCluster, status_command: str | None = "squeue"
+                 ) -> Path:
+    """profiles/slurm copied to `folder` with exactly the README's site edits: partition,
+    account line deleted (no accounts here), `cores` at most the node's CPUs and, without
+    slurmdbd, the status command squeue (None: left at the shipped sacct)."""
+    text = SHIPPED_PROFILE.read_text(encoding="utf-8")
+    edits = [
+        (r'^(  slurm_partition: )"CHANGE_ME"', rf'\g<1>"{cluster.partition}"'),
+        (r'^  slurm_account: "CHANGE_ME" .*\n', ""),
+        (r"^cores: 8 ", f"cores: {min(8, cluster.node.cpus)} "),
+    ]
+    if status_command:
+        edits.append((r"^(slurm-status-command: )sacct ", rf"\g<1>{status_command} "))
+    for pattern, replacement in edits:
+        text, n = re.subn(pattern, replacement, text, flags=re.M)
+        assert n == 1, f"profiles/slurm changed: update the README's edits and {pattern!r}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def snakemake_command(workdir: Path, config: Path, *extra: str, profile: Path = PROFILE
+                      ) -> list[str]:
     return [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(workdir), "--configfile", str(config),
-        "--profile", str(PROFILE), *extra,
+        "--profile", str(profile), *extra,
     ]
 
 
-def run_on_cluster(cluster: SlurmCluster, workdir: Path, config: Path, *extra: str, check=True):
+def run_on_cluster(cluster: SlurmCluster, workdir: Path, config: Path, *extra: str, check=True,
+                   profile: Path = PROFILE, timeout_s: float = RUN_TIMEOUT_S):
     result = subprocess.run(
-        snakemake_command(workdir, config, *extra), env=cluster.env, capture_output=True,
-        text=True, encoding="utf-8", timeout=RUN_TIMEOUT_S,
+        snakemake_command(workdir, config, *extra, profile=profile), env=cluster.env,
+        capture_output=True, text=True, encoding="utf-8", timeout=timeout_s,
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -73,9 +103,11 @@ def planned_job_counts(snakemake_output: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
-def profile_group_size(group: str) -> int:
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text(encoding="utf-8"))
-    return int(profile["group-components"][group])
+def profile_value(profile: Path, *keys: str):
+    value = yaml.safe_load((profile / "config.yaml").read_text(encoding="utf-8"))
+    for key in keys:
+        value = value[key]
+    return value
 
 
 def first_slide(cohort: Path) -> str:
@@ -85,29 +117,32 @@ def first_slide(cohort: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cluster_run(slurm_cluster, local_run, tmp_path_factory):
-    """The whole workflow on SLURM with the local run's config (same cohort, same seed)."""
+    """The whole workflow on SLURM with the local run's config (same cohort, same seed),
+    through the shipped profile after the README's site edits."""
     _, local_config = local_run
     workdir = tmp_path_factory.mktemp("slurm_run")
+    profile = site_profile(workdir / "profile", slurm_cluster)
     config = workdir / "config.yaml"
     config.write_text(local_config.read_text(encoding="utf-8"), encoding="utf-8")
-    result = run_on_cluster(slurm_cluster, workdir, config)
-    return workdir, result.stdout + result.stderr
+    started = time.monotonic()
+    result = run_on_cluster(slurm_cluster, workdir, config, profile=profile)
+    print(f"shipped-profile run on SLURM: {time.monotonic() - started:.0f} s")
+    return workdir, profile, config, result.stdout + result.stderr
 
 
 def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
-    workdir, output = cluster_run
+    workdir, profile, _, output = cluster_run
     planned = planned_job_counts(output)
     # `all` has no action and stays local; the radiomics jobs are bundled by group-components.
     n_radiomics = planned.pop("radiomics")
     planned.pop("all")
-    expected = sum(planned.values()) + math.ceil(n_radiomics / profile_group_size("radiomics"))
+    bundle = int(profile_value(profile, "group-components", "radiomics"))
+    expected = sum(planned.values()) + math.ceil(n_radiomics / bundle)
 
     job_ids = submitted_job_ids(output)
     assert len(job_ids) == len(set(job_ids)) == expected, output[-4000:]
     records = {job_id: job_record(slurm_cluster, job_id) for job_id in job_ids}
     assert {r["JobState"] for r in records.values()} == {"COMPLETED"}
-    logs = {path.stem for path in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
-    assert set(job_ids) <= logs, "every SLURM job leaves its log (slurm-keep-successful-logs)"
 
     by_rule: dict[str, list[dict]] = {}
     for record in records.values():
@@ -126,6 +161,49 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
                          slide_log.read_text(encoding="utf-8")), slide_log
 
 
+def memory_mb(record: dict[str, str]) -> int:
+    """The job's memory request in MB (`MinMemoryNode=4000M`, or `G`)."""
+    value = record["MinMemoryNode"]
+    return int(float(value[:-1]) * (1024 if value.endswith("G") else 1))
+
+
+def minutes(time_limit: str) -> int:
+    """A SLURM time limit ([D-]HH:MM:SS) in minutes."""
+    days, _, clock = time_limit.rpartition("-")
+    hours, mins, _ = map(int, clock.split(":"))
+    return (int(days or 0) * 24 + hours) * 60 + mins
+
+
+def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
+    """A slide job asks for pathology.threads CPUs and the memory its DataLoader workers
+    need; a radiomics bundle for `cores` CPUs, `cores` x the per-patient memory and the
+    runtime of its rounds; nothing asks for more than the node has (else it pends forever)."""
+    workdir, profile, config, output = cluster_run
+    run_config = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cores = int(profile_value(profile, "cores"))
+    bundle = int(profile_value(profile, "group-components", "radiomics"))
+    records = [job_record(slurm_cluster, job_id) for job_id in submitted_job_ids(output)]
+    slides = [r for r in records if r["Comment"].startswith("rule_slide_features_")]
+    bundles = [r for r in records if r["Comment"].startswith("rule_radiomics")]
+    assert slides and bundles, [r["Comment"] for r in records]
+
+    workers = run_config["pathology"]["embedding"]["num_workers"]
+    for record in slides:
+        assert int(record["NumCPUs"]) == run_config["pathology"]["threads"]
+        assert memory_mb(record) == 4000 + 1000 * workers
+    for record in bundles:  # 10 patients, `cores` at a time: ceil(10 / cores) rounds
+        assert int(record["NumCPUs"]) == cores
+        assert memory_mb(record) == cores * 1500
+        assert minutes(record["TimeLimit"]) == math.ceil(bundle / cores) * 10
+    for record in records:
+        assert int(record["NumCPUs"]) <= slurm_cluster.node.cpus, record
+        assert memory_mb(record) <= slurm_cluster.node.real_memory_mb, record
+    for slide_log in (workdir / "logs" / "pathology").glob("*.log"):
+        threads = run_config["pathology"]["threads"]
+        assert f"{threads} CPUs: 0 DataLoader workers, {threads} torch threads" in (
+            slide_log.read_text(encoding="utf-8")), slide_log
+
+
 def gpus_requested(record: dict[str, str]) -> int:
     """GPUs a job asked for (--gpus lands in TresPerJob as gres:gpu:N or gres/gpu:N)."""
     requests = ",".join(record.get(k, "") for k in ("TresPerJob", "TresPerNode", "TresPerTask"))
@@ -135,7 +213,7 @@ def gpus_requested(record: dict[str, str]) -> int:
 
 def test_cluster_results_match_local_run(local_run, cluster_run):
     local_workdir, _ = local_run
-    workdir, _ = cluster_run
+    workdir = cluster_run[0]
     assert (workdir / "results/report/report.html").stat().st_size > 10_000
     assert_same_results(local_workdir, workdir)
 
@@ -215,3 +293,64 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     with h5py.File(tmp_path / target) as rerun, h5py.File(local_workdir / target) as local:
         np.testing.assert_array_equal(rerun["coords"][:], local["coords"][:])
         np.testing.assert_allclose(rerun["features"][:], local["features"][:], atol=1e-5)
+
+
+def active_jobs_named(cluster: SlurmCluster, name: str) -> list[str]:
+    """IDs of the jobs called `name` that are still pending or running."""
+    result = cluster.run("squeue", "--noheader", "--format=%i", f"--name={name}",
+                         "--states=PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED")
+    return result.stdout.split()
+
+
+def test_sacct_without_accounting_stops_the_run_at_once(slurm_cluster, small_cohort, tmp_path):
+    """The shipped status command (sacct) on a cluster without slurmdbd: the run stops before
+    it submits anything, with one line naming the fix, instead of losing track of its jobs."""
+    profile = site_profile(tmp_path / "profile", slurm_cluster, status_command=None)
+    config = write_config(tmp_path / "config.yaml", small_cohort)
+    started = time.monotonic()
+    try:
+        result = run_on_cluster(slurm_cluster, tmp_path, config, check=False, profile=profile,
+                                timeout_s=FAIL_FAST_S)
+    finally:
+        cancel_all_jobs(slurm_cluster)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    assert time.monotonic() - started < FAIL_FAST_S
+    assert not submitted_job_ids(output), "nothing may be submitted"
+    [line] = [line for line in output.splitlines() if line.startswith("radpath: `sacct` fails")]
+    assert "Slurm accounting storage is disabled" in line
+    assert "slurm-status-command: squeue" in line and "MinJobAge, 86400 s" in line
+
+
+def test_readme_command_cancels_what_a_killed_run_left_queued(slurm_cluster, small_cohort,
+                                                              tmp_path):
+    """A run killed outright (a lost login session; Ctrl-C would cancel its jobs itself)
+    leaves its jobs queued; `scancel --name=<SLURM run ID>` from the README cancels them."""
+    profile = site_profile(tmp_path / "profile", slurm_cluster)
+    config = write_config(tmp_path / "config.yaml", small_cohort)
+    process = subprocess.Popen(
+        snakemake_command(tmp_path, config, "--until", "radiomics", profile=profile),
+        env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        encoding="utf-8",
+    )
+    lines: list[str] = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if SUBMITTED.search(line) and len(submitted_job_ids("".join(lines))) == 2:
+                break
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        output = "".join(lines)
+        [run_id] = RUN_ID.findall(output)
+        assert run_id.startswith("radpath_")
+        assert active_jobs_named(slurm_cluster, run_id), "the killed run's jobs stay queued"
+        slurm_cluster.run("scancel", f"--name={run_id}")
+        deadline = time.monotonic() + 60
+        while active_jobs_named(slurm_cluster, run_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not active_jobs_named(slurm_cluster, run_id)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        cancel_all_jobs(slurm_cluster)

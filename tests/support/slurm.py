@@ -6,6 +6,11 @@ creates. `SlurmCluster.stop` ends only the processes this module started.
 
 Run `python tests/support/slurm.py` to start a cluster by hand; it prints the
 `export SLURM_CONF=...` line for other shells and stops the cluster on Ctrl-C.
+
+Clients find the cluster through SLURM_CONF alone, like on a site whose slurm.conf is not
+at the default path (/etc/slurm/slurm.conf, which does not exist here). Inside jobs, the
+slurm-jobstep executor removes SLURM_CONF before its `srun`; the workflow itself restores it
+(radpath.slurm.keep_slurm_conf), so the tests need no wrapper around the SLURM clients.
 """
 
 from __future__ import annotations
@@ -73,8 +78,7 @@ class SlurmCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        path = f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
-        return {**os.environ, "SLURM_CONF": str(self.conf_path), "PATH": path}
+        return {**os.environ, "SLURM_CONF": str(self.conf_path)}
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster and capture its output."""
@@ -209,26 +213,11 @@ PartitionName={PARTITION} Nodes={node.name} Default=YES MaxTime=INFINITE State=U
 """
 
 
-def render_client_wrapper(command: Path, conf: Path) -> str:
-    """A script that runs a SLURM client with this cluster's slurm.conf. Needed because
-    the jobstep executor drops SLURM_* variables (SLURM_CONF too) before calling srun
-    inside a job, so srun would otherwise look for /etc/slurm/slurm.conf."""
-    return f'#!/bin/sh\nSLURM_CONF={conf} exec {command} "$@"\n'
-
-
-def write_client_wrappers(root: Path) -> None:
-    """root/bin/<client> wrappers; `SlurmCluster.env` puts root/bin first on PATH."""
-    for name in CLIENT_COMMANDS:
-        wrapper = root / "bin" / name
-        wrapper.write_text(render_client_wrapper(Path(shutil.which(name)), root / "slurm.conf"))
-        wrapper.chmod(0o755)
-
-
 def prepare_directory(root: Path, node: NodeSpec) -> None:
     """Write configuration, munge key and GPU stand-ins into `root`."""
     # munged refuses a socket directory that others cannot traverse.
     root.chmod(0o755)
-    for sub in ("bin", "munge", "spool", "state", "log", "run", "gpus"):
+    for sub in ("munge", "spool", "state", "log", "run", "gpus"):
         (root / sub).mkdir(mode=0o755)
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
@@ -236,11 +225,11 @@ def prepare_directory(root: Path, node: NodeSpec) -> None:
     files = gpu_files(root, node.gpus)
     for path in files:
         make_gpu_stand_in(path)
-    write_client_wrappers(root)
     (root / "plugstack.conf").touch()
-    (root / "gres.conf").write_text(render_gres_conf(files))
+    (root / "gres.conf").write_text(render_gres_conf(files), encoding="utf-8")
     (root / "slurm.conf").write_text(
-        render_slurm_conf(root, node, slurmctld_port=free_port(), slurmd_port=free_port())
+        render_slurm_conf(root, node, slurmctld_port=free_port(), slurmd_port=free_port()),
+        encoding="utf-8",
     )
 
 
@@ -339,7 +328,7 @@ def main() -> None:
     started = time.monotonic()
     cluster = start_cluster()
     print(f"SLURM is up in {time.monotonic() - started:.1f} s; in another shell run:")
-    print(f"  export SLURM_CONF={cluster.conf_path} PATH={cluster.root / 'bin'}:$PATH")
+    print(f"  export SLURM_CONF={cluster.conf_path}")
     print("Ctrl-C (or SIGTERM) stops it.", flush=True)
     # Background jobs of a non-interactive shell ignore SIGINT; handle both explicitly.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,14 +68,16 @@ def dry_run(workdir: Path, configfile: Path, targets=(), forcerun=()) -> list[st
     return sorted(str(f) for f in updated)
 
 
-def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True):
-    """A real run in a subprocess (the same command line a user types)."""
+def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True, env=None):
+    """A real run in a subprocess (the same command line a user types); `env` adds to the
+    environment."""
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(workdir), "--configfile", str(configfile),
         "--cores", str(cores), "--profile", str(REPO / "profiles" / "local"), *extra,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8",
+                            env=None if env is None else {**os.environ, **env})
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"

@@ -70,15 +70,19 @@ def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_err
 SLIDE_OUTPUTS = ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")
 
 
-def slide_args(tmp_path: Path, slide: Path, on_error: str) -> list[str]:
-    """`slide` command line writing SLIDE_OUTPUTS under tmp_path/out, default settings."""
+def slide_args(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
+               **overrides: dict) -> list[str]:
+    """`slide` command line writing SLIDE_OUTPUTS under tmp_path/out, default settings
+    updated section by section with `overrides` (e.g. embedding={"num_workers": 1})."""
     from radpath.defaults import default_config
 
     pathology = default_config()["pathology"]
-    settings = {key: pathology[key] for key in ("tissue", "tiles", "morphology", "embedding")}
+    settings = {key: pathology[key] | overrides.get(key, {})
+                for key in ("tissue", "tiles", "morphology", "embedding")}
     outputs = [f"--{name.split('.')[0]}={tmp_path / 'out' / name}" for name in SLIDE_OUTPUTS]
     return [
         "slide", "--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
+        "--threads", str(threads),
         "--settings", json.dumps({**settings, "seed": 1, "on_error": on_error}),
         *outputs, "--log", str(tmp_path / "slide.log"),
     ]
@@ -114,3 +118,46 @@ def test_slide_that_cannot_be_tiled_is_excluded_from_all_its_outputs(tmp_path):
         assert outputs[name].read_text(encoding="utf-8").startswith(EXCLUSION_PREFIX), name
     record = pd.read_csv(outputs["morphology.tsv"], sep="\t")
     assert record["slide_id"].tolist() == ["S2"] and str(slide) in record["error"][0]
+
+
+# Runs `python -m radpath.cli`'s main with embed_tiles wrapped: what torch and the DataLoader
+# use while the tiles are embedded goes to the JSON file argv[1].
+EMBED_SPY = """
+import json, sys, torch
+import radpath.embed as embed
+from radpath import cli
+real = embed.embed_tiles
+def spy(loader, *args, **kwargs):
+    with open(sys.argv[1], "w", encoding="utf-8") as out:
+        json.dump({"torch_threads": torch.get_num_threads(), "workers": loader.num_workers}, out)
+    return real(loader, *args, **kwargs)
+embed.embed_tiles = spy
+cli.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("threads", "num_workers", "workers", "torch_threads"),
+    [(3, 0, 0, 3), (3, 1, 1, 2), (2, 4, 1, 1)],
+)
+def test_slide_job_embeds_with_the_cpus_it_is_given(tmp_path, threads, num_workers, workers,
+                                                    torch_threads):
+    """--threads (the rule's threads = pathology.threads), not OMP_NUM_THREADS, sets the
+    DataLoader workers and torch's threads; workers beyond threads - 1 are cut, with a warning."""
+    slide = tmp_path / "S1.svs"
+    write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
+    args = slide_args(tmp_path, slide, "stop", threads=threads,
+                      tiles={"max_tiles": 8}, morphology={"n_tiles": 4},
+                      embedding={"num_workers": num_workers, "batch_size": 4})
+    observed = tmp_path / "observed.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", EMBED_SPY, str(observed), *args],
+                            capture_output=True, text=True, encoding="utf-8", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(observed.read_text(encoding="utf-8")) == {
+        "torch_threads": torch_threads, "workers": workers}
+    log = (tmp_path / "slide.log").read_text(encoding="utf-8")
+    assert (f"{threads} CPUs: {workers} DataLoader workers, {torch_threads} torch threads"
+            in log)
+    assert ("using 1 workers" in log) == (num_workers > workers)

@@ -4,7 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radpath.cohort import assemble_rows, impute_with_train_medians, make_split
+from radpath.cohort import (
+    assemble_rows,
+    impute_covariates,
+    impute_with_train_medians,
+    make_split,
+    read_frozen_split,
+    split_changes,
+    split_for_run,
+)
 from radpath.io import atomic_write, write_tsv
 
 
@@ -14,14 +22,78 @@ def clinical(n=50, seed=0):
     return pd.DataFrame({"os_event": rng.integers(0, 2, n)}, index=ids)
 
 
-def test_seeded_split_is_stratified_and_reproducible():
-    table = clinical()
+def test_seeded_split_is_reproducible_and_near_the_fraction_in_each_stratum():
+    table = clinical(2000)
     split = make_split(table, 0.3, seed=1)
     assert split.equals(make_split(table, 0.3, seed=1))
     assert not split.equals(make_split(table, 0.3, seed=2))
     for event in (0, 1):
         ids = table.index[table["os_event"] == event]
-        assert (split[ids] == "validation").sum() == round(0.3 * len(ids))
+        assert abs((split[ids] == "validation").mean() - 0.3) < 0.05
+
+
+def test_adding_or_removing_patients_moves_no_other_patient():
+    """The issue's case: 40 patients, then 5 more (and 3 fewer): nobody else moves."""
+    table = clinical(40, seed=3)
+    before = make_split(table, 0.3, seed=42)
+    more = pd.concat([table, clinical(45, seed=4).iloc[40:]])
+    after = make_split(more, 0.3, seed=42)
+    assert split_changes(before, after).empty
+    assert after.loc[before.index].equals(before)
+    fewer = make_split(table.iloc[3:], 0.3, seed=42)
+    assert fewer.equals(before.iloc[3:])
+
+
+def test_frozen_split_is_kept_and_new_patients_get_the_automatic_one(tmp_path):
+    table = clinical(20)
+    automatic = make_split(table, 0.3, seed=5)
+    frozen = (automatic == "train").map({True: "validation", False: "train"}).iloc[:10]
+    split = make_split(table, 0.3, seed=5, frozen=frozen)
+    assert split.iloc[:10].equals(frozen.rename("split"))
+    assert split.iloc[10:].equals(automatic.iloc[10:])
+    path = tmp_path / "split.tsv"
+    write_tsv(frozen.rename("split").rename_axis("patient_id").to_frame(), path)
+    config = {"split": {"file": str(path), "validation_fraction": 0.3}, "seed": 5}
+    run_split, warnings = split_for_run(config, table, tmp_path / "none.tsv")
+    assert run_split == split.to_dict()
+    assert len(warnings) == 1 and "10 patient(s) are not in the frozen split file" in warnings[0]
+
+
+def test_a_changed_split_is_announced(tmp_path):
+    table = clinical(30)
+    recorded = tmp_path / "split.tsv"
+    write_tsv(make_split(table, 0.3, seed=1).rename_axis("patient_id").to_frame(), recorded)
+    config = {"split": {"file": "", "validation_fraction": 0.3}, "seed": 1}
+    assert split_for_run(config, table, recorded)[1] == []
+    config["seed"] = 2
+    _, warnings = split_for_run(config, table, recorded)
+    assert len(warnings) == 1
+    assert "changes the train/validation split of" in warnings[0]
+    assert "set split.file to the copy" in warnings[0]
+
+
+def test_frozen_split_file_errors(tmp_path):
+    path = tmp_path / "split.tsv"
+    path.write_text("patient_id\tsplit\nP1\ttest\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="must be train or validation for patient.*P1"):
+        read_frozen_split(path)
+
+
+def test_covariates_are_imputed_from_training_patients_only():
+    table = pd.DataFrame(
+        {"age": ["50", "", "70", "", "1000"], "stage": ["I", "II", "", "", "I"],
+         "site": ["a", "b", "", "b", "b"]},
+        index=["t1", "t2", "t3", "v1", "v2"],
+    )
+    covariates = [{"name": "age", "type": "numeric"},
+                  {"name": "stage", "type": "categorical", "reference": "I"}]
+    filled, report = impute_covariates(table, covariates, ["site"], ["t1", "t2", "t3"])
+    assert filled.loc["t2", "age"] == 60.0 and filled.loc["v1", "age"] == 60.0  # not 70
+    assert filled.loc["v1", "stage"] == "I"  # tie I/II in training: first in sorted order
+    assert filled.loc["t3", "site"] == "a"
+    counts = report.set_index("covariate")
+    assert counts.loc["age", "n_train_filled"] == 1 and counts.loc["age", "n_validation_filled"] == 1
+    assert counts.loc["site", "kind"] == "categorical"
 
 
 def test_sheet_split_is_used_and_must_be_complete():

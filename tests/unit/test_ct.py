@@ -54,7 +54,9 @@ def write_case(tmp_path, ext: str = ".nii.gz", **kwargs):
     return ct_path, mask_path
 
 
-def write_dicom_series(image: sitk.Image, directory, series_uid: str) -> None:
+def write_dicom_series(
+    image: sitk.Image, directory, series_uid: str, image_type: str = "DERIVED\\SECONDARY"
+) -> None:
     """One file per slice with the tags a CT series reader needs (SimpleITK's example)."""
     directory.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
@@ -62,7 +64,7 @@ def write_dicom_series(image: sitk.Image, directory, series_uid: str) -> None:
     d = image.GetDirection()
     series_tags = {
         "0008|0060": "CT",
-        "0008|0008": "DERIVED\\SECONDARY",
+        "0008|0008": image_type,
         "0020|000e": series_uid,
         "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
         "0020|0037": "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))),
@@ -95,16 +97,28 @@ def test_read_image_formats(tmp_path, ext):
     assert np.allclose(image.GetOrigin(), ORIGIN)
 
 
-def test_read_dicom_series_picks_the_largest_series(tmp_path):
+def test_read_dicom_series_skips_a_localizer(tmp_path):
     ct, _ = synthetic_ct()
     scout = sitk.Cast(ct[:, :, :3] * 0 + 500, sitk.sitkInt16)
     write_dicom_series(ct, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2.111111")
-    write_dicom_series(scout, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2.222222")
+    write_dicom_series(
+        scout, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2.222222",
+        "ORIGINAL\\PRIMARY\\LOCALIZER",
+    )
     image = read_image(tmp_path / "dicom", "P1", "CT")
     assert image.GetSize() == ct.GetSize()
     assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(ct))
     assert np.allclose(image.GetSpacing(), SPACING, atol=1e-6)
     assert np.allclose(image.GetOrigin(), ORIGIN, atol=1e-6)
+
+
+def test_read_dicom_series_never_picks_the_largest_of_several_ct_series(tmp_path):
+    ct, _ = synthetic_ct()
+    thick = sitk.Cast(ct[:, :, ::4], sitk.sitkInt16)
+    write_dicom_series(ct, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2.111111")
+    write_dicom_series(thick, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2.222222")
+    with pytest.raises(CaseInputError, match=r"2 CT series in this folder; set ct_series_uid"):
+        read_image(tmp_path / "dicom", "P1", "CT")
 
 
 def test_read_directory_without_dicom_is_a_clear_error(tmp_path):

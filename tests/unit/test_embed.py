@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from radpath import embed, wsi
+from radpath import embed, tile_features, wsi
 from radpath.defaults import default_config
 from radpath.demo_slides import corrupt_level0_tile, write_synthetic_svs
 
@@ -45,7 +45,7 @@ def single_process(slide):
 
 def test_embed_slide_on_cpu_writes_fp16_features_with_coords(slide, single_process):
     summary, out = single_process
-    features, coords, attrs = embed.read_features_h5(out)
+    features, coords, attrs = tile_features.read_features_h5(out)
     expected_coords, _ = wsi.read_coords_h5(slide["coords_h5"])
     assert features.dtype == np.float16
     assert features.shape == (len(expected_coords), 1024)
@@ -68,8 +68,8 @@ def test_two_workers_open_their_own_handles_and_give_the_same_features(slide, si
     cfg = EMBEDDING | {"num_workers": 2}
     embed.embed_slide(slide["path"], "S1", slide["coords_h5"], out, cfg, TILES, device="cpu")
     np.testing.assert_allclose(
-        embed.read_features_h5(out)[0].astype(np.float32),
-        embed.read_features_h5(reference)[0].astype(np.float32),
+        tile_features.read_features_h5(out)[0].astype(np.float32),
+        tile_features.read_features_h5(reference)[0].astype(np.float32),
         rtol=0.02,
         atol=0.02,
     )
@@ -121,7 +121,7 @@ def test_corrupt_tile_is_skipped_counted_and_recorded(slide, tmp_path):
     summary = embed.embed_slide(
         tmp_path / "bad.svs", "S1", slide["coords_h5"], out, cfg, TILES, device="cpu"
     )
-    features, kept, stored = embed.read_features_h5(out)
+    features, kept, stored = tile_features.read_features_h5(out)
     assert summary["n_skipped"] == stored["n_skipped"] == overlaps.sum()
     assert np.array_equal(kept, coords[~overlaps])  # reads after the failure still work
     assert features.shape == (len(coords) - overlaps.sum(), 1024)
@@ -241,12 +241,12 @@ def test_model_input_is_normalized_channels_last():
 
 def test_pooling_of_tiles_and_patients(tmp_path):
     features = np.array([[1.0, 4.0], [3.0, 0.0]], dtype=np.float16)
-    pooled = embed.pool_slide_features(features, ["mean", "max", "std"])
+    pooled = tile_features.pool_slide_features(features, ["mean", "max", "std"])
     assert pooled["mean"].tolist() == [2.0, 2.0]
     assert pooled["max"].tolist() == [3.0, 4.0]
     assert pooled["std"].tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match="unknown pooling"):
-        embed.pool_slide_features(features, ["median"])
+        tile_features.pool_slide_features(features, ["median"])
 
     def write(name, rows):
         path = tmp_path / name
@@ -255,7 +255,7 @@ def test_pooling_of_tiles_and_patients(tmp_path):
         )
         return path
 
-    table = embed.patient_embedding_table(
+    table = tile_features.patient_embedding_table(
         {
             "P1": [write("a.h5", [[0.0, 0.0]]), write("b.h5", [[3.0, 6.0], [3.0, 6.0]])],
             "P2": [write("c.h5", [[1.0, 1.0]])],

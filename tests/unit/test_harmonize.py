@@ -1,6 +1,7 @@
 """ComBat fit/apply: agreement with neuroCombat, apply to new patients, edge cases."""
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -51,14 +52,15 @@ def cohort():
     return make_cohort()
 
 
-def neurocombat_reference(features, batch, covariates, parametric, mean_only):
+def neurocombat_result(features, batch, covariates, parametric, mean_only):
+    """neuroCombat's full output (data: features x patients, estimates, info)."""
     covars = pd.DataFrame({"batch": batch.to_numpy()})
     categorical, continuous = None, None
     if covariates is not None:
         covars["age"] = covariates["age"].to_numpy()
         covars["stage"] = covariates["stage"].to_numpy()
         categorical, continuous = ["stage"], ["age"]
-    result = neuroCombat(
+    return neuroCombat(
         features.to_numpy().T.copy(),
         covars,
         "batch",
@@ -67,7 +69,10 @@ def neurocombat_reference(features, batch, covariates, parametric, mean_only):
         parametric=parametric,
         mean_only=mean_only,
     )
-    return result["data"].T
+
+
+def neurocombat_reference(features, batch, covariates, parametric, mean_only):
+    return neurocombat_result(features, batch, covariates, parametric, mean_only)["data"].T
 
 
 def split_train_test(features, batch, covariates, test_ids):
@@ -95,6 +100,69 @@ def test_matches_neurocombat(cohort, parametric, mean_only, with_covariates):
     assert list(harmonized.columns) == list(features.columns)
     assert model.batches == ["siteA", "siteB", "siteC"]
     assert model.covariate_names == (["age", "stage_II", "stage_III"] if with_covariates else [])
+
+
+@pytest.mark.parametrize("parametric", [True, False], ids=["parametric", "nonparametric"])
+@pytest.mark.parametrize(
+    ("with_covariates", "site", "column", "value"),
+    [(False, "siteA", "f01", 1 / 7), (True, "siteC", "f05", 1 / 3)],
+    ids=["no_covariates", "covariates"],
+)
+def test_feature_constant_within_a_batch_matches_neurocombat(
+    cohort, parametric, with_covariates, site, column, value
+):
+    """sva gives a batch in which a feature is constant delta_hat = 1. Here the exact
+    within-batch variance is 0 but ours rounds to ~1e-30 (the mean of equal floats is not
+    always that float), so an exact ``== 0`` test misses it and moves the batch's priors;
+    neuroCombat, summing in another order, does get 0 for these values."""
+    features, batch, covariates = cohort
+    in_site = (batch == site).to_numpy()
+    features = features.copy()
+    features.loc[in_site, column] = value
+    if with_covariates:
+        # Covariates constant within the site too, so the covariate-adjusted residual is.
+        covariates = covariates.copy()
+        covariates.loc[in_site, "age"] = 60.0
+        covariates.loc[in_site, "stage"] = "I"
+    else:
+        covariates = None
+    reference = neurocombat_result(features, batch, covariates, parametric, mean_only=False)
+    batch_pos, column_pos = sorted(BATCH_SIZES).index(site), list(features.columns).index(column)
+    assert reference["estimates"]["delta_hat"][batch_pos][column_pos] == 1.0, (
+        "precondition: neuroCombat's exact zero test must fire for this constant"
+    )
+
+    model, harmonized = fit_apply_combat(features, batch, covariates, parametric=parametric)
+
+    assert np.abs(harmonized.to_numpy() - reference["data"].T).max() < 1e-10
+    assert model.passthrough_features == []
+    assert np.ptp(harmonized.loc[in_site, column]) < 1e-12  # still constant within the site
+
+
+@pytest.mark.parametrize("with_covariates", [False, True], ids=["no_covariates", "covariates"])
+def test_batch_constant_features_match_neurocombat_with_a_tolerant_zero_test(
+    cohort, monkeypatch, with_covariates
+):
+    """Whatever the constant, with neuroCombat's ``delta_hat == 0`` made tolerant of rounding
+    (its own exact test fires or not depending on how numpy rounds the constant)."""
+    module = sys.modules[neuroCombat.__module__]
+    monkeypatch.setattr(module, "convert_zeroes", lambda x: np.where(x <= 1e-20, 1.0, x))
+    features, batch, covariates = cohort
+    in_site = (batch == "siteC").to_numpy()
+    features = features.copy()
+    if with_covariates:
+        covariates = covariates.copy()
+        covariates.loc[in_site, "age"] = 60.0
+        covariates.loc[in_site, "stage"] = "I"
+    else:
+        covariates = None
+    for j, value in enumerate([0.1, 1 / 3, 1 / 7, 0.2, 0.15, 123.456]):
+        features.loc[in_site, f"f{j:02d}"] = value
+    expected = neurocombat_reference(features, batch, covariates, parametric=True, mean_only=False)
+
+    _, harmonized = fit_apply_combat(features, batch, covariates)
+
+    assert np.abs(harmonized.to_numpy() - expected).max() < 1e-10
 
 
 def test_new_patients_one_at_a_time_equal_all_at_once(cohort):

@@ -68,3 +68,61 @@ def test_sigterm_removes_the_half_written_output(tmp_path):
     assert result.returncode == 128 + signal.SIGTERM
     assert list(target.parent.iterdir()) == []
     assert "terminated by SIGTERM" in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("on_error", ["stop", "exclude"])
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    OSError(5, "Input/output error"),  # a network filesystem hiccup
+    RuntimeError("CUDA error: an illegal memory access was encountered"),
+    ValueError("CUDA out of memory while allocating the batch"),
+], ids=["MemoryError", "OSError", "CUDA", "oom-valueerror"])
+def test_resource_failures_fail_the_job_and_exclude_nothing(tmp_path, error, on_error):
+    """A transient failure must fail the job (so --retries reruns it), never exclude the item."""
+    def job():
+        raise error
+
+    outputs = [str(tmp_path / "f.tsv"), str(tmp_path / "f.h5")]
+    with pytest.raises(type(error)):
+        run_item("S1", "slide_id", job, outputs, on_error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_out_of_memory_fails_the_job_and_a_retry_succeeds(tmp_path):
+    """torch.OutOfMemoryError is a RuntimeError: it used to be recorded as an exclusion."""
+    import torch
+
+    out = tmp_path / "features.h5"
+    attempts = []
+
+    def embed_once_out_of_memory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        out.write_text("features\n", encoding="utf-8")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        run_item("S1", "slide_id", embed_once_out_of_memory, [str(out)], "exclude")
+    assert not out.exists()
+    run_item("S1", "slide_id", embed_once_out_of_memory, [str(out)], "exclude")  # the retry
+    assert exclusion_reason(out) is None and out.read_text(encoding="utf-8") == "features\n"
+
+
+def test_the_per_patient_job_starts_without_pandas():
+    """radpath.cli's radiomics path must not pay pandas' import (a second per patient)."""
+    code = "import sys, radpath.cli, radpath.radiomics; print('pandas' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, encoding="utf-8", check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_a_bad_parameter_file_fails_the_job_instead_of_excluding_the_patient(tmp_path):
+    from radpath.radiomics import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("setting: [unclosed\n", encoding="utf-8")
+    out = tmp_path / "features.tsv"
+    with pytest.raises(ValueError, match="not valid YAML"):
+        run_item("P1", "patient_id", lambda: load_params(params), [str(out)], "exclude")
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """Tests for radpath.selection: each filter, univariate Cox against lifelines, the whole pipeline."""
 
 import copy
+import re
 
 import numpy as np
 import pandas as pd
@@ -254,3 +255,172 @@ def test_fold_cox_on_forced_columns_survives_constant_and_separated_columns():
     beta = _unpenalized_cox(x, time, event)
     assert beta[1] == 0.0  # a level absent from this fold
     assert np.all(np.isfinite(beta)) and beta[2] > 0
+
+
+# --------------------------------------------------------------------------- Coxnet failures
+
+
+def null_cohort(seed: int, n: int = 28, p: int = 80):
+    """A small cohort without signal, shaped like the demo's clinical_radiomics model: age and a
+    one-hot stage with a rare level (forced), p skewed correlated radiomics-like features, and
+    outcomes unrelated to all of them (28 patients, ~17 events, as the demo's training set)."""
+    rng = np.random.default_rng(seed)
+    clinical = {"age": rng.normal(62, 9, n).round()}
+    stage = rng.choice(["I", "II", "III", "IV"], n, p=[0.3, 0.3, 0.3, 0.1])
+    clinical.update({f"stage[{s}]": (stage == s).astype(float) for s in ["II", "III", "IV"]})
+    latent, loadings = rng.normal(size=(n, 6)), rng.normal(size=(6, p))
+    features = np.exp(0.5 * (latent @ loadings) / np.sqrt(6) + rng.normal(size=(n, p)))
+    X = pd.concat(
+        [pd.DataFrame(clinical), pd.DataFrame(features, columns=[f"r{i:03d}" for i in range(p)])],
+        axis=1,
+    )
+    time = rng.exponential(20, n).round(1) + 0.1
+    return X, time, (rng.random(n) < 0.6).astype(int)
+
+
+NULL_FORCED = ["age", "stage[II]", "stage[III]", "stage[IV]"]
+# config.yaml's selection defaults, pinned: the cases below depend on them (e.g. 50 alphas).
+NULL_SELECTION_CFG = {
+    "near_zero_variance": {"freq_ratio": 19.0, "unique_fraction": 0.1},
+    "correlation_threshold": 0.9, "univariate_p": 0.1, "univariate_max_features": 50,
+    "l1_ratio": 1.0, "cv_folds": 5, "n_alphas": 50, "alpha_rule": "min", "max_features": 8,
+}  # fmt: skip
+WEIGHTS_TOO_LARGE = "Coxnet failed (Numerical error, because weights are too large)"
+
+
+def null_selection(cohort_seed: int, permutation_seed: int, with_forced: bool):
+    """select_features (NULL_SELECTION_CFG) on null_cohort with permuted outcomes."""
+    X, time, event = null_cohort(cohort_seed)
+    perm = np.random.default_rng(permutation_seed).permutation(len(X))
+    forced = NULL_FORCED if with_forced else []
+    Z = pd.DataFrame(sel.standardize(X.to_numpy(dtype=float)), columns=X.columns)
+    Z = Z if with_forced else Z.drop(columns=NULL_FORCED)
+    result = sel.select_features(Z, time[perm], event[perm], NULL_SELECTION_CFG, forced, seed=42)
+    return result, forced
+
+
+def penalized_note(result) -> str:
+    return result.log.set_index("step").at["penalized_cox", "note"]
+
+
+def test_path_cuts_drop_a_decade_at_a_time_from_the_weak_end():
+    assert sel._path_cuts(50, 4.0) == [37, 25, 13]  # alpha_min_ratio 1e-4 -> 1e-3, 1e-2, 1e-1
+    assert sel._path_cuts(50, 2.0) == [25]  # 'auto' with n <= p: 1e-2 -> 1e-1
+    assert sel._path_cuts(47, 46 * 4 / 49) == [37, 25, 13]  # a path Coxnet ended early
+    assert sel._path_cuts(1, 4.0) == [] and sel._path_cuts(50, 0.5) == []
+
+
+def test_full_path_that_fails_at_weak_penalties_is_cut_short_on_the_same_grid():
+    """Null outcomes, no forced columns: the default path (down to 1e-4 * alpha_max) overflows;
+    the path down to ~1e-3 fits and keeps the default grid's alphas."""
+    result, _ = null_selection(0, 0, with_forced=False)
+    note = penalized_note(result)
+    assert f"{WEIGHTS_TOO_LARGE} on: 50/50 alphas; fitted on: 37/50 alphas" in note
+    assert "alpha_min_ratio 0.00115" in note
+    ratios = result.cv["alpha"].to_numpy() / result.cv["alpha"].iloc[0]
+    np.testing.assert_allclose(ratios, 10 ** (-4 * np.arange(37) / 49), rtol=1e-10)
+    assert result.alpha in set(result.cv["alpha"])
+
+
+def test_fold_that_fails_at_weak_penalties_makes_them_ineligible():
+    result, forced = null_selection(0, 24, with_forced=True)
+    note = penalized_note(result)
+    assert "; fold " in note and "weaker alphas not eligible" in note
+    assert result.selected[:4] == forced
+    cv = result.cv
+    assert cv["complete"].any() and not cv["complete"].iloc[-1]
+    assert cv.loc[cv["alpha"] == result.alpha, "complete"].item()
+
+
+def test_fold_with_diverging_forced_columns_is_refitted_with_them_orthonormalized():
+    result, _ = null_selection(1, 17, with_forced=True)
+    note = penalized_note(result)
+    # Coxnet fails at every alpha of the fold (the strongest too), then fits the whole path.
+    fold = r"fold \d: Coxnet .* on: (\d+)/\1 alphas; fitted on: \1/\1 alphas, forced ortho"
+    assert re.search(fold, note)
+    assert "not eligible" not in note  # the whole path fitted: no alpha lost
+
+
+@pytest.mark.parametrize(
+    ("cohort_seed", "permutation_seed", "reason"),
+    [
+        (0, 7, f"{WEIGHTS_TOO_LARGE} on every attempt: 50/50 alphas; 50/50 alphas, forced"),
+        (0, 4, "no alpha had a finite CV deviance in every fold; no candidate kept; fold "),
+    ],
+    ids=["full_path", "fold"],
+)
+def test_path_that_fails_on_every_attempt_gives_an_empty_selection(
+    cohort_seed, permutation_seed, reason
+):
+    """The forced columns alone have no finite Cox fit (the rare stage separates), so every
+    penalty fails: the model keeps the forced columns only, with the reason in the log."""
+    result, forced = null_selection(cohort_seed, permutation_seed, with_forced=True)
+    assert result.selected == forced and result.alpha is None
+    assert reason in penalized_note(result)
+    # The last attempt: the shortest path (down to 0.1 * alpha_max), forced orthonormalized.
+    last = r"13/\d+ alphas( \(alpha_min_ratio 0\.105\))?, forced orthonormalized"
+    last += r"(; no candidate kept)?$"
+    assert re.search(last, penalized_note(result))
+    assert "empty selection" in result.log["note"].iloc[-1]
+
+
+def test_orthonormalized_forced_columns_give_the_same_path():
+    """On data Coxnet fits either way, the reparametrization gives the same path (up to the
+    solver's tolerance, tightened here: alpha_max comes from an iterative fit too)."""
+    rng = np.random.default_rng(8)
+    n = 120
+    stage = rng.integers(0, 4, n)
+    forced = np.column_stack([rng.normal(size=n)] + [(stage == k).astype(float) for k in (1, 2, 3)])
+    x = sel.standardize(np.column_stack([forced, rng.normal(size=(n, 6))]))
+    time, event = survival_outcome(rng, x[:, 0] + 0.8 * x[:, 4])
+    y = sel._surv(time, event)
+    kwargs = {"n_alphas": 20, "alpha_min_ratio": 0.01, "tol": 1e-12}
+    plain = sel._fit_attempts(x, y, 4, 1.0, [("plain", False, False, kwargs)])
+    rotated = sel._fit_attempts(x, y, 4, 1.0, [("rotated", True, False, kwargs)])
+    np.testing.assert_allclose(rotated.alphas, plain.alphas, rtol=1e-6)
+    np.testing.assert_allclose(rotated.coef[4:], plain.coef[4:], atol=1e-6)
+    lp_plain, lp_rotated = x @ plain.coef, x @ rotated.coef
+    centred = [lp - lp.mean(axis=0) for lp in (lp_plain, lp_rotated)]
+    np.testing.assert_allclose(centred[1], centred[0], atol=1e-5)
+    assert (plain.coef[4:] != 0).any()
+
+
+def test_fallback_order_is_deterministic_and_keeps_the_default_grid(monkeypatch):
+    """Paths that 'fail' (patched) until 25 alphas: tried in the documented order, and the
+    fitted path is the default path's first 25 alphas."""
+    rng = np.random.default_rng(9)
+    x = sel.standardize(rng.normal(size=(100, 8)))
+    time, event = survival_outcome(rng, x[:, 2] - x[:, 5])
+    y = sel._surv(time, event)
+    default = sel.coxnet_path(x, y, 2, 1.0, 50)
+    assert default.note == "" and default.alphas.size > 25
+    real_fit, tried = sel._fit_quietly, []
+
+    def failing_fit(model, design, target):
+        tried.append((model.n_alphas, design is x))
+        if model.n_alphas > 25:
+            raise ArithmeticError("Numerical error, because weights are too large. Consider ...")
+        return real_fit(model, design, target)
+
+    monkeypatch.setattr(sel, "_fit_quietly", failing_fit)
+    cut = sel.coxnet_path(x, y, 2, 1.0, 50)
+    assert tried == [(50, True), (50, False), (37, True), (37, False), (25, True)]
+    assert cut.cut and cut.note.endswith("fitted on: 25/50 alphas (alpha_min_ratio 0.011)")
+    np.testing.assert_allclose(cut.alphas, default.alphas[:25], rtol=1e-12)
+    np.testing.assert_allclose(cut.coef, default.coef[:, :25], atol=1e-8)
+
+
+def test_fold_cox_on_forced_columns_that_cannot_be_fitted_returns_none(monkeypatch):
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    def diverge(self, *args, **kwargs):
+        raise ConvergenceError("delta contains nan value(s). Convergence halted.")
+
+    monkeypatch.setattr(CoxPHFitter, "fit", diverge)
+    rng = np.random.default_rng(4)
+    x, time, event = rng.normal(size=(20, 2)), rng.exponential(1.0, 20), np.ones(20, dtype=int)
+    assert sel._unpenalized_cox(x, time, event) is None
+    train = np.arange(15)
+    lp, _, note = sel._fold_linear_predictors(x, time, event, train, 2, [], np.ones(3), 1.0)
+    assert np.isnan(lp).all() and "failed, also with a ridge penalty" in note

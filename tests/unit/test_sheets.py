@@ -1,5 +1,6 @@
 """Sample sheet validation: every problem is one line naming sheet, line, patient and column."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -86,13 +87,13 @@ def test_clinical_checks_times_coverage_and_covariates(tmp_path):
     lines = str(info.value).splitlines()
     assert "clinical.tsv line 2 (P1): column 'os_time' must be > 0, got 0.0" in lines
     path = write(tmp_path / "clinical.tsv", [
-        CLINICAL_HEADER, ["P1", "sixty", "I", "3", "1", "10", "1"],
+        CLINICAL_HEADER, ["P1", "sixty", "I", "3", "1", "2", "1"],
     ])
     with pytest.raises(sheets.SheetError) as info:
         load_clinical(path)
     lines = str(info.value).splitlines()
     assert "clinical.tsv: no clinical row for patient(s) P2" in lines
-    assert "clinical.tsv line 2 (P1): covariate 'age' must be numeric, got 'sixty'" in lines
+    assert "clinical.tsv line 2 (P1): covariate 'age' must be a finite number, got 'sixty'" in lines
 
 
 def test_clinical_valid_sheet_is_typed(tmp_path):
@@ -146,7 +147,11 @@ def test_column_wise_checks_accept_exactly_what_jsonschema_accepts(schema_name):
             typed = properties[col].get("default") if typed is None else typed
             if typed is not None:
                 record[col] = typed
-        expected_valid = not list(validator.iter_errors(record))
+        # JSON schema bounds let NaN and infinity through; sheets reject them.
+        finite = all(
+            math.isfinite(v) for v in record.values() if isinstance(v, float)
+        )
+        expected_valid = finite and not list(validator.iter_errors(record))
         df = pd.DataFrame([row])
         try:
             sheets.validate_rows(df, schema, "s.tsv", next(iter(properties)))
@@ -154,3 +159,110 @@ def test_column_wise_checks_accept_exactly_what_jsonschema_accepts(schema_name):
         except sheets.SheetError:
             valid = False
         assert valid == expected_valid, row
+
+
+def clinical_rows(*rows):
+    return [CLINICAL_HEADER, *[list(r) for r in rows]]
+
+
+def test_non_finite_times_are_rejected_at_parse_time(tmp_path):
+    path = write(tmp_path / "clinical.tsv", clinical_rows(
+        ["P1", "60", "I", "nan", "1", "10", "1"],
+        ["P2", "70", "II", "20", "1", "inf", "0"],
+    ))
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)
+    lines = str(info.value).splitlines()
+    assert "clinical.tsv line 2 (P1): column 'os_time' must be a finite number, got 'nan'" in lines
+    assert "clinical.tsv line 3 (P2): column 'pfs_time' must be a finite number, got 'inf'" in lines
+
+
+def test_pfs_after_os_is_an_error(tmp_path):
+    path = write(tmp_path / "clinical.tsv", clinical_rows(
+        ["P1", "60", "I", "12", "1", "30", "1"],
+        ["P2", "70", "II", "20", "1", "5", "1"],
+    ))
+    with pytest.raises(sheets.SheetError, match=r"line 2 \(P1\): pfs_time 30.0 is after os_time 12.0"):
+        load_clinical(path)
+
+
+def test_blank_covariate_is_an_error_unless_imputation_is_chosen(tmp_path):
+    path = write(tmp_path / "clinical.tsv", clinical_rows(
+        ["P1", "", "I", "12", "1", "10", "1"],
+        ["P2", "70", "", "20", "1", "5", "0"],
+    ))
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("clinical.tsv line 2 (P1): covariate 'age' is blank")
+    assert "missing_covariates: impute" in lines[0]
+    assert lines[1].startswith("clinical.tsv line 3 (P2): covariate 'stage' is blank")
+    df = sheets.load_clinical(path, SCHEMAS / "clinical.schema.yaml", ["P1", "P2"], COVARIATES,
+                              missing_covariates="impute")
+    assert df.at["P1", "age"] == ""
+
+
+def test_reference_level_must_occur(tmp_path):
+    path = write(tmp_path / "clinical.tsv", clinical_rows(
+        ["P1", "60", "II", "12", "1", "10", "1"],
+        ["P2", "70", "III", "20", "1", "5", "0"],
+    ))
+    with pytest.raises(sheets.SheetError, match="reference level 'I' does not occur"):
+        load_clinical(path)
+
+
+def test_every_bad_line_of_every_sheet_in_one_error(patients_sheet, tmp_path):
+    """One run reports the patients sheet's, the clinical sheet's and the slides sheet's
+    problems together (not the first sheet's, nor the first line's, only)."""
+    text = patients_sheet.read_text(encoding="utf-8")
+    patients_sheet.write_text(
+        text.replace("P2\tct/P2.nii.gz", "P2\tct/gone.nii.gz")
+        + "_bad\tct/P1.nii.gz\tct/P1_mask.nii.gz\tA\n", encoding="utf-8")
+    write(tmp_path / "clinical.tsv", clinical_rows(
+        ["P1", "60", "I", "-3", "1", "10", "1"],
+        ["P2", "70", "II", "20", "Alive", "5", "0"],
+        ["_bad", "70", "II", "20", "1", "5", "0"],
+    ))
+    write(tmp_path / "slides.tsv", [["slide_id", "patient_id", "path"], ["S1", "P9", "no.svs"]])
+    config = {
+        "patients": str(patients_sheet), "clinical": str(tmp_path / "clinical.tsv"),
+        "slides": str(tmp_path / "slides.tsv"), "covariates": COVARIATES,
+        "harmonization": {"covariates": [], "batch_column": "scanner"},
+        "missing_covariates": "error",
+    }
+    with pytest.raises(sheets.SheetError) as info:
+        sheets.load_cohort(config, SCHEMAS)
+    message = str(info.value)
+    for expected in (
+        "patients.tsv line 4 (_bad): column 'patient_id'",
+        "patients.tsv line 3 (P2): ct file",
+        "clinical.tsv line 2 (P1): column 'os_time' must be > 0",
+        "clinical.tsv line 3 (P2): column 'os_event' must be 0 or 1",
+        "slides.tsv line 2 (S1): patient_id 'P9' is not in the patients sheet",
+        "slides.tsv line 2 (S1): path file",
+    ):
+        assert expected in message, (expected, message)
+
+
+def test_patients_dicom_columns_are_optional_text_and_uids_are_checked(patients_sheet):
+    schema = SCHEMAS / "patients.schema.yaml"
+    df = sheets.load_patients(patients_sheet, schema)
+    assert [df[c].tolist() for c in sheets.PATIENT_DICOM_COLUMNS] == [["", ""]] * 3
+    rows = patients_sheet.read_text(encoding="utf-8").splitlines()
+    extra = ["\tct_series_uid\tmask_roi\tmask_segment", "\t1.2.840.5\tGTV 1\t", "\t\t\t2"]
+    patients_sheet.write_text("".join(r + e + "\n" for r, e in zip(rows, extra, strict=True)),
+                              encoding="utf-8")
+    df = sheets.load_patients(patients_sheet, schema)
+    assert df.loc["P1", list(sheets.PATIENT_DICOM_COLUMNS)].tolist() == ["1.2.840.5", "GTV 1", ""]
+    assert df.loc["P2", list(sheets.PATIENT_DICOM_COLUMNS)].tolist() == ["", "", "2"]
+    patients_sheet.write_text(
+        patients_sheet.read_text(encoding="utf-8").replace("1.2.840.5", "1.2.840.05"),
+        encoding="utf-8",
+    )
+    with pytest.raises(sheets.SheetError) as info:
+        sheets.load_patients(patients_sheet, schema)
+    assert str(info.value) == (
+        "patients.tsv line 2 (P1): column 'ct_series_uid' value '1.2.840.05' is not a DICOM "
+        "UID (digits separated by dots, at most 64 characters)"
+    )

@@ -239,6 +239,15 @@ def test_tile_slide_writes_coords_h5_and_qc(slides, tmp_path):
     with h5py.File(out) as h5:  # what CLAM/TRIDENT-style readers see
         assert h5["coords"].shape == coords.shape
         assert h5["coords"].attrs["patch_size_level0"] == 448
+        # TRIDENT's own set (trident/IO.py coords_to_h5), magnifications as 10 / mpp
+        assert h5["coords"].attrs["level0_magnification"] == 40.0
+        assert h5["coords"].attrs["target_magnification"] == 20.0
+        assert h5["coords"].attrs["overlap"] == 0 and h5["coords"].attrs["name"] == "S2"
+        assert (h5["coords"].attrs["level0_width"], h5["coords"].attrs["level0_height"]) == (
+            4000, 3000,
+        )
+        # 448 level-0 px resized to 224: CLAM's patch_size would be 448, so no patch_level
+        assert "patch_level" not in h5["coords"].attrs
     mask = wsi.read_tissue_mask_h5(out)
     assert mask.mpp == pytest.approx(8.0) and mask.mask.any()
     assert sorted(p.name for p in out.parent.iterdir()) == ["S2.h5"]  # no temp left
@@ -254,3 +263,20 @@ def test_read_tile_outside_the_slide_is_white(coarse):
     tile = wsi.read_tile(coarse, 1900, 1400, TILES)
     assert tile.shape == (224, 224, 3)
     assert tile[-50:, -50:].min() == 255
+
+
+def test_patch_level_is_written_only_where_clam_reads_radpaths_pixels(slides):
+    """CLAM reads `patch_size` px at `patch_level`: true to radpath only without a resize."""
+    with wsi.open_slide(slides["coarse"], "C") as coarse:  # 0.5 um/px, tiles at 0.5
+        geom = coarse.tile_geometry(TILES)
+        assert wsi.tile_attrs(coarse, geom)["patch_level"] == 0
+    with wsi.open_slide(slides["fine"], "F") as fine:  # 0.25, 1.0, 4.0 um/px levels
+        at_level1 = fine.tile_geometry(TILES | {"mpp": 1.0})  # 224 px read at level 1
+        attrs = wsi.tile_attrs(fine, at_level1)
+        assert (attrs["patch_level"], attrs["patch_size"], attrs["read_size"]) == (1, 224, 224)
+        assert attrs["target_magnification"] == 10.0
+        resized = fine.tile_geometry(TILES)  # 448 px read at level 0
+        assert wsi.clam_patch_level(resized) is None
+        clam = wsi.clam_attrs(resized, "F", fine.level_dimensions[0])
+        assert (clam["patch_level"], clam["patch_size"], clam["target_patch_size"]) == (0, 448, 224)
+        assert wsi.geometry_from_attrs(wsi.tile_attrs(fine, resized)) == resized

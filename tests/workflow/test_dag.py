@@ -12,7 +12,7 @@ import time
 import pytest
 
 from placeholders import write_placeholder_cohort
-from smk import dry_run, touch_all, write_config
+from smk import REPO, dry_run, run, touch_all, write_config
 
 COHORT_STEPS = {
     "results/cohort/radiomics_raw.tsv",
@@ -93,3 +93,65 @@ def test_new_patients_run_only_their_jobs_and_cohort_steps(cohort):
     assert radiomics_patients(files) == {f"P{i:05d}" for i in range(13, 18)}
     assert slide_jobs(files) == {f"P{i:05d}_S0" for i in range(13, 18)}
     assert COHORT_STEPS <= set(files)
+
+
+def test_a_user_config_replaces_the_shipped_one(tmp_path):
+    """Models and slides left out of a user's config stay out (they are not merged back
+    from config/config.yaml), and every section it omits takes the schema's defaults."""
+    write_placeholder_cohort(tmp_path / "data", n_patients=8)
+    config = tmp_path / "my_config.yaml"
+    config.write_text(
+        f"patients: {tmp_path / 'data' / 'patients.tsv'}\n"
+        f"clinical: {tmp_path / 'data' / 'clinical.tsv'}\n"
+        f"radiomics: {{params: {REPO / 'config' / 'pyradiomics_ct.yaml'}}}\n"
+        "endpoints: [os]\n"
+        "models:\n"
+        "  clinical: {clinical: false, blocks: []}\n"
+        "  radiomics: {clinical: false, blocks: [radiomics]}\n",
+        encoding="utf-8",
+    )
+    files = dry_run(tmp_path, config)
+    models = {f.split("/")[3] for f in files if f.startswith("results/models/")}
+    assert models == {"clinical", "radiomics"}
+    assert {f.split("/")[2] for f in files if f.startswith("results/models/")} == {"os"}
+    assert not slide_jobs(files)
+
+
+def test_a_dry_run_announces_a_changed_split(cohort):
+    workdir, config = cohort
+    touch_all(workdir, config)
+    split = workdir / "results" / "cohort" / "split.tsv"
+    split.write_text("patient_id\tsplit\n" + "".join(
+        f"P{i:05d}\ttrain\n" for i in range(1, 13)), encoding="utf-8")
+    result = run(workdir, config, "-n")
+    output = result.stdout + result.stderr
+    assert "changes the train/validation split of" in output
+    assert "set split.file to the copy" in output
+
+
+def test_dicom_columns_reach_the_radiomics_command_quoted(cohort):
+    workdir, config = cohort
+    sheet = workdir / "data" / "patients.tsv"
+    rows = sheet.read_text(encoding="utf-8").splitlines()
+    extra = ["\tct_series_uid\tmask_roi\tmask_segment", "\t1.2.840.99.1\tGTV 1\t", "\t\t\t2"]
+    extra += ["\t\t\t"] * (len(rows) - len(extra))
+    sheet.write_text("".join(r + e + "\n" for r, e in zip(rows, extra, strict=True)),
+                     encoding="utf-8")
+    commands = [line for line in run(workdir, config, "-n", "-p").stdout.splitlines()
+                if "radpath.cli radiomics" in line]
+    by_patient = {line.split("--patient ")[1].split()[0]: line for line in commands}
+    assert "--mask-label 1 --ct-series-uid=1.2.840.99.1 '--mask-roi=GTV 1' --params" in (
+        by_patient["P00001"])
+    assert "--mask-label 1 --mask-segment=2 --params" in by_patient["P00002"]
+    assert "--mask-label 1  --params" in by_patient["P00003"]
+
+
+def test_export_plans_one_job_per_slide_and_one_cohort_job(cohort):
+    """`snakemake export`: each slide's staging folder, then the CLAM/TRIDENT layouts."""
+    workdir, config = cohort
+    files = dry_run(workdir, config, targets=["export"])
+    staged = {f.split("/")[3] for f in files if f.startswith("results/export/slides/")}
+    assert staged == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert {"results/export/clam", "results/export/trident",
+            "results/export/excluded.tsv"} <= set(files)
+    assert "results/report/report.html" not in files  # export needs no models

@@ -27,7 +27,7 @@ def test_snakefmt_clean():
 
 
 def test_snakemake_lint_clean(tmp_path):
-    data = write_placeholder_cohort(tmp_path / "data", n_patients=3, slides_per_patient=1)
+    data = write_placeholder_cohort(tmp_path / "data", n_patients=12, slides_per_patient=1)
     config = write_config(tmp_path / "config.yaml", data)
     out = check([str(BIN / "snakemake"), "--lint", "--snakefile", str(SNAKEFILE),
                  "--configfile", str(config)], cwd=tmp_path)

@@ -1,0 +1,145 @@
+"""The workflow configuration: defaults from the schema, strict validation, cross-key checks.
+
+`load_config` is what rules/common.smk calls. Every problem becomes one line naming the key
+by its full path (`config: selection.selction: unknown key; did you mean 'selection'?`), and
+all problems are reported together.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+
+import jsonschema
+import yaml
+
+PATHOLOGY_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology"})
+
+
+class ConfigError(ValueError):
+    """One or more problems in the configuration; one line per problem."""
+
+
+def load_schema(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def fill_defaults(config: dict, schema: Mapping) -> dict:
+    """`config` with every missing key that has a schema default filled in, recursively.
+
+    Defaults apply inside objects that are present or themselves defaulted; list items and
+    user-named entries (models) are not given keys they do not have.
+    """
+    for key, spec in schema.get("properties", {}).items():
+        if key not in config and "default" in spec:
+            config[key] = copy.deepcopy(spec["default"])
+        if isinstance(config.get(key), dict) and "properties" in spec:
+            fill_defaults(config[key], spec)
+    return config
+
+
+def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
+    """One line per schema violation, naming the key's path."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
+        problems.extend(_describe(error))
+    return problems
+
+
+def _path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
+    where = f"config: {_path(error.absolute_path)}"
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(value, Mapping):
+        allowed = list(error.schema.get("properties", {}))
+        for key in sorted(set(value) - set(allowed)):
+            key_path = _path([*error.absolute_path, key])
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            yield f"config: {key_path}: unknown key{hint} (allowed: {', '.join(allowed)})"
+        return
+    if kind == "required":
+        missing = error.message.split("'")[1]
+        yield f"config: {_path([*error.absolute_path, missing])}: required key is missing"
+        return
+    if kind == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        yield f"{where}: must be {_article(wanted)}, got {value!r}"
+        return
+    if kind == "enum":
+        yield f"{where}: must be one of {error.validator_value}, got {value!r}"
+        return
+    bounds = {
+        "minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
+        "minItems": "at least", "maxItems": "at most", "minLength": "length at least",
+        "minProperties": "entries at least",
+    }  # fmt: skip
+    if kind in bounds:
+        yield f"{where}: must be {bounds[kind]} {error.validator_value}, got {value!r}"
+        return
+    if kind == "oneOf" and error.absolute_path and error.absolute_path[-1] == "resample_spacing":
+        yield f"{where}: must be null or a list of 3 numbers > 0, got {value!r}"
+        return
+    if kind == "propertyNames":
+        yield f"{where}: invalid name {value!r} ({error.message})"
+        return
+    yield f"{where}: {error.message}"
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def cross_key_problems(config: Mapping) -> list[str]:
+    """Checks the schema cannot express: names that must refer to each other."""
+    problems = []
+    models = config.get("models") or {}
+    if config.get("reference_model") not in models:
+        problems.append(
+            f"config: reference_model: '{config.get('reference_model')}' is not one of the "
+            f"models ({', '.join(models)})"
+        )
+    if not config.get("slides"):
+        for name, spec in models.items():
+            used = PATHOLOGY_BLOCKS & set(spec.get("blocks", []))
+            if used:
+                problems.append(
+                    f"config: models.{name}: uses {', '.join(sorted(used))} but no slides sheet "
+                    "is set (set `slides:` or leave this model out)"
+                )
+    covariate_names = [c.get("name") for c in config.get("covariates", [])]
+    for name in sorted({n for n in covariate_names if covariate_names.count(n) > 1}):
+        problems.append(f"config: covariates: '{name}' is listed more than once")
+    embedding = config.get("pathology", {}).get("embedding", {})
+    threads = config.get("pathology", {}).get("threads", 1)
+    workers = embedding.get("num_workers", 0)
+    if workers and workers >= threads:
+        problems.append(
+            f"config: pathology.embedding.num_workers: {workers} DataLoader workers need "
+            f"pathology.threads >= {workers + 1} (the workers plus the job's main process), "
+            f"got {threads}"
+        )
+    return problems
+
+
+def load_config(config: dict, schema_path: str | os.PathLike) -> dict:
+    """Fill schema defaults into `config` (in place) and validate it; raise ConfigError."""
+    schema = load_schema(schema_path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of keys, got {type(config).__name__}")
+    fill_defaults(config, schema)
+    problems = schema_problems(config, schema)
+    if not problems:
+        problems = cross_key_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config

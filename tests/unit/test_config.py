@@ -1,0 +1,116 @@
+"""The config schema: strict (unknown keys are errors), complete defaults equal to
+config/config.yaml, and messages that name the key by its path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radpath import configuration
+from radpath.defaults import default_config
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO / "config" / "schemas" / "config.schema.yaml"
+SCHEMA = configuration.load_schema(SCHEMA_PATH)
+# Keys whose config.yaml value is the demo cohort's, not a default for every cohort.
+COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
+                   "harmonization.covariates"}
+
+
+def schema_defaults(schema: dict, prefix: str = ""):
+    """(path, default) of every property with a default, recursively."""
+    for key, spec in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        if "default" in spec and "properties" not in spec:
+            yield path, spec["default"]
+        yield from schema_defaults(spec, f"{path}.")
+
+
+def config_leaves(config: dict, schema: dict, prefix: str = ""):
+    """(path, value) of every config.yaml key that is not itself a section."""
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        spec = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in spec:
+            yield from config_leaves(value, spec, f"{path}.")
+        else:
+            yield path, value
+
+
+def test_shipped_config_is_valid():
+    configuration.load_config(default_config(), SCHEMA_PATH)
+
+
+def test_schema_defaults_equal_config_yaml():
+    shipped = dict(config_leaves(default_config(), SCHEMA))
+    defaults = dict(schema_defaults(SCHEMA))
+    for path, value in defaults.items():
+        if path in COHORT_SPECIFIC:
+            continue
+        assert path in shipped, f"{path} has a schema default but is not in config.yaml"
+        assert shipped[path] == value, f"{path}: schema {value!r} vs config.yaml {shipped[path]!r}"
+    undocumented = set(shipped) - set(defaults) - COHORT_SPECIFIC - {"demo"}
+    assert not undocumented, f"config.yaml keys without a schema default: {undocumented}"
+
+
+def test_minimal_config_gets_every_default():
+    minimal = {"patients": "p.tsv", "clinical": "c.tsv", "reference_model": "clinical",
+               "models": {"clinical": {"clinical": True, "blocks": []}}}
+    config = configuration.load_config(copy.deepcopy(minimal), SCHEMA_PATH)
+    shipped = default_config()
+    for section in ("selection", "evaluation", "pathology", "ct", "cox", "split"):
+        assert config[section] == shipped[section], section
+    assert config["slides"] == "" and config["covariates"] == []
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c.update(selction={}),
+     "config: selction: unknown key; did you mean 'selection'?"),
+    (lambda c: c["evaluation"].update(boostrap=10),
+     "config: evaluation.boostrap: unknown key; did you mean 'bootstrap'?"),
+    (lambda c: c["pathology"]["tiles"].update(patchsize=256),
+     "config: pathology.tiles.patchsize: unknown key; did you mean 'patch_size'?"),
+    (lambda c: c["models"]["clinical"].update(block=[]),
+     "config: models.clinical.block: unknown key; did you mean 'blocks'?"),
+    (lambda c: c.update(seed=-1), "config: seed: must be >= 0, got -1"),
+    (lambda c: c["selection"].update(alpha_rule="best"),
+     "config: selection.alpha_rule: must be one of ['min', '1se'], got 'best'"),
+    (lambda c: c["pathology"]["tiles"].update(mpp=0), "config: pathology.tiles.mpp: must be > 0"),
+    (lambda c: c["pathology"]["embedding"].update(batch_size="64"),
+     "config: pathology.embedding.batch_size: must be an integer, got '64'"),
+    (lambda c: c["ct"].update(resample_spacing=[1, 1]),
+     "config: ct.resample_spacing: must be null or a list of 3 numbers > 0"),
+    (lambda c: c.pop("models"), "config: models: required key is missing"),
+    (lambda c: c.update(reference_model="nope"),
+     "config: reference_model: 'nope' is not one of the models"),
+    (lambda c: c.update(slides=""),
+     "config: models.pathomics_embedding: uses pathomics_embedding but no slides sheet"),
+    (lambda c: c["pathology"]["embedding"].update(num_workers=4),
+     "config: pathology.embedding.num_workers: 4 DataLoader workers need pathology.threads >= 5"),
+])
+def test_problems_name_the_key_by_its_path(change, expected):
+    config = default_config()
+    change(config)
+    with pytest.raises(configuration.ConfigError) as info:
+        configuration.load_config(config, SCHEMA_PATH)
+    assert any(line.startswith(expected) for line in str(info.value).splitlines()), (
+        str(info.value)
+    )
+
+
+def test_all_schema_problems_are_reported_together():
+    config = default_config()
+    config["selection"]["selction"] = 1
+    config["seed"] = -2
+    config["cox"]["penalizer"] = -1
+    with pytest.raises(configuration.ConfigError) as info:
+        configuration.load_config(config, SCHEMA_PATH)
+    assert len(str(info.value).splitlines()) == 3
+
+
+def test_config_yaml_is_plain_yaml_with_comments_only():
+    text = (REPO / "config" / "config.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(text) == default_config()

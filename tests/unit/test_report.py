@@ -1,0 +1,74 @@
+"""Report helpers: notes that explain numbers, hazard ratios on a readable scale, caveats,
+and provenance in the footer."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from radpath.io import write_tsv
+from radpath.report import caveats, hazard_ratio_row, model_notes, provenance
+from smk import REPO
+
+SPECS = {
+    "clinical": {"clinical": True, "blocks": []},
+    "clinical_radiomics": {"clinical": True, "blocks": ["radiomics"]},
+    "radiomics": {"clinical": False, "blocks": ["radiomics"]},
+}
+
+
+def coefficients(tmp_path, name, features):
+    path = tmp_path / f"{name}.tsv"
+    write_tsv(pd.DataFrame({"feature": features, "coef": 0.1}), path, index=False)
+    return path
+
+
+def test_a_combined_model_without_imaging_features_says_it_is_the_clinical_model(tmp_path):
+    files = {
+        ("os", "clinical"): coefficients(tmp_path, "a", ["age"]),
+        ("os", "clinical_radiomics"): coefficients(tmp_path, "b", ["age", "stage[II]"]),
+        ("pfs", "clinical_radiomics"): coefficients(tmp_path, "c", ["age", "radiomics:x"]),
+        ("os", "radiomics"): coefficients(tmp_path, "d", []),
+    }
+    notes = model_notes(files, SPECS)
+    assert "this is the clinical model" in notes["os", "clinical_radiomics"]
+    assert ("pfs", "clinical_radiomics") not in notes
+    assert ("os", "clinical") not in notes
+    assert "same risk for everyone" in notes["os", "radiomics"]
+
+
+def test_binary_terms_per_unit_and_continuous_per_sd():
+    base = {"coef": 0.4, "se": 0.2, "hr": np.exp(0.4), "hr_lower": np.exp(0.4 - 1.96 * 0.2),
+            "hr_upper": np.exp(0.4 + 1.96 * 0.2), "p": 0.04}
+    stage = hazard_ratio_row({**base, "feature": "stage[II]", "train_sd": 0.5, "binary": True})
+    assert stage["scale"].startswith("1 vs 0")
+    assert stage["hr"].startswith(f"{np.exp(0.8):.3f}")  # per unit: coef / SD
+    age = hazard_ratio_row({**base, "feature": "age", "train_sd": 9.87, "binary": False})
+    assert age["scale"] == "per SD (SD = 9.87)"
+    assert age["hr"].startswith(f"{np.exp(0.4):.3f}")
+
+
+def test_small_validation_sets_and_uncorrected_comparisons_are_stated():
+    cindex = pd.DataFrame({
+        "endpoint": ["os"] * 4, "model": ["clinical", "a", "clinical", "a"],
+        "cohort": ["train", "train", "validation", "validation"],
+        "n": [30, 30, 12, 12], "events": [10, 10, 5, 5],
+    })
+    stated = caveats(cindex, "clinical")
+    assert stated["small"] == [{"endpoint": "OS", "n": 12, "events": 5}]
+    assert stated["n_comparisons"] == 1
+    big = cindex.assign(n=400, events=150)
+    assert caveats(big, "clinical")["small"] == []
+
+
+def test_provenance_names_version_commit_and_hashed_sheets(tmp_path):
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("patient_id\nP1\n", encoding="utf-8")
+    found = provenance(REPO, {"patients": str(sheet), "slides": ""})
+    assert found["version"] != "unknown"
+    assert found["commit"]
+    assert found["inputs"] == [{
+        "name": "patients", "path": str(sheet),
+        "sha256": hashlib.sha256(sheet.read_bytes()).hexdigest()[:16],
+    }]
+    assert provenance(tmp_path, {})["commit"].startswith("unknown")
