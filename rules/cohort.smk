@@ -39,7 +39,7 @@ rule radiomics_matrix:
     conda:
         "../envs/stats.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
     script:
         "../scripts/radiomics_matrix.py"
 
@@ -66,7 +66,7 @@ rule harmonize:
     conda:
         "../envs/stats.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
         harmonization=config["harmonization"],
     script:

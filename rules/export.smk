@@ -26,7 +26,7 @@ rule export_slide:
         "../envs/pathology.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 15 * attempt,
     params:
         settings=settings_json(**EXPORT_SETTINGS),
@@ -49,7 +49,7 @@ rule export:
     conda:
         "../envs/stats.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
         slide_patients=SLIDE_PATIENTS,
     script:

@@ -71,7 +71,7 @@ rule pathomics_matrices:
     conda:
         "../envs/stats.yaml"
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
     params:
         slide_patients=SLIDE_PATIENTS,
         pooling=config["pathology"]["pooling"],

@@ -45,6 +45,13 @@ PREFETCH_BATCHES = 4  # per worker
 # ---------------------------------------------------------------------------- encoder
 
 
+class EncoderError(ValueError):
+    """The configured encoder or its weights cannot be used: a problem of the run's settings,
+    so every slide job fails (radpath.jobs.is_bad_input) instead of excluding every slide."""
+
+    excludes_item = False
+
+
 @dataclass
 class Encoder:
     """A feature extractor: model (eval mode), its input normalization and output size."""
@@ -96,7 +103,7 @@ def _create_model(name: str, from_hub: bool) -> tuple[nn.Module, tuple, tuple, i
     try:
         model = timm.create_model(name, pretrained=from_hub, num_classes=0)
     except RuntimeError as err:
-        raise ValueError(f"encoder {name!r}: not resnet50_trunc nor a timm model ({err})") from err
+        raise EncoderError(f"encoder {name!r}: not resnet50_trunc nor a timm model ({err})") from err
     data_cfg = timm.data.resolve_model_data_config(model)
     dim = getattr(model, "head_hidden_size", None) or model.num_features
     return model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), int(dim)
@@ -105,22 +112,22 @@ def _create_model(name: str, from_hub: bool) -> tuple[nn.Module, tuple, tuple, i
 def load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
     """Load a local state_dict into `model`; extra keys (a full ResNet's layer4/fc) are ignored."""
     if not path.is_file():
-        raise FileNotFoundError(f"encoder {name}: checkpoint {path} not found")
+        raise EncoderError(f"encoder {name}: checkpoint {path} not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"encoder {name}: checkpoint {path} holds no state_dict")
+        raise EncoderError(f"encoder {name}: checkpoint {path} holds no state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise ValueError(
+        raise EncoderError(
             f"encoder {name}: checkpoint {path} does not fit the model: {err}"
         ) from err
     if result.missing_keys:
-        raise ValueError(
+        raise EncoderError(
             f"encoder {name}: checkpoint {path} lacks {len(result.missing_keys)} weights "
             f"(e.g. {result.missing_keys[0]}); was it saved from this architecture?"
         )

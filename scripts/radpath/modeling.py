@@ -319,6 +319,43 @@ def _refit_failures() -> tuple[type[BaseException], ...]:
     return (ConvergenceError, ArithmeticError, np.linalg.LinAlgError)
 
 
+def one_blas_thread():
+    """Context in which BLAS/OpenMP libraries use one thread: results then do not depend on
+    the threads a job was given (its parallelism is over bootstrap resamples instead)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def _resample_optimism(X_train: pd.DataFrame, time, event, fit_fn, idx) -> float | None:
+    """Optimism of one resample (rows idx): C of its refit on the resample minus on the
+    original data; None when the refit fails to converge or either C is undefined."""
+    Xb = X_train.iloc[idx].reset_index(drop=True)
+    try:
+        model_b = fit_fn(Xb, time[idx], event[idx])
+    except _refit_failures():
+        return None
+    c_boot = harrell_c(time[idx], event[idx], model_b.predict(Xb))
+    c_orig = harrell_c(time, event, model_b.predict(X_train))
+    return c_boot - c_orig if np.isfinite(c_boot) and np.isfinite(c_orig) else None
+
+
+def _resample_optimisms(X_train, time, event, fit_fn, resamples, threads: int) -> list:
+    """:func:`_resample_optimism` of each resample, in order: in this process, or with
+    threads > 1 in that many worker processes (joblib's loky: no re-run of the calling script,
+    BLAS pinned to one thread in each). Each resample's result depends on its rows only."""
+    if threads <= 1 or len(resamples) <= 1:
+        with one_blas_thread():
+            return [_resample_optimism(X_train, time, event, fit_fn, idx) for idx in resamples]
+    from joblib import Parallel, delayed, parallel_config
+
+    jobs = min(threads, len(resamples))
+    with parallel_config(backend="loky", n_jobs=jobs, inner_max_num_threads=1):
+        return Parallel()(
+            delayed(_resample_optimism)(X_train, time, event, fit_fn, idx) for idx in resamples
+        )
+
+
 def optimism_corrected_c(
     X_train: pd.DataFrame,
     time,
@@ -326,29 +363,29 @@ def optimism_corrected_c(
     fit_fn: Callable[[pd.DataFrame, np.ndarray, np.ndarray], FittedModel],
     B: int,
     seed: int,
+    model: FittedModel | None = None,
+    threads: int = 1,
 ) -> dict:
     """Harrell's bootstrap optimism correction of the apparent training C.
 
     For each of B resamples the whole pipeline is refitted with ``fit_fn(Xb, tb, eb)``;
     optimism_b = C(model_b on resample) - C(model_b on the original training data). Resamples
     whose refit fails to converge or whose C is undefined are skipped (B_used counts the rest).
+
+    ``model``: the apparent model, ``fit_fn(X_train, time, event)``, when the caller has fitted
+    it already (otherwise it is fitted here). The resamples are drawn up front from one
+    generator seeded with ``seed`` and refitted with ``threads`` processes; the result is the
+    same whatever ``threads`` (each refit uses one BLAS thread, the mean is taken in order).
     """
     time, event = check_outcome(time, event)
-    model = fit_fn(X_train, time, event)
+    if model is None:
+        with one_blas_thread():
+            model = fit_fn(X_train, time, event)
     apparent = harrell_c(time, event, model.predict(X_train))
     rng = np.random.default_rng(seed)
-    optimism = []
-    for _ in range(B):
-        idx = rng.integers(0, time.size, time.size)
-        Xb = X_train.iloc[idx].reset_index(drop=True)
-        try:
-            model_b = fit_fn(Xb, time[idx], event[idx])
-        except _refit_failures():
-            continue
-        c_boot = harrell_c(time[idx], event[idx], model_b.predict(Xb))
-        c_orig = harrell_c(time, event, model_b.predict(X_train))
-        if np.isfinite(c_boot) and np.isfinite(c_orig):
-            optimism.append(c_boot - c_orig)
+    resamples = [rng.integers(0, time.size, time.size) for _ in range(B)]
+    results = _resample_optimisms(X_train, time, event, fit_fn, resamples, threads)
+    optimism = [value for value in results if value is not None]
     mean_optimism = float(np.mean(optimism)) if optimism else float("nan")
     return {
         "apparent_c": apparent,

@@ -53,6 +53,15 @@ def load_params(path: str | os.PathLike) -> dict:
     Raises ParameterFileError for unreadable YAML, anything pyradiomics' schema rejects, and
     settings that radpath owns elsewhere (see `unsupported_settings`).
     """
+    return load_extractor(path)[0]
+
+
+def load_extractor(path: str | os.PathLike) -> tuple[dict, RadiomicsFeatureExtractor]:
+    """:func:`load_params` and the extractor it was validated with.
+
+    pyradiomics validates a parameter file when it builds an extractor from it, so a job
+    builds one only and runs it (after :func:`run_settings`).
+    """
     where = f"pyradiomics parameter file {os.fspath(path)}"
     try:
         with open(path, encoding="utf-8") as handle:
@@ -64,13 +73,13 @@ def load_params(path: str | os.PathLike) -> dict:
     if not isinstance(params, dict):
         raise ParameterFileError(f"{where}: expected a mapping with imageType/featureClass/setting")
     try:
-        RadiomicsFeatureExtractor(copy.deepcopy(params))
+        extractor = RadiomicsFeatureExtractor(copy.deepcopy(params))
     except PyKwalifyException as exc:
         raise ParameterFileError(f"{where}: rejected by pyradiomics: {_one_line(exc.msg)}") from exc
     problems = unsupported_settings(params.get("setting") or {})
     if problems:
         raise ParameterFileError(f"{where}: {'; '.join(problems)}")
-    return params
+    return params, extractor
 
 
 def unsupported_settings(setting: Mapping) -> list[str]:
@@ -92,17 +101,16 @@ def unsupported_settings(setting: Mapping) -> list[str]:
     return problems
 
 
-def params_for_prepared_case(params: Mapping, resampled: bool) -> dict:
-    """Parameters for pyradiomics on `prepare_case` output (binary mask, maybe resampled)."""
-    out = copy.deepcopy(dict(params))
-    setting = dict(out.get("setting") or {})
-    setting["label"] = 1
+def run_settings(resampled: bool) -> dict:
+    """Settings for pyradiomics on `prepare_case` output (binary mask, maybe resampled), over
+    the parameter file's: ``extractor.settings.update(...)``, as
+    ``RadiomicsFeatureExtractor(params, **settings)`` would do."""
+    settings: dict = {"label": 1}
     if resampled:
         # pyradiomics skips preCrop when it resamples itself; cropping our resampled image
         # again could trim a voxel and change the filtered images at the border.
-        setting["preCrop"] = False
-    out["setting"] = setting
-    return out
+        settings["preCrop"] = False
+    return settings
 
 
 def pyradiomics_reference_params(
@@ -143,10 +151,10 @@ def split_result(result: Mapping, patient_id: str) -> tuple[dict[str, float], di
 
 
 def extract_features(
-    image: sitk.Image, mask: sitk.Image, params: Mapping, patient_id: str
+    image: sitk.Image, mask: sitk.Image, extractor: RadiomicsFeatureExtractor, patient_id: str
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Run pyradiomics on an image and mask; (features, diagnostics), in pyradiomics' order."""
-    extractor = RadiomicsFeatureExtractor(copy.deepcopy(dict(params)))
+    """Run a pyradiomics extractor on an image and mask; (features, diagnostics), in
+    pyradiomics' order."""
     try:
         result = extractor.execute(image, mask)
     except (ValueError, RuntimeError) as exc:
@@ -174,7 +182,7 @@ def extract_patient(
     columns ('' when not given; see `radpath.ct.prepare_case`).
     Returns (features, qc) as written (without `patient_id`).
     """
-    params = load_params(params_path)
+    params, extractor = load_extractor(params_path)
     setting = {**PYRADIOMICS_DEFAULTS, **(params.get("setting") or {})}
     ct_settings = CTSettings.from_config(ct_cfg)
     case = prepare_case(
@@ -189,10 +197,8 @@ def extract_patient(
         mask_roi=mask_roi,
         mask_segment=mask_segment,
     )
-    run_params = params_for_prepared_case(
-        params, resampled=ct_settings.resample_spacing is not None
-    )
-    features, diagnostics = extract_features(case.image, case.mask, run_params, patient_id)
+    extractor.settings.update(run_settings(resampled=ct_settings.resample_spacing is not None))
+    features, diagnostics = extract_features(case.image, case.mask, extractor, patient_id)
     nan_features = [name for name, value in features.items() if math.isnan(value)]
     qc = {
         **case.notes,

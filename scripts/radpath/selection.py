@@ -22,7 +22,7 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
 from radpath.survival import check_outcome
 
@@ -61,29 +61,49 @@ def standardize(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- near-zero variance
 
 
-def _nzv_stats(column: np.ndarray) -> tuple[float, float, int]:
-    """caret's (freqRatio, unique fraction, number of distinct values), ignoring missing values."""
-    present = column[~np.isnan(column)]
-    _, counts = np.unique(present, return_counts=True)
-    if counts.size <= 1:
-        return 0.0, counts.size / column.size, counts.size
-    top_two = np.sort(counts)[-2:]
-    return top_two[1] / top_two[0], counts.size / column.size, counts.size
+def _nzv_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """caret's freqRatio, unique fraction and number of distinct values of each column of
+    values (n, p), ignoring missing values; freqRatio is 0 with fewer than 2 distinct values.
+
+    Vectorised: each column sorted once; runs of equal values are measured only in the columns
+    that have any (in the others every count is 1, so freqRatio is 1).
+    """
+    n, p = values.shape
+    cols = np.array(values.T, order="C")  # a copy: values may be a view of the caller's data
+    cols.sort(axis=1)  # NaN last
+    present = ~np.isnan(cols)
+    run_start = present.copy()
+    run_start[:, 1:] &= cols[:, 1:] != cols[:, :-1]
+    n_distinct = run_start.sum(axis=1)
+    n_present = present.sum(axis=1)
+    ratio = np.where(n_distinct >= 2, 1.0, 0.0)
+    repeated = np.flatnonzero((n_distinct >= 2) & (n_distinct < n_present))
+    if repeated.size:
+        ratio[repeated] = _top_two_ratio(run_start[repeated], n_present[repeated])
+    return ratio, n_distinct / n, n_distinct
+
+
+def _top_two_ratio(run_start: np.ndarray, n_present: np.ndarray) -> np.ndarray:
+    """Per row of run_start (True where a run of equal sorted values begins; at least two runs
+    per row), the length of its longest run over that of its second longest."""
+    row, pos = np.nonzero(run_start)  # row-major: by row, then position
+    last = np.r_[row[1:] != row[:-1], True]
+    ends = np.r_[pos[1:], 0]
+    ends[last] = n_present[row[last]]
+    lengths = (ends - pos)[np.lexsort((ends - pos, row))]  # each row's runs, shortest first
+    last_at = np.flatnonzero(last)
+    return lengths[last_at] / lengths[last_at - 1]
 
 
 def near_zero_variance(
     X: pd.DataFrame, freq_ratio: float, unique_fraction: float
 ) -> tuple[list[str], dict]:
     """Drop constant columns and those with freqRatio > freq_ratio AND unique fraction <= unique_fraction."""
-    kept, constant, near_constant = [], 0, 0
-    for name in X.columns:
-        ratio, unique, n_distinct = _nzv_stats(X[name].to_numpy(dtype=float))
-        if n_distinct <= 1:
-            constant += 1
-        elif ratio > freq_ratio and unique <= unique_fraction:
-            near_constant += 1
-        else:
-            kept.append(name)
+    ratio, unique, n_distinct = _nzv_stats(X.to_numpy(dtype=float))
+    is_constant = n_distinct <= 1
+    is_near_constant = ~is_constant & (ratio > freq_ratio) & (unique <= unique_fraction)
+    kept = list(X.columns[~(is_constant | is_near_constant)])
+    constant, near_constant = int(is_constant.sum()), int(is_near_constant.sum())
     note = f"{constant} constant, {near_constant} near-zero variance"
     return kept, _log_row("near_zero_variance", X.shape[1], len(kept), note)
 
@@ -91,9 +111,30 @@ def near_zero_variance(
 # --------------------------------------------------------------------------- correlation
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks (1-based, ties get their average rank) within each column of values (n, p) without
+    missing values; equals ``scipy.stats.rankdata(values, axis=0)``, layout included (one
+    sort per column, several times faster)."""
+    cols = np.array(values.T, order="C")
+    order = np.argsort(cols, axis=1)  # unstable is fine: tied values get one (average) rank
+    ordered = np.take_along_axis(cols, order, axis=1)
+    position = np.broadcast_to(np.arange(cols.shape[1]), cols.shape)
+    rank = position + 1.0
+    tied = ordered[:, 1:] == ordered[:, :-1]
+    if tied.any():
+        first = np.where(np.c_[np.ones(len(cols), bool), ~tied], position, 0)
+        last = np.where(np.c_[~tied, np.ones(len(cols), bool)], position, cols.shape[1] - 1)
+        first = np.maximum.accumulate(first, axis=1)
+        last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]
+        rank = (first + last) / 2 + 1.0
+    ranks = np.empty_like(cols)
+    np.put_along_axis(ranks, order, rank, axis=1)
+    return ranks.T
+
+
 def spearman_abs(values: np.ndarray) -> np.ndarray:
     """|Spearman rho| between columns (average ranks for ties); 0 for constant columns."""
-    ranks = standardize(rankdata(values, axis=0))
+    ranks = standardize(average_ranks(values))
     corr = np.abs(ranks.T @ ranks) / values.shape[0]
     np.fill_diagonal(corr, 0.0)
     return corr
@@ -128,6 +169,180 @@ def correlation_prune(X: pd.DataFrame, threshold: float) -> tuple[list[str], dic
 # --------------------------------------------------------------------------- univariate Cox
 
 
+# Step halving treats a trial step as worse only when the log-likelihood falls by more than this
+# fraction of its size (at least 1): the rounding error of a sum over n patients grows with
+# |loglik|, itself growing with n, so an absolute tolerance made columns that had converged look
+# worse at large n and halve their steps in vain.
+LOGLIK_RTOL = 1e-12
+MAX_HALVINGS = 30
+# A column whose information per event (standardized: the variance of the column within the
+# risk sets, weighted by the fitted hazards) is below this has a flat, i.e. monotone,
+# likelihood: its estimate is infinite, whatever point the iterations stopped at.
+MIN_INFO_PER_EVENT = 1e-8
+
+
+@dataclass
+class _EfronRiskSets:
+    """Distinct event times of patients sorted by time, for Efron's risk-set sums.
+
+    ``starts``: index (in time order) of the first patient of each event time, whose risk set
+    is every patient from there on; ``n_events_at``: the events at that time. The events of
+    tied times (``tie_rows``, grouped by ``tie_starts``) are needed for Efron's correction.
+    """
+
+    order: np.ndarray
+    starts: np.ndarray
+    n_events_at: np.ndarray
+    event_sorted: np.ndarray
+    tie_rows: np.ndarray
+    tie_starts: np.ndarray
+
+    @classmethod
+    def build(cls, time: np.ndarray, event: np.ndarray) -> _EfronRiskSets:
+        order = np.argsort(time, kind="stable")
+        t, ev = time[order], event[order].astype(bool)
+        starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+        n_events = np.add.reduceat(ev.astype(int), starts)
+        has_event = n_events > 0
+        group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, t.size]))
+        tied_group = n_events[group] > 1
+        tie_rows = np.flatnonzero(ev & tied_group)
+        tie_starts = np.flatnonzero(np.r_[True, group[tie_rows][1:] != group[tie_rows][:-1]])
+        tie_starts = tie_starts if tie_rows.size else np.zeros(0, dtype=int)
+        return cls(order, starts[has_event], n_events[has_event], ev.astype(float), tie_rows,
+                   tie_starts)  # fmt: skip
+
+    def tied_sum(self, values: np.ndarray) -> np.ndarray:
+        """Per row of values (k, len(tie_rows)), its sum over the events of each tied time."""
+        return np.add.reduceat(values, self.tie_starts, axis=1)
+
+    def at_risk(self, values: np.ndarray) -> np.ndarray:
+        """Per row of values (k, n patients in time order), its sum over each risk set."""
+        reverse = np.cumsum(values[:, ::-1], axis=1)
+        return reverse[:, values.shape[1] - 1 - self.starts]
+
+
+def _efron_terms(x: np.ndarray, beta: np.ndarray, event_sum: np.ndarray, risk: _EfronRiskSets):
+    """Efron log partial likelihood, score and information of one coefficient per row of x.
+
+    x: (k, n) covariate rows, patients in time order; event_sum: each row's sum over the events.
+    """
+    eta = x * beta[:, None]
+    eta -= eta.max(axis=1, keepdims=True)  # the ratios below are invariant to a per-row shift
+    loglik = eta @ risk.event_sorted
+    r = np.exp(eta, out=eta)
+    rx = r * x
+    s0, s1 = risk.at_risk(r), risk.at_risk(rx)
+    rx *= x
+    s2 = risk.at_risk(rx)
+    loglik -= np.log(s0).sum(axis=1)
+    m1 = s1 / s0
+    score = event_sum - m1.sum(axis=1)
+    info = (s2 / s0 - m1 * m1).sum(axis=1)
+    multiple = np.flatnonzero(risk.n_events_at > 1)
+    if multiple.size:
+        xt = x[:, risk.tie_rows]
+        rt = r[:, risk.tie_rows]
+        d0, d1, d2 = (risk.tied_sum(v) for v in (rt, rt * xt, rt * xt * xt))
+        d = risk.n_events_at[multiple]
+        for tie in range(1, int(d.max())):
+            sel = d > tie
+            frac = tie / d[sel]
+            g = multiple[sel]
+            den = s0[:, g] - frac * d0[:, sel]
+            m1 = (s1[:, g] - frac * d1[:, sel]) / den
+            loglik -= np.log(den).sum(axis=1)
+            score -= m1.sum(axis=1)
+            info += ((s2[:, g] - frac * d2[:, sel]) / den - m1 * m1).sum(axis=1)
+    return loglik, score, info
+
+
+def univariate_cox(
+    X: pd.DataFrame, time, event, max_iter: int = 50, tol: float = 1e-9, max_abs_beta: float = 20.0
+) -> pd.DataFrame:
+    """One Cox model per column (Efron ties, as lifelines), all columns at once by Newton-Raphson.
+
+    Columns are standardized first, so ``coef`` is per 1 SD. Wald p = 2 * (1 - Phi(|coef/se|)).
+    Columns that do not converge (e.g. monotone likelihood: |coef| > max_abs_beta, or an
+    information below MIN_INFO_PER_EVENT per event) or are constant get converged=False and
+    p=NaN.
+
+    A column has converged when its Newton step (per SD, score / information) is below
+    ``tol``; that last step is taken without evaluating the likelihood again. Each iteration
+    updates the columns still iterating at once; the steps of those whose log-likelihood would
+    fall (beyond rounding: LOGLIK_RTOL of its size) are halved, those columns only. A column
+    whose likelihood still falls after MAX_HALVINGS halvings has no usable ascent direction
+    (its information is ~0: a monotone likelihood) and stops there, not converged.
+    """
+    time, event = check_outcome(time, event)
+    raw = X.to_numpy(dtype=float)
+    risk = _EfronRiskSets.build(time, event)
+    x = np.ascontiguousarray(standardize(raw)[risk.order].T)  # one row per column of X
+    event_sum = x @ risk.event_sorted
+    beta = np.zeros(x.shape[0])
+    loglik, score, info = _efron_terms(x, beta, event_sum, risk)
+    converged = np.zeros(x.shape[0], dtype=bool)
+    iterating = np.ones(x.shape[0], dtype=bool)
+    for _ in range(max_iter):
+        todo = np.flatnonzero(iterating)
+        step = np.divide(score[todo], info[todo], out=np.zeros(todo.size), where=info[todo] > 0)
+        step = np.clip(step, -1.0, 1.0)
+        last = np.abs(step) < tol
+        beta[todo[last]] += step[last]
+        converged[todo[last]] = True
+        iterating[todo[last]] = False
+        todo, step = todo[~last], step[~last]
+        if not todo.size:
+            break
+        rows = x if todo.size == x.shape[0] else x[todo]
+        stuck, new = _newton_step(rows, beta[todo], step, loglik[todo], event_sum[todo], risk)
+        moved = todo[~stuck]
+        for values, updated in zip((beta, loglik, score, info), new, strict=True):
+            values[moved] = updated[~stuck]
+        iterating[todo[stuck]] = False
+    informative = info > MIN_INFO_PER_EVENT * risk.n_events_at.sum()
+    ok = converged & informative & (np.abs(beta) <= max_abs_beta) & (raw.std(axis=0) > 0)
+    se = np.where(ok, 1.0 / np.sqrt(np.where(info > 0, info, 1.0)), np.nan)
+    p = np.where(ok, 2 * norm.sf(np.abs(beta / se)), np.nan)
+    return pd.DataFrame({"feature": X.columns, "coef": beta, "se": se, "p": p, "converged": ok})
+
+
+def _newton_step(x, beta, step, loglik, event_sum, risk: _EfronRiskSets):
+    """beta + step for each row of x, the step halved (up to MAX_HALVINGS times) for the rows
+    whose log-likelihood would fall. Returns (rows whose likelihood still falls, (beta, loglik,
+    score, info) after the steps)."""
+    new = list(_efron_terms(x, beta + step, event_sum, risk))
+    floor = loglik - LOGLIK_RTOL * np.maximum(np.abs(loglik), 1.0)
+    worse = np.flatnonzero(new[0] < floor)
+    for _ in range(MAX_HALVINGS):  # the likelihood is concave: a short enough step increases it
+        if not worse.size:
+            break
+        step[worse] /= 2
+        again = _efron_terms(x[worse], beta[worse] + step[worse], event_sum[worse], risk)
+        for values, updated in zip(new, again, strict=True):
+            values[worse] = updated
+        worse = worse[again[0] < floor[worse]]
+    stuck = np.zeros(beta.size, dtype=bool)
+    stuck[worse] = True
+    return stuck, (beta + step, *new)
+
+
+def univariate_screen(
+    X: pd.DataFrame, time, event, p_max: float, max_features: int
+) -> tuple[list[str], dict, pd.DataFrame]:
+    """Keep columns with univariate Wald p < p_max, at most max_features with the smallest p."""
+    table = univariate_cox(X, time, event)
+    failed = int((~table["converged"]).sum())
+    passing = table[table["converged"] & (table["p"] < p_max)]
+    passing = passing.sort_values(["p", "feature"], kind="stable").head(max_features)
+    kept = list(passing["feature"])
+    note = f"Wald p < {p_max}, at most {max_features}; {failed} did not converge (dropped)"
+    return kept, _log_row("univariate_cox", X.shape[1], len(kept), note), table
+
+
+# --------------------------------------------------------------------------- penalized Cox
+
+
 @dataclass
 class _TimeGroups:
     """Patients sorted by time and grouped by distinct time, for risk-set sums."""
@@ -151,84 +366,6 @@ class _TimeGroups:
     def risk_set_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum over patients with time >= each distinct time."""
         return self.group_sum(values)[::-1].cumsum(axis=0)[::-1]
-
-
-def _efron_terms(x: np.ndarray, beta: np.ndarray, groups: _TimeGroups):
-    """Efron log partial likelihood, score and information for one coefficient per column."""
-    eta = x * beta
-    eta = eta - eta.max(axis=0)  # ratios below are invariant to a per-column shift
-    r = np.exp(eta)
-    ev = groups.event_sorted[:, None]
-    s0, s1, s2 = (groups.risk_set_sum(v) for v in (r, r * x, r * x * x))
-    d0, d1, d2 = (groups.group_sum(v * ev) for v in (r, r * x, r * x * x))
-    d = groups.n_events[:, None]
-    loglik = (eta * ev).sum(axis=0)
-    score = (x * ev).sum(axis=0)
-    info = np.zeros(x.shape[1])
-    for tie in range(int(d.max())):
-        active = d > tie
-        frac = np.divide(tie, d, out=np.zeros_like(d), where=active)
-        den = np.where(active, s0 - frac * d0, 1.0)
-        m1 = (s1 - frac * d1) / den
-        m2 = (s2 - frac * d2) / den
-        loglik -= np.where(active, np.log(den), 0.0).sum(axis=0)
-        score -= np.where(active, m1, 0.0).sum(axis=0)
-        info += np.where(active, m2 - m1 * m1, 0.0).sum(axis=0)
-    return loglik, score, info
-
-
-def univariate_cox(
-    X: pd.DataFrame, time, event, max_iter: int = 50, tol: float = 1e-9, max_abs_beta: float = 20.0
-) -> pd.DataFrame:
-    """One Cox model per column (Efron ties, as lifelines), all columns at once by Newton-Raphson.
-
-    Columns are standardized first, so ``coef`` is per 1 SD. Wald p = 2 * (1 - Phi(|coef/se|)).
-    Columns that do not converge (e.g. monotone likelihood, |coef| > max_abs_beta) or are
-    constant get converged=False and p=NaN.
-    """
-    time, event = check_outcome(time, event)
-    raw = X.to_numpy(dtype=float)
-    groups = _TimeGroups.build(time, event)
-    x = standardize(raw)[groups.order]
-    beta = np.zeros(x.shape[1])
-    loglik, score, info = _efron_terms(x, beta, groups)
-    converged = np.zeros(x.shape[1], dtype=bool)
-    for _ in range(max_iter):
-        step = np.clip(np.divide(score, info, out=np.zeros_like(score), where=info > 0), -1.0, 1.0)
-        step[converged] = 0.0
-        new_beta = beta + step
-        new = _efron_terms(x, new_beta, groups)
-        for _halving in range(30):  # step halving keeps the (concave) likelihood increasing
-            worse = new[0] < loglik - 1e-12
-            if not worse.any():
-                break
-            step = np.where(worse, step / 2, step)
-            new_beta = beta + step
-            new = _efron_terms(x, new_beta, groups)
-        beta, (loglik, score, info) = new_beta, new
-        converged |= np.abs(step) < tol
-        if converged.all():
-            break
-    ok = converged & (info > 0) & (np.abs(beta) <= max_abs_beta) & (raw.std(axis=0) > 0)
-    se = np.where(ok, 1.0 / np.sqrt(np.where(info > 0, info, 1.0)), np.nan)
-    p = np.where(ok, 2 * norm.sf(np.abs(beta / se)), np.nan)
-    return pd.DataFrame({"feature": X.columns, "coef": beta, "se": se, "p": p, "converged": ok})
-
-
-def univariate_screen(
-    X: pd.DataFrame, time, event, p_max: float, max_features: int
-) -> tuple[list[str], dict, pd.DataFrame]:
-    """Keep columns with univariate Wald p < p_max, at most max_features with the smallest p."""
-    table = univariate_cox(X, time, event)
-    failed = int((~table["converged"]).sum())
-    passing = table[table["converged"] & (table["p"] < p_max)]
-    passing = passing.sort_values(["p", "feature"], kind="stable").head(max_features)
-    kept = list(passing["feature"])
-    note = f"Wald p < {p_max}, at most {max_features}; {failed} did not converge (dropped)"
-    return kept, _log_row("univariate_cox", X.shape[1], len(kept), note), table
-
-
-# --------------------------------------------------------------------------- penalized Cox
 
 
 def breslow_loglik(eta: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
@@ -619,7 +756,7 @@ def _check_inputs(X: pd.DataFrame, time, event, forced: list[str]) -> None:
         raise SelectionError(f"forced columns not in the feature matrix: {missing}")
     if X.columns.duplicated().any():
         raise SelectionError(f"duplicated columns: {list(X.columns[X.columns.duplicated()])}")
-    non_numeric = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    non_numeric = [c for c, dtype in X.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if non_numeric:
         raise SelectionError(f"non-numeric columns: {non_numeric[:5]}")
     has_nan = X.columns[X.isna().any()].tolist()

@@ -17,21 +17,19 @@ Two failure modes of the plugins that no error message explains:
 
 from __future__ import annotations
 
-import logging
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("radpath")
-
 SHIM_DIR = Path(__file__).resolve().with_name("slurm_bin")
 KEPT_CONF_VARIABLE = "RADPATH_SLURM_CONF"
-# Plugin 2.8: status queries are at most 180 s apart (max_sleep_time in check_active_jobs),
-# and each may take up to 60 s (query_job_status). A job that squeue forgets sooner
-# (MinJobAge) than that may never be seen finished.
+# Plugin 2.8: status queries are at most 180 s apart (max_sleep_time in check_active_jobs)
+# and may take up to 60 s (query_job_status). A job that squeue forgets sooner than that
+# (slurm.conf's MinJobAge) may never be seen finished.
 MAX_STATUS_INTERVAL_S = 180
 QUERY_TIMEOUT_S = 60
 # The job name the start-up query asks for; no job has it, only the exit status matters.
@@ -125,7 +123,7 @@ def squeue_warning(settings: StatusSettings) -> str | None:
     """A warning when squeue may forget finished jobs before the plugin asks again."""
     age = settings.min_job_age_s
     if effective_status_command(settings) == "squeue" and age is not None:
-        if age < MAX_STATUS_INTERVAL_S + QUERY_TIMEOUT_S:
+        if age < MAX_STATUS_INTERVAL_S:
             return (
                 f"radpath: status command squeue with MinJobAge={age} s: a job that ends "
                 f"while the plugin waits up to {MAX_STATUS_INTERVAL_S} s between queries may "
@@ -159,8 +157,6 @@ def check_status_command(workflow) -> None:
     builders = {"sacct": query_job_status_sacct, "squeue": query_job_status_squeue}
 
     def query(command: str) -> tuple[int, str]:
-        import shlex
-
         return run_query(shlex.split(builders[command](PROBE_JOB_NAME)))
 
     problem = status_problem(settings, query)
@@ -168,7 +164,9 @@ def check_status_command(workflow) -> None:
         raise StatusCommandError(problem)
     warning = squeue_warning(settings)
     if warning:
-        log.warning(warning)
+        from snakemake.logging import logger
+
+        logger.warning(warning)
 
 
 def keep_slurm_conf(

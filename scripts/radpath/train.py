@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from radpath.io import read_tsv
-from radpath.modeling import fit_model, optimism_corrected_c
+from radpath.modeling import fit_model, one_blas_thread, optimism_corrected_c
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,13 @@ def train_and_predict(
     cox_cfg: dict,
     optimism_b: int,
     seed: int,
+    threads: int = 1,
 ):
-    """Fit on training patients only; predict risk for train and validation patients."""
+    """Fit on training patients only; predict risk for train and validation patients.
+
+    The optimism bootstrap reuses the model fitted here and refits its resamples in ``threads``
+    processes; every fit uses one BLAS thread, so the results do not depend on ``threads``.
+    """
     time_col, event_col = f"{endpoint}_time", f"{endpoint}_event"
     train = outcomes.index[outcomes["split"] == "train"]
     time = outcomes.loc[train, time_col].to_numpy(float)
@@ -67,7 +72,8 @@ def train_and_predict(
         cox_cfg=cox_cfg,
         seed=seed,
     )
-    model = fit(design.loc[train], time, event)
+    with one_blas_thread():
+        model = fit(design.loc[train], time, event)
     risk = pd.DataFrame(
         {
             "split": outcomes["split"],
@@ -79,6 +85,8 @@ def train_and_predict(
     )
     optimism = {"B_used": 0}
     if optimism_b > 0:
-        optimism = optimism_corrected_c(design.loc[train], time, event, fit, optimism_b, seed)
+        optimism = optimism_corrected_c(
+            design.loc[train], time, event, fit, optimism_b, seed, model=model, threads=threads
+        )
     optimism = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in optimism.items()}
     return model, risk, optimism

@@ -199,8 +199,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the job's threads")
     parser.add_argument("--save", default="", help="write each size's job outputs here")
     parser.add_argument("--scripts", default=str(REPO / "scripts"), help="radpath to import")
-    parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"),
-                        help="selection, cox and seed from this config file")
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "config" / "config.yaml"),
+        help="selection, cox and seed from this config file",
+    )
     parser.add_argument("--cpu-limit", type=int, default=0, help="CPU s per size (0 = none)")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

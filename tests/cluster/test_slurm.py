@@ -91,6 +91,12 @@ def rule_submissions(snakemake_output: str, rule: str) -> list[str]:
     return re.findall(rf"submitted with SLURM jobid (\d+) \(log: [^)]*/rule_{rule}/", snakemake_output)
 
 
+def group_submissions(snakemake_output: str, group: str) -> list[str]:
+    """SLURM job IDs of the bundles of one job group (the plugin's log path names it)."""
+    return re.findall(rf"submitted with SLURM jobid (\d+) \(log: [^)]*/group_{group}",
+                      snakemake_output)
+
+
 def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
     """`scontrol show job` as a dict (the cluster keeps finished jobs: MinJobAge=86400)."""
     line = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout
@@ -183,9 +189,9 @@ def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
     cores = int(profile_value(profile, "cores"))
     bundle = int(profile_value(profile, "group-components", "radiomics"))
     records = [job_record(slurm_cluster, job_id) for job_id in submitted_job_ids(output)]
-    slides = [r for r in records if r["Comment"].startswith("rule_slide_features_")]
-    bundles = [r for r in records if r["Comment"].startswith("rule_radiomics")]
-    assert slides and bundles, [r["Comment"] for r in records]
+    slides = [job_record(slurm_cluster, i) for i in rule_submissions(output, "slide_features")]
+    bundles = [job_record(slurm_cluster, i) for i in group_submissions(output, "radiomics")]
+    assert slides and bundles, output[-4000:]
 
     workers = run_config["pathology"]["embedding"]["num_workers"]
     for record in slides:
@@ -198,10 +204,10 @@ def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
     for record in records:
         assert int(record["NumCPUs"]) <= slurm_cluster.node.cpus, record
         assert memory_mb(record) <= slurm_cluster.node.real_memory_mb, record
+    threads = run_config["pathology"]["threads"]
     for slide_log in (workdir / "logs" / "pathology").glob("*.log"):
-        threads = run_config["pathology"]["threads"]
-        assert f"{threads} CPUs: 0 DataLoader workers, {threads} torch threads" in (
-            slide_log.read_text(encoding="utf-8")), slide_log
+        assert (f"{threads} CPUs: {workers} DataLoader workers, {threads - workers} torch threads"
+                in slide_log.read_text(encoding="utf-8")), slide_log
 
 
 def gpus_requested(record: dict[str, str]) -> int:

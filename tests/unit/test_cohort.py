@@ -135,3 +135,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             handle.write("partial")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_part_without_events_is_an_error():
+    table = clinical(30, seed=2)
+    table["os_event"] = 0
+    table.loc[table.index[0], "os_event"] = 1  # one event: one part of the split has none
+    with pytest.raises(ValueError, match=r"patients \(\d+\) have no os_event events"):
+        make_split(table, 0.3, seed=1)

@@ -213,8 +213,20 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     torch.save(embed.build_encoder("resnet18").model.state_dict(), path)
     with pytest.raises(ValueError, match=r"encoder resnet50_trunc: checkpoint .*resnet18\.pt"):
         embed.build_encoder("resnet50_trunc", checkpoint=path)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(embed.EncoderError, match="not found"):
         embed.build_encoder("resnet18", checkpoint=tmp_path / "absent.pt")
+
+
+def test_a_wrong_encoder_fails_every_slide_job_instead_of_excluding_slides(tmp_path):
+    """An encoder setting is the run's problem, not a slide's: with on_patient_error exclude
+    it must fail the job, not write an exclusion record for every slide of the cohort."""
+    from radpath.jobs import run_item
+
+    out = tmp_path / "features.h5"
+    with pytest.raises(embed.EncoderError, match="not resnet50_trunc nor a timm model"):
+        run_item("S1", "slide_id", lambda: embed.build_encoder("no_such_model"), [str(out)],
+                 "exclude")
+    assert not out.exists()
 
 
 def test_autocast_precision_per_device():

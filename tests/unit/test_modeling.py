@@ -207,6 +207,65 @@ def test_optimism_correction_lowers_c_on_noise():
     assert again == result
 
 
+def fit_noise_or_fail(X, time, event):
+    """fit_model with three forced columns, whose refit 'fails to converge' on resamples (their
+    rows come renumbered) with an even number of events. Module level: worker processes import
+    it."""
+    from lifelines.exceptions import ConvergenceError
+
+    if isinstance(X.index, pd.RangeIndex) and event.sum() % 2 == 0:
+        raise ConvergenceError("delta contains nan value(s). Convergence halted.")
+    return mdl.fit_model(
+        X, time, event, ["x000", "x001", "x002"], list(X.columns[3:]), SELECTION_CFG, COX_CFG, 0
+    )
+
+
+def test_parallel_optimism_equals_serial_and_counts_failed_refits():
+    """Resamples refitted in 2 or 3 worker processes give the same per-resample optimism, in the
+    same order, and the same result dict bit for bit as in one process; refits that fail are
+    left out of B_used alike."""
+    X, time, event = synthetic_cohort(21, 80, 30)
+    rng = np.random.default_rng(1)
+    resamples = [rng.integers(0, 80, 80) for _ in range(8)]
+    serial = mdl._resample_optimisms(X, time, event, fit_noise_or_fail, resamples, threads=1)
+    assert None in serial and any(value is not None for value in serial)
+    for threads in (2, 3):
+        parallel = mdl._resample_optimisms(X, time, event, fit_noise_or_fail, resamples, threads)
+        assert parallel == serial
+    one = mdl.optimism_corrected_c(X, time, event, fit_noise_or_fail, B=8, seed=1, threads=1)
+    two = mdl.optimism_corrected_c(X, time, event, fit_noise_or_fail, B=8, seed=1, threads=2)
+    assert json.dumps(one) == json.dumps(two)
+    assert one["B_used"] == sum(value is not None for value in serial) < 8
+
+
+def test_optimism_reuses_the_apparent_model(monkeypatch):
+    """train_and_predict fits the apparent model once and hands it to the optimism bootstrap:
+    1 + B fits in all, the same result as when the bootstrap refits it itself."""
+    from radpath import train
+
+    X, time, event = synthetic_cohort(21, 80, 30)
+    outcomes = pd.DataFrame({"split": "train", "os_time": time, "os_event": event}, index=X.index)
+    calls = []
+    real_fit = train.fit_model
+
+    def counting_fit(*args, **kwargs):
+        calls.append(len(args[0]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit_model", counting_fit)
+    model, _, optimism = train.train_and_predict(
+        outcomes, X, ["x000", "x001", "x002"], list(X.columns[3:]), "os", SELECTION_CFG,
+        COX_CFG, optimism_b=3, seed=1,
+    )  # fmt: skip
+    assert len(calls) == 1 + 3
+    fit = functools.partial(
+        mdl.fit_model, forced=["x000", "x001", "x002"], candidates=list(X.columns[3:]),
+        selection_cfg=SELECTION_CFG, cox_cfg=COX_CFG, seed=1,
+    )  # fmt: skip
+    assert optimism == mdl.optimism_corrected_c(X, time, event, fit, B=3, seed=1)
+    assert optimism["apparent_c"] == harrell_c(time, event, model.predict(X))
+
+
 # --------------------------------------------------------------------------- null cohorts
 
 

@@ -199,6 +199,34 @@ def test_mask_resampled_onto_the_ct_equals_pyradiomics_on_that_mask(tmp_path, fa
 # --- outputs -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("resample", [True, False])
+def test_the_job_builds_one_extractor_with_the_settings_of_the_run_parameters(
+    tmp_path, fast_params, monkeypatch, resample
+):
+    """pyradiomics validates the parameter file when it builds an extractor: the job builds one
+    and runs it with the settings an extractor built from the run's parameters (label 1,
+    preCrop off after our resampling) would have, in the same order (the QC table prints them).
+    """
+    from radpath import radiomics
+
+    built = []
+
+    class CountingExtractor(RadiomicsFeatureExtractor):
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(radiomics, "RadiomicsFeatureExtractor", CountingExtractor)
+    ct, mask = synthetic_case(label=2)
+    ct_path, mask_path = write(ct, tmp_path / "ct.nii.gz"), write(mask, tmp_path / "mask.nii.gz")
+    ct_cfg = CT_CFG if resample else {**CT_CFG, "resample_spacing": None}
+    run_ours(tmp_path, ct_path, mask_path, fast_params, label=2, ct_cfg=ct_cfg)
+    assert len(built) == 1
+    setting = {**FAST_PARAMS["setting"], "label": 1, **({"preCrop": False} if resample else {})}
+    expected = RadiomicsFeatureExtractor({**FAST_PARAMS, "setting": setting}).settings
+    assert list(built[0].settings.items()) == list(expected.items())
+
+
 def test_diagnostics_go_to_qc_never_to_features(tmp_path, fast_params):
     ct, mask = synthetic_case()
     ct_path, mask_path = write(ct, tmp_path / "ct.nii.gz"), write(mask, tmp_path / "mask.nii.gz")

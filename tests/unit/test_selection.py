@@ -55,7 +55,65 @@ def test_near_zero_variance_drops_constant_and_near_constant():
     assert row["note"] == "1 constant, 1 near-zero variance"
 
 
+def nzv_reference(column: np.ndarray) -> tuple[float, float, int]:
+    """caret's nearZeroVar statistics of one column, one np.unique per column (the definition
+    the vectorised code must reproduce): freqRatio, unique fraction, distinct values."""
+    present = column[~np.isnan(column)]
+    _, counts = np.unique(present, return_counts=True)
+    if counts.size <= 1:
+        return 0.0, counts.size / column.size, counts.size
+    top_two = np.sort(counts)[-2:]
+    return top_two[1] / top_two[0], counts.size / column.size, counts.size
+
+
+def test_vectorised_near_zero_variance_statistics_equal_the_per_column_definition():
+    rng = np.random.default_rng(11)
+    n = 60
+    columns = [
+        rng.normal(size=n),  # all distinct
+        np.round(rng.exponential(1.0, n)),  # counts with ties
+        np.r_[np.zeros(50), np.ones(7), 2.0, 3.0, 3.0],  # near constant
+        np.ones(n),  # constant
+        np.r_[np.full(59, np.nan), 1.0],  # one value present
+        np.full(n, np.nan),  # nothing present
+        np.r_[np.zeros(30), np.full(30, -0.0)],  # -0.0 equals 0.0
+        np.tile([1.0, 2.0, 2.0, np.nan], 15),
+    ]
+    values = np.column_stack(columns)
+    values[rng.random(values.shape) < 0.1] = np.nan
+    X = pd.DataFrame(values, columns=[f"c{i}" for i in range(values.shape[1])])
+    before = X.copy()
+    ratio, unique, distinct = sel._nzv_stats(X.to_numpy(dtype=float))
+    for j in range(values.shape[1]):
+        assert (ratio[j], unique[j], distinct[j]) == nzv_reference(values[:, j])
+    pd.testing.assert_frame_equal(X, before)  # the sort never touches the caller's data
+    for freq_ratio, unique_fraction in [(19.0, 0.1), (2.0, 0.5), (1.0, 1.0)]:
+        kept, _ = sel.near_zero_variance(X, freq_ratio, unique_fraction)
+        expected = [
+            name
+            for name in X.columns
+            if (stats := nzv_reference(X[name].to_numpy()))[2] > 1
+            and not (stats[0] > freq_ratio and stats[1] <= unique_fraction)
+        ]
+        assert kept == expected
+
+
 # --------------------------------------------------------------------------- correlation
+
+
+def test_average_ranks_equal_scipy_rankdata_layout_included():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(2)
+    values = np.column_stack(
+        [rng.normal(size=80), rng.integers(0, 5, 80), np.ones(80), rng.integers(0, 2, 80)]
+    ).astype(float)
+    X = pd.DataFrame(values)
+    ranks = sel.average_ranks(X.to_numpy())
+    expected = rankdata(X.to_numpy(), axis=0)
+    assert np.array_equal(ranks, expected)
+    # Same memory layout, so the correlations built from them are bit for bit the same.
+    assert ranks.flags["F_CONTIGUOUS"] == expected.flags["F_CONTIGUOUS"]
 
 
 def test_correlation_prune_drops_one_of_a_duplicated_pair():
@@ -114,6 +172,115 @@ def test_univariate_cox_flags_monotone_likelihood_and_screen_drops_it():
     kept, row, _ = sel.univariate_screen(X, time, event, p_max=1.0, max_features=10)
     assert kept == ["noise"]
     assert "2 did not converge" in row["note"]
+
+
+def lifelines_per_sd(x: np.ndarray, time, event) -> pd.Series:
+    """coef and se per SD and p of lifelines' Cox model (Efron) on one column."""
+    data = pd.DataFrame({"x": x, "t": time, "e": event})
+    fitter = CoxPHFitter().fit(data, "t", "e", fit_options={"precision": 1e-10})
+    row = fitter.summary.loc["x"]
+    sd = x.std(ddof=0)
+    return pd.Series({"coef": row["coef"] * sd, "se": row["se(coef)"] * sd, "p": row["p"]})
+
+
+def newton_steps(values: np.ndarray, time, event, coef: np.ndarray) -> np.ndarray:
+    """|score / information| of each standardized column at coef: 0 at the maximum."""
+    risk = sel._EfronRiskSets.build(time, event)
+    x = np.ascontiguousarray(sel.standardize(values)[risk.order].T)
+    _, score, info = sel._efron_terms(x, coef.copy(), x @ risk.event_sorted, risk)
+    return np.abs(score / info)
+
+
+def test_vectorised_univariate_cox_equals_lifelines_column_by_column():
+    """Many kinds of columns at once (skewed, binary, counts, informative) with ties of every
+    size between events and with censorings: each column as lifelines fits it alone."""
+    rng = np.random.default_rng(21)
+    n = 160
+    time = rng.integers(1, 20, n).astype(float)  # ~8 patients per time: tied events
+    event = (rng.random(n) < 0.6).astype(int)
+    X = pd.DataFrame(
+        {
+            "normal": rng.normal(size=n),
+            "skewed": rng.lognormal(0, 1.2, n),
+            "binary": rng.integers(0, 2, n).astype(float),
+            "counts": rng.poisson(2.0, n).astype(float),
+            "informative": -0.3 * time + rng.normal(size=n),
+            "large_scale": 1e4 * rng.normal(size=n) + 5e5,
+        }
+    )
+    table = sel.univariate_cox(X, time, event).set_index("feature")
+    assert table["converged"].all()
+    for name in X.columns:
+        reference = lifelines_per_sd(X[name].to_numpy(), time, event)
+        # lifelines stops within ~1e-6 SE of the maximum (it is 1e-6 relative off for the
+        # near-zero coef of "skewed", whatever its precision); ours is at it (see below).
+        tolerance = {"abs": 1e-6 * reference["se"], "rel": 1e-6}
+        assert table.at[name, "coef"] == pytest.approx(reference["coef"], **tolerance), name
+        assert table.at[name, "se"] == pytest.approx(reference["se"], rel=1e-6), name
+        assert table.at[name, "p"] == pytest.approx(reference["p"], rel=1e-6), name
+    assert newton_steps(X.to_numpy(), time, event, table["coef"].to_numpy()).max() < 1e-12
+
+
+def test_univariate_cox_at_large_n_converges_to_the_maximum_in_few_evaluations(monkeypatch):
+    """3,000 patients (|loglik| ~ 14,000): under the former absolute tolerance (1e-12) on the
+    log-likelihood, rounding made columns look worse, their steps were halved 30 times and they
+    were declared converged ~5e-8 (per SD) short of the maximum, after 81 evaluations of all 40
+    columns. With the tolerance relative to |loglik| each column stops at the maximum (the
+    Newton step from its estimate is at rounding level), after few evaluations, most of them
+    on the columns still iterating only."""
+    rng = np.random.default_rng(5)
+    n, p = 3000, 40
+    latent = rng.normal(size=n)
+    values = np.exp(0.5 * (latent[:, None] + rng.normal(size=(n, p))))
+    X = pd.DataFrame(values, columns=[f"f{i:02d}" for i in range(p)])
+    time, event = survival_outcome(rng, 0.5 * latent, censor_scale=2.0)
+    time = time.round(3)  # ties too
+    evaluated = []
+    real_terms = sel._efron_terms
+
+    def counting_terms(x, *args):
+        evaluated.append(x.shape[0])
+        return real_terms(x, *args)
+
+    monkeypatch.setattr(sel, "_efron_terms", counting_terms)
+    table = sel.univariate_cox(X, time, event)
+    monkeypatch.undo()
+    assert table["converged"].all()
+    assert len(evaluated) <= 10 and sum(evaluated) <= 8 * p
+    # The estimates are the maximum: one more Newton step would not move them.
+    assert newton_steps(values, time, event, table["coef"].to_numpy()).max() < 1e-12
+    for name in ["f00", "f17"]:
+        reference = lifelines_per_sd(X[name].to_numpy(), time, event)
+        row = table.set_index("feature").loc[name]
+        assert row["coef"] == pytest.approx(reference["coef"], rel=1e-6)
+        assert row["p"] == pytest.approx(reference["p"], rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_monotone_likelihood_is_never_converged_whatever_the_rounding(seed):
+    """Columns without a finite estimate (all their patients censored, or one patient censored
+    early): their likelihood flattens as coef -> -inf. Where the iterations stop then depends
+    on rounding (the former code called the early-censored column converged, p = 1.0, for
+    seed 6); the information per event (~1e-13 there) says the likelihood is flat: not
+    converged, p NaN, whatever the seed. Ordinary columns next to them are unaffected."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    time = rng.exponential(10, n).round(1) + 0.1
+    event = (rng.random(n) < 0.5).astype(int)
+    censored = np.flatnonzero(event == 0)
+    never_event = np.zeros(n)
+    never_event[rng.choice(censored, 10, replace=False)] = 1
+    single_censored = np.zeros(n)
+    single_censored[censored[np.argsort(time[censored])[len(censored) // 4]]] = 1
+    X = pd.DataFrame({"never_event": never_event, "single_censored": single_censored})
+    X["noise"] = rng.normal(size=n)
+    table = sel.univariate_cox(X, time, event).set_index("feature")
+    assert not table.loc[["never_event", "single_censored"], "converged"].any()
+    assert table.loc[["never_event", "single_censored"], "p"].isna().all()
+    assert table.at["noise", "converged"]
+    assert table.at["noise", "p"] == pytest.approx(
+        lifelines_per_sd(X["noise"].to_numpy(), time, event)["p"], rel=1e-6
+    )
 
 
 def test_univariate_screen_keeps_smallest_p_up_to_the_cap(planted):

@@ -41,6 +41,5 @@ def test_export_writes_both_layouts_for_every_slide(local_run):
         trident = export / "trident"
         assert len(list(trident.glob(f"*x_*px_0px_overlap/patches/{slide_id}_patches.h5"))) == 1
         assert len(list(trident.glob(f"*x_*px_0px_overlap/features_*/{slide_id}.h5"))) == 1
-    assert seconds < 300  # ~40 s for 24 slides on 2 idle cores (one Python + torch per slide)
     again = run(workdir, config, ONLY_EXPORT, "-n", "--", "export")
     assert "Nothing to be done" in again.stdout + again.stderr
