@@ -118,15 +118,17 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     cols = np.array(values.T, order="C")
     order = np.argsort(cols, axis=1)  # unstable is fine: tied values get one (average) rank
     ordered = np.take_along_axis(cols, order, axis=1)
-    position = np.broadcast_to(np.arange(cols.shape[1]), cols.shape)
-    rank = position + 1.0
+    rank = np.broadcast_to(np.arange(1.0, cols.shape[1] + 1), cols.shape).copy()
     tied = ordered[:, 1:] == ordered[:, :-1]
-    if tied.any():
-        first = np.where(np.c_[np.ones(len(cols), bool), ~tied], position, 0)
-        last = np.where(np.c_[~tied, np.ones(len(cols), bool)], position, cols.shape[1] - 1)
-        first = np.maximum.accumulate(first, axis=1)
-        last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]
-        rank = (first + last) / 2 + 1.0
+    with_ties = np.flatnonzero(tied.any(axis=1))
+    if with_ties.size:  # a run of equal values from position first to last: (first + last) / 2
+        tied = tied[with_ties]
+        position = np.broadcast_to(np.arange(cols.shape[1]), (with_ties.size, cols.shape[1]))
+        edge = np.ones((with_ties.size, 1), dtype=bool)
+        first = np.maximum.accumulate(np.where(np.c_[edge, ~tied], position, 0), axis=1)
+        last = np.where(np.c_[~tied, edge], position, cols.shape[1] - 1)[:, ::-1]
+        last = np.minimum.accumulate(last, axis=1)[:, ::-1]
+        rank[with_ties] = (first + last) / 2 + 1.0
     ranks = np.empty_like(cols)
     np.put_along_axis(ranks, order, rank, axis=1)
     return ranks.T

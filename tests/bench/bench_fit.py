@@ -12,7 +12,8 @@ B) in a fresh process with BLAS pinned to one thread, as in the job. Prints per 
 patients and events, CPU seconds of the first fit and of the whole job (the process and its
 workers), wall seconds, peak RSS of the job's process and the largest worker's.
 
-``--save DIR`` also writes the job's outputs per size (DIR/n<size>/model.json, ...) to
+``--threads`` is the job's threads (the optimism refits run in that many worker processes;
+code without the parameter runs them in one). ``--save DIR`` also writes the job's outputs per size (DIR/n<size>/model.json, ...) to
 compare two versions of the code; ``--scripts`` runs another copy of scripts/ (e.g. a
 snapshot of the code before a change). ``--cpu-limit`` stops a size after that many CPU
 seconds and reports it unfinished.
@@ -95,6 +96,15 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def stop_workers() -> None:
+    """Join joblib's reusable worker processes, if any, so that their CPU time and memory are
+    counted (RUSAGE_CHILDREN covers children that have exited)."""
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 def run_job(folder: Path, B: int, threads: int, save: Path | None, config_path: str) -> dict:
     """The fit_model job on the cohort in folder (in this process); timings as a dict."""
     import inspect
@@ -127,6 +137,7 @@ def run_job(folder: Path, B: int, threads: int, save: Path | None, config_path: 
         outcomes, design, forced, candidates, "os", config["selection"], config["cox"], B,
         config["seed"], **extra,
     )  # fmt: skip
+    stop_workers()
     wall = time.perf_counter() - started_wall
     cpu = cpu_seconds() - started_cpu
     if save is not None:

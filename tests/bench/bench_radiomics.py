@@ -6,9 +6,9 @@ Run by hand (pytest does not collect it):
         [--threads 1] [--demo-patients 3]
 
 The realistic case is a chest CT: 256 x 256 x 80 voxels at 0.8 x 0.8 x 2.5 mm with a
-textured 35 mm lesion, int16 NIfTI; the demo cases are the first patients of the demo cohort
-(radpath.demo, seed 42). Both are extracted with config/pyradiomics_ct.yaml and the `ct`
-section of config/config.yaml (resampling to 1 mm). (a) and (b) include reading the files;
+textured 35 mm lesion, int16 NIfTI; the demo cases are the first patients of the demo
+cohort as `make demo` draws it from config.yaml. Both are extracted with
+config/pyradiomics_ct.yaml and the `ct` section of config/config.yaml (resampling to 1 mm). (a) and (b) include reading the files;
 (b) also writes the two TSVs. (c) runs rule `radiomics` for the case in a scratch
 workdir (skipped without a Snakefile) and also reports the job's own benchmark seconds.
 (d) and (e) are fresh processes, start-up included, with BLAS at one thread as in the job:
@@ -88,16 +88,15 @@ def write_case(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return paths
 
 
-def write_demo_cases(folder: Path, n: int) -> list[tuple[str, Path, Path, int]]:
-    """The first n patients of the demo cohort (seed 42): (patient, ct, mask, mask label)."""
-    cohort = demo.sample_cohort(n, 3, 42)
+def write_demo_cases(folder: Path, n: int, demo_cfg: dict, seed: int) -> list[tuple]:
+    """The first n patients of the demo cohort as `make demo` draws it (config's demo section
+    and seed): (patient, ct, mask, mask label)."""
+    cohort = demo.sample_cohort(demo_cfg["n_patients"], demo_cfg["n_scanners"], seed)
     cases = []
-    for patient, (_, row) in zip(cohort.patients, cohort.patients_sheet.iterrows(), strict=True):
+    rows = cohort.patients_sheet.head(n).iterrows()
+    for patient, (_, row) in zip(cohort.patients[:n], rows, strict=True):
         ct, labels = demo.patient_images(patient)
-        paths = (
-            folder / f"{row['patient_id']}_ct.nii.gz",
-            folder / f"{row['patient_id']}_mask.nii.gz",
-        )
+        paths = [folder / f"{row['patient_id']}_{kind}.nii.gz" for kind in ("ct", "mask")]
         demo.write_image(ct, patient.grid, paths[0])
         demo.write_image(labels, patient.grid, paths[1])
         cases.append((row["patient_id"], *paths, int(row["mask_label"])))
@@ -168,29 +167,45 @@ def snakemake_job(
 
     It returns the job's own seconds from Snakemake's `benchmark:` file.
     """
+    # A second patient (same images) because the sheets must give a train and a validation part.
     sheet = folder / "patients.tsv"
     sheet.write_text(
-        f"patient_id\tct\tmask\tmask_label\tscanner\n{PATIENT}\t{ct}\t{mask}\t{label}\tA\n",
+        "patient_id\tct\tmask\tmask_label\tscanner\n"
+        f"{PATIENT}\t{ct}\t{mask}\t{label}\tA\nOTHER\t{ct}\t{mask}\t{label}\tA\n",
         encoding="utf-8",
     )
     clinical = folder / "clinical.tsv"
     clinical.write_text(
-        "patient_id\tos_time\tos_event\tpfs_time\tpfs_event\tage\tstage\n"
-        f"{PATIENT}\t12.0\t1\t6.0\t1\t60\tI\n",
+        "patient_id\tos_time\tos_event\tpfs_time\tpfs_event\tage\tstage\tsplit\n"
+        f"{PATIENT}\t12.0\t1\t6.0\t1\t60\tI\ttrain\nOTHER\t9.0\t1\t5.0\t1\t70\tI\tvalidation\n",
         encoding="utf-8",
     )
+    # A whole config file: no slides ("" cannot be given with --config), so no pathomics models.
+    config_file = folder / "config.yaml"
+    models = {
+        name: spec
+        for name, spec in config["models"].items()
+        if not any(block.startswith("pathomics") for block in spec["blocks"])
+    }
+    run_config = {
+        **config,
+        "patients": str(sheet),
+        "clinical": str(clinical),
+        "slides": "",
+        "models": models,
+    }
+    config_file.write_text(yaml.safe_dump(run_config), encoding="utf-8")
     workdir = folder / "snakemake"
     workdir.mkdir()
     target = SNAKEMAKE_TARGET.format(patient_id=PATIENT)
     command = [
         str(Path(sys.executable).with_name("snakemake")),
         "--snakefile", str(REPO / "Snakefile"),
-        "--configfile", str(REPO / "config" / "config.yaml"),
+        "--configfile", str(config_file),
         "--directory", str(workdir),
         "--workflow-profile", "none",
         "--cores", "1",
         "--forcerun", target,
-        "--config", f"patients={sheet}", f"clinical={clinical}",
         "--", target,
     ]  # fmt: skip
 
@@ -287,7 +302,7 @@ def main() -> None:
         if args.case == "realistic":
             cases = [(PATIENT, *write_case(folder), 1)]
         else:
-            cases = write_demo_cases(folder, args.demo_patients)
+            cases = write_demo_cases(folder, args.demo_patients, config["demo"], config["seed"])
         for case in cases:
             case_folder = folder / case[0]
             case_folder.mkdir()
