@@ -11,6 +11,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
 from radpath import cli, cohort, configuration, sheets  # noqa: E402
+from radpath import slurm as radpath_slurm  # noqa: E402
 
 SCHEMAS = os.path.join(workflow.basedir, "config", "schemas")
 
@@ -145,8 +146,6 @@ def all_model_risks():
 
 # SLURM (scripts/radpath/slurm.py): the `srun` that starts each job keeps SLURM_CONF, and a
 # run whose job status queries cannot work (`sacct` without slurmdbd) stops before it submits.
-from radpath import slurm as radpath_slurm  # noqa: E402
-
 radpath_slurm.keep_slurm_conf()
 
 
