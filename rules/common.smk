@@ -41,16 +41,19 @@ PATIENT_IDS = list(PATIENTS.index)
 # Plain dicts: input functions run once per job, thousands of times in a large cohort.
 PATIENT_CT = dict(zip(PATIENTS.index, PATIENTS["ct"]))
 PATIENT_MASK = dict(zip(PATIENTS.index, PATIENTS["mask"]))
-PATIENT_MASK_LABEL = dict(zip(PATIENTS.index, PATIENTS["mask_label"].astype(int)))
-# The optional DICOM columns as the radiomics job's options, only those given (one lookup).
-PATIENT_DICOM_ARGS = {
-    patient: [
+# Per patient, the radiomics job's options from the sheet (mask label, and the optional
+# DICOM columns when given): one lookup per job.
+PATIENT_OPTIONS = {
+    patient: [f"--mask-label={label}"]
+    + [
         f"--{column.replace('_', '-')}={row[column]}"
         for column in sheets.PATIENT_DICOM_COLUMNS
         if row[column]
     ]
-    for patient, row in zip(
-        PATIENTS.index, PATIENTS[list(sheets.PATIENT_DICOM_COLUMNS)].to_dict("records")
+    for patient, label, row in zip(
+        PATIENTS.index,
+        PATIENTS["mask_label"].astype(int),
+        PATIENTS[list(sheets.PATIENT_DICOM_COLUMNS)].to_dict("records"),
     )
 }
 
@@ -100,13 +103,9 @@ def patient_images(wildcards):
     }
 
 
-def patient_mask_label(wildcards):
-    return PATIENT_MASK_LABEL[wildcards.patient]
-
-
-def patient_dicom_args(wildcards):
-    """e.g. ['--ct-series-uid=1.2.3', '--mask-roi=GTV 1'] ([] for label maps)."""
-    return PATIENT_DICOM_ARGS[wildcards.patient]
+def patient_options(wildcards):
+    """e.g. ['--mask-label=1'] or ['--mask-label=1', '--ct-series-uid=1.2.3', '--mask-roi=GTV']."""
+    return PATIENT_OPTIONS[wildcards.patient]
 
 
 def slide_path(wildcards):

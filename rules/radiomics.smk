@@ -23,12 +23,11 @@ rule radiomics:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
     params:
-        mask_label=patient_mask_label,
-        dicom=patient_dicom_args,
+        patient=patient_options,
         settings=settings_json(ct=config["ct"], on_error=config["on_patient_error"]),
     shell:
         "python -m radpath.cli radiomics --patient {wildcards.patient} --ct {input.ct:q}"
-        " --mask {input.mask:q} --mask-label {params.mask_label} {params.dicom:q}"
+        " --mask {input.mask:q} {params.patient:q}"
         " --params {input.params:q}"
         " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
         " --log {log:q}"

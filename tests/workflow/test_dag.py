@@ -140,10 +140,10 @@ def test_dicom_columns_reach_the_radiomics_command_quoted(cohort):
     commands = [line for line in run(workdir, config, "-n", "-p").stdout.splitlines()
                 if "radpath.cli radiomics" in line]
     by_patient = {line.split("--patient ")[1].split()[0]: line for line in commands}
-    assert "--mask-label 1 --ct-series-uid=1.2.840.99.1 '--mask-roi=GTV 1' --params" in (
+    assert "--mask-label=1 --ct-series-uid=1.2.840.99.1 '--mask-roi=GTV 1' --params" in (
         by_patient["P00001"])
-    assert "--mask-label 1 --mask-segment=2 --params" in by_patient["P00002"]
-    assert "--mask-label 1  --params" in by_patient["P00003"]
+    assert "--mask-label=1 --mask-segment=2 --params" in by_patient["P00002"]
+    assert "--mask-label=1 --params" in by_patient["P00003"]
 
 
 def test_export_plans_one_job_per_slide_and_one_cohort_job(cohort):
