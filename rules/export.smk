@@ -13,7 +13,7 @@ EXPORT_SETTINGS = {"trident_encoder": ""}
 
 rule export_slide:
     input:
-        features="results/pathology/{slide}/features.h5",
+        features=f"results/pathology/{ENCODER}/{{slide}}/features.h5",
     output:
         staged=directory("results/export/slides/{slide}"),
     log:

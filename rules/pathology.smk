@@ -1,22 +1,40 @@
-# Per slide, one GPU job: tissue mask and tile coordinates, morphology, tile embedding; then
-# slide features pooled to patients.
+# Per slide: a tiling job (tissue mask, tile coordinates, thumbnail, morphology) and an
+# embedding job (GPU) for the configured encoder; then slide features pooled to patients.
 #
-# One job rather than a CPU tiling job and a GPU embedding job: tiling and morphology take
-# seconds per slide (tissue found on a thumbnail, morphology on a fixed sample of tiles)
-# against minutes of embedding, so the GPU waits little, and every slide costs one SLURM
-# submission, one Python start-up and one Snakemake job instead of two, which keeps
-# dry-runs of large cohorts fast. The price: changing tissue, tile or morphology settings
-# re-runs the slide's embedding too.
+# Tiling does not depend on the encoder: its outputs live in results/pathology/{slide}/,
+# the embeddings in results/pathology/{encoder}/{slide}/, so a second encoder re-uses the
+# tiles and keeps the first one's features for comparison. Tiling needs no GPU and takes
+# seconds to a minute: on SLURM the tiling jobs of group "slide_tiles" are bundled like the
+# radiomics jobs (profiles/slurm group-components), and only the embedding asks for a GPU.
+
+EMBEDDING = config["pathology"]["embedding"]
+ENCODER = EMBEDDING["encoder"]
+# The encoder's weights: none (random, tests and the demo), a local file, or the file
+# `stage_encoder_weights` fills from the model hub once (slide jobs never download).
+if EMBEDDING["weights"] == "random":
+    ENCODER_WEIGHTS = []
+elif EMBEDDING["weights"] == "hub":
+    ENCODER_WEIGHTS = [os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors")]
+else:
+    ENCODER_WEIGHTS = [EMBEDDING["weights"]]
+if SLIDE_IDS and not ENCODER_WEIGHTS and workflow.is_main_process:
+    logger.warning(
+        f"radpath: pathology.embedding.weights is 'random': the {ENCODER} tile features "
+        "come from an untrained network and mean nothing (fine for tests and the demo, "
+        "never for a study); the report says so. Set weights to hub or a local file."
+    )
+
+# Memory of an embedding job (MB; times `attempt`): 4000 for the job's process (torch and
+# the encoder, a batch's activations on CPU, CUDA's host memory on a GPU) plus 1000 per
+# DataLoader worker (a process with its own OpenSlide handle and cache and
+# PREFETCH_BATCHES batches of tiles), plus, for the large ViTs, their fp32 weights twice
+# while they load (file and model; from parameter counts, not measured). Measured peaks:
+# see profiles/slurm/config.yaml.
+LARGE_ENCODER_MB = {"uni": 2500, "uni2_h": 5500, "gigapath": 9000}
+SLIDE_MEM_MB = 4000 + 1000 * EMBEDDING["num_workers"] + LARGE_ENCODER_MB.get(ENCODER, 0)
 
 
-# Memory of one slide job (MB; times `attempt`): 4000 for the job's process (torch and the
-# encoder, tiling, morphology, a batch's activations on CPU, CUDA's host memory on a GPU)
-# plus 1000 per DataLoader worker (a process with its own OpenSlide handle and cache and
-# PREFETCH_BATCHES batches of tiles). Measured peaks: see profiles/slurm/config.yaml.
-SLIDE_MEM_MB = 4000 + 1000 * config["pathology"]["embedding"]["num_workers"]
-
-
-rule slide_features:
+rule slide_tiles:
     input:
         slide=slide_path,
     output:
@@ -27,11 +45,46 @@ rule slide_features:
             category="Slide QC",
         ),
         morphology="results/pathology/{slide}/morphology.tsv",
-        features="results/pathology/{slide}/features.h5",
     log:
-        "logs/pathology/{slide}.log",
+        "logs/pathology/{slide}.tiles.log",
     benchmark:
-        "benchmarks/pathology/{slide}.tsv"
+        "benchmarks/pathology/{slide}.tiles.tsv"
+    group:
+        "slide_tiles"
+    conda:
+        "../envs/pathology.yaml"
+    threads: 1
+    # No torch: 0.3-0.6 GB measured for tiling and morphology of demo and 20000 px slides.
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        mpp=slide_mpp,
+        settings=settings_json(
+            tissue=config["pathology"]["tissue"],
+            tiles=config["pathology"]["tiles"],
+            morphology=config["pathology"]["morphology"],
+            seed=config["seed"],
+            on_error=config["on_patient_error"],
+        ),
+    shell:
+        "python -m radpath.cli slide-tiles --slide-id {wildcards.slide}"
+        " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
+        " --coords {output.coords:q} --thumbnail {output.thumbnail:q}"
+        " --morphology {output.morphology:q} --log {log:q}"
+
+
+rule slide_embedding:
+    input:
+        slide=slide_path,
+        coords="results/pathology/{slide}/coords.h5",
+        weights=ENCODER_WEIGHTS,
+    output:
+        features=f"results/pathology/{ENCODER}/{{slide}}/features.h5",
+    log:
+        f"logs/pathology/{ENCODER}/{{slide}}.log",
+    benchmark:
+        f"benchmarks/pathology/{ENCODER}/{{slide}}.tsv"
     conda:
         "../envs/pathology.yaml"
     threads: config["pathology"]["threads"]
@@ -42,23 +95,42 @@ rule slide_features:
     params:
         mpp=slide_mpp,
         settings=settings_json(
-            tissue=config["pathology"]["tissue"],
             tiles=config["pathology"]["tiles"],
-            morphology=config["pathology"]["morphology"],
-            embedding=config["pathology"]["embedding"],
+            embedding={**EMBEDDING, "weights": (ENCODER_WEIGHTS or ["random"])[0]},
             seed=config["seed"],
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli slide --slide-id {wildcards.slide} --slide {input.slide:q}"
-        " --mpp={params.mpp} --settings {params.settings:q} --coords {output.coords:q}"
-        " --thumbnail {output.thumbnail:q} --morphology {output.morphology:q}"
-        " --features {output.features:q} --threads {threads} --log {log:q}"
+        "python -m radpath.cli slide-embedding --slide-id {wildcards.slide}"
+        " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
+        " --coords {input.coords:q} --features {output.features:q} --threads {threads}"
+        " --log {log:q}"
+
+
+# Once, on a machine with network (a login node): the hub's weights of the configured
+# encoder into weights_dir, as safetensors. Only with `weights: hub`; a local rule, so it
+# never runs on a compute node. Gated models (UNI, UNI2-h, Prov-GigaPath) need
+# `huggingface-cli login` with an account that accepted their terms first.
+rule stage_encoder_weights:
+    output:
+        weights=os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors"),
+    log:
+        f"logs/pathology/stage_weights_{ENCODER}.log",
+    localrule: True
+    conda:
+        "../envs/pathology.yaml"
+    params:
+        settings=settings_json(encoder=ENCODER, timm_kwargs=EMBEDDING["timm_kwargs"]),
+    shell:
+        "python -m radpath.cli stage-weights --weights {output.weights:q}"
+        " --settings {params.settings:q} --log {log:q}"
 
 
 rule pathomics_matrices:
     input:
-        features=expand("results/pathology/{slide}/features.h5", slide=SLIDE_IDS),
+        features=expand(
+            f"results/pathology/{ENCODER}/{{slide}}/features.h5", slide=SLIDE_IDS
+        ),
         morphology=expand("results/pathology/{slide}/morphology.tsv", slide=SLIDE_IDS),
         outcomes="results/cohort/outcomes.tsv",
     output:
@@ -66,6 +138,7 @@ rule pathomics_matrices:
         morphology="results/cohort/pathomics_morphology.tsv",
         excluded="results/cohort/pathomics_excluded.tsv",
         pca="results/cohort/pathomics_embedding_pca.json",
+        encoder="results/cohort/pathomics_encoder.json",
     log:
         "logs/cohort/pathomics_matrices.log",
     conda:

@@ -25,6 +25,9 @@ rule report:
         pathomics_excluded=(
             ["results/cohort/pathomics_excluded.tsv"] if SLIDE_IDS else []
         ),
+        pathomics_encoder=(
+            ["results/cohort/pathomics_encoder.json"] if SLIDE_IDS else []
+        ),
         template=REPORT_TEMPLATE,
     output:
         html=report(

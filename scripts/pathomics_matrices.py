@@ -4,7 +4,12 @@ import pandas as pd
 
 from radpath.io import read_tsv, write_json, write_tsv
 from radpath.jobs import setup_logging
-from radpath.pathomics import embedding_matrix, morphology_matrix, usable_slides
+from radpath.pathomics import (
+    embedding_matrix,
+    encoder_provenance,
+    morphology_matrix,
+    usable_slides,
+)
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -26,5 +31,6 @@ embedding, pca_info = embedding_matrix(
 )
 write_tsv(embedding, snakemake.output.embedding)
 write_json(pca_info, snakemake.output.pca)
+write_json(encoder_provenance(features), snakemake.output.encoder)
 write_tsv(morphology_matrix(morph_ok, p.slide_patients), snakemake.output.morphology)
 write_tsv(excluded, snakemake.output.excluded, index=False)

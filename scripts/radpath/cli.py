@@ -1,6 +1,6 @@
 """Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
-The rules `radiomics` and `slide_features` run one job per patient or slide, so a cohort of
+The rules `radiomics`, `slide_tiles` and `slide_embedding` run one job per patient or slide, so a cohort of
 thousands has thousands of them. They are `shell:` rules calling this command rather than
 `script:` rules: Snakemake reads and inspects a `script:` file once per job while it builds
 the DAG, which made dry-runs of large cohorts ~1.6x slower.
@@ -66,23 +66,16 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
     )
 
 
-def slide(args: argparse.Namespace, settings: dict) -> None:
-    """Tissue mask, tile coordinates and thumbnail; morphology; tile embedding.
+def slide_tiles(args: argparse.Namespace, settings: dict) -> None:
+    """Tissue mask, tile coordinates and thumbnail; morphology (CPU, no torch).
 
-    One job per slide (see rules/pathology.smk for why). With on_error "exclude", a slide
-    whose tiling fails is excluded from all four outputs; a morphology failure leaves the
-    embedding alone and the other way round.
+    With on_error "exclude", a slide whose tiling fails is excluded from all its outputs
+    (and from its embedding job, which finds the exclusion in coords.h5); a morphology
+    failure leaves the embedding alone.
     """
-    from radpath.embed import embed_slide
     from radpath.morphology import morphology_features
     from radpath.wsi import tile_slide
 
-    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
-        log.info(
-            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
-            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
-            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        )
     run_item(
         args.slide_id,
         "slide_id",
@@ -105,6 +98,18 @@ def slide(args: argparse.Namespace, settings: dict) -> None:
         upstream=[args.coords],
     )
 
+
+def slide_embedding(args: argparse.Namespace, settings: dict) -> None:
+    """Every tile of coords.h5 through the configured encoder -> features.h5 (GPU if any)."""
+    from radpath.embed import embed_slide
+
+    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
+        log.info(
+            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+
     def embed() -> None:
         summary = embed_slide(
             args.slide, args.slide_id, args.coords, args.features, settings["embedding"],
@@ -115,6 +120,14 @@ def slide(args: argparse.Namespace, settings: dict) -> None:
 
     run_item(args.slide_id, "slide_id", embed, [args.features], settings["on_error"],
              upstream=[args.coords])
+
+
+def stage_weights(args: argparse.Namespace, settings: dict) -> None:
+    """The hub's weights of an encoder -> a local safetensors file (login node, once)."""
+    from radpath.encoders import stage_hub_weights
+
+    provenance = stage_hub_weights(settings["encoder"], args.weights, settings["timm_kwargs"])
+    log.info("staged weights: %s", provenance)
 
 
 def export_slide(args: argparse.Namespace, settings: dict) -> None:
@@ -152,8 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
 
-    sub = command("slide", slide,
-                  "slide -> coords.h5, thumbnail.png, morphology.tsv, features.h5")
+    sub = command("slide-tiles", slide_tiles,
+                  "slide -> coords.h5, thumbnail.png, morphology.tsv")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    for output in ("--coords", "--thumbnail", "--morphology"):
+        sub.add_argument(output, required=True)
+
+    sub = command("slide-embedding", slide_embedding, "slide + coords.h5 -> features.h5")
     sub.add_argument("--slide-id", required=True)
     sub.add_argument("--slide", required=True)
     sub.add_argument("--mpp", type=optional_float, default=None,
@@ -161,8 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--threads", type=int, required=True,
                      help="CPUs of this job (the rule's threads): DataLoader workers plus torch "
                           "threads, whatever OMP_NUM_THREADS says")
-    for output in ("--coords", "--thumbnail", "--morphology", "--features"):
-        sub.add_argument(output, required=True)
+    sub.add_argument("--coords", required=True)
+    sub.add_argument("--features", required=True)
+
+    sub = command("stage-weights", stage_weights,
+                  "hub weights of an encoder -> a local safetensors file (needs network)")
+    sub.add_argument("--weights", required=True, help="the safetensors file to write")
 
     sub = command("export-slide", export_slide,
                   "features.h5 -> float32 CLAM/TRIDENT files in a staging folder")

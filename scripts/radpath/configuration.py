@@ -18,6 +18,16 @@ import yaml
 PATHOLOGY_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology"})
 
 
+# Keys of earlier versions: the unknown-key message says what replaced them.
+RENAMED_KEYS = {
+    "pathology.embedding.model": "; renamed 'encoder'",
+    "pathology.embedding.pretrained": (
+        "; replaced by 'weights' (random | hub | the path of a local state dict)"
+    ),
+    "pathology.embedding.checkpoint": "; replaced by 'weights' (the path of the local file)",
+}
+
+
 class ConfigError(ValueError):
     """One or more problems in the configuration; one line per problem."""
 
@@ -64,6 +74,7 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
             key_path = _path([*error.absolute_path, key])
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = RENAMED_KEYS.get(key_path, hint)
             yield f"config: {key_path}: unknown key{hint} (allowed: {', '.join(allowed)})"
         return
     if kind == "required":
@@ -88,6 +99,13 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
         return
     if kind == "oneOf" and error.absolute_path and error.absolute_path[-1] == "resample_spacing":
         yield f"{where}: must be null or a list of 3 numbers > 0, got {value!r}"
+        return
+    if kind == "pattern" and error.absolute_path and error.absolute_path[-1] == "encoder":
+        yield (
+            f"{where}: {value!r} must be a plain name (letters, digits, _ . -): it names the "
+            "folder results/pathology/<encoder>/; for a hub model, stage its weights "
+            "(weights: hub) under a plain name"
+        )
         return
     if kind == "propertyNames":
         yield f"{where}: invalid name {value!r} ({error.message})"

@@ -1,5 +1,5 @@
-"""Tile embedding: encoder building, a per-worker-handle tile Dataset, slide embedding to HDF5
-(read back and pooled to patients by radpath.tile_features).
+"""Tile embedding: a per-worker-handle tile Dataset and slide embedding to HDF5 (read back and
+pooled to patients by radpath.tile_features); encoders and their weights: radpath.encoders.
 
 The GPU is kept busy by decoding tiles in DataLoader workers (each with its own OpenSlide
 handle), shipping uint8 tiles (4x fewer bytes than float) through pinned memory, and
@@ -12,17 +12,28 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+# A job never downloads: weights are local files (radpath.encoders). Set before timm (via
+# radpath.encoders) imports huggingface_hub, which reads it once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import h5py
 import numpy as np
 import openslide
-import timm
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from radpath.encoders import (  # noqa: F401 (re-exported: radpath.embed.EncoderError etc.)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDOM,
+    Encoder,
+    EncoderError,
+    EncoderSpec,
+    build_encoder,
+    encoder_spec,
+)
 from radpath.io import atomic_path
 from radpath.wsi import (
     Slide,
@@ -35,108 +46,8 @@ from radpath.wsi import (
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TRUNCATED_RESNET = "resnet50_trunc"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREFETCH_BATCHES = 4  # per worker
-
-
-# ---------------------------------------------------------------------------- encoder
-
-
-class EncoderError(ValueError):
-    """The configured encoder or its weights cannot be used: a problem of the run's settings,
-    so every slide job fails (radpath.jobs.is_bad_input) instead of excluding every slide."""
-
-    excludes_item = False
-
-
-@dataclass
-class Encoder:
-    """A feature extractor: model (eval mode), its input normalization and output size."""
-
-    name: str
-    model: nn.Module
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    dim: int
-
-
-def build_encoder(
-    name: str,
-    pretrained: bool | str = False,
-    checkpoint: str | os.PathLike | None = "",
-    seed: int = 0,
-) -> Encoder:
-    """`resnet50_trunc` (CLAM: ResNet50 up to layer3, average pooled, 1024-d) or any timm model.
-
-    pretrained: True downloads hub weights (never in tests), False keeps a seeded random
-    init, a string is a local checkpoint path (like `checkpoint`). Checkpoints load with
-    torch.load(weights_only=True) and may be a plain state_dict or wrap one.
-    """
-    checkpoint_path = _checkpoint_path(pretrained, checkpoint)
-    from_hub = pretrained is True and checkpoint_path is None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, mean, std, dim = _create_model(name, from_hub)
-    if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path, name)
-    return Encoder(name=name, model=model.eval(), mean=mean, std=std, dim=dim)
-
-
-def _checkpoint_path(pretrained, checkpoint) -> Path | None:
-    for value in (checkpoint, pretrained):
-        if isinstance(value, str | os.PathLike) and str(value).strip():
-            if str(value).strip().lower() in ("true", "false"):
-                continue
-            return Path(value)
-    return None
-
-
-def _create_model(name: str, from_hub: bool) -> tuple[nn.Module, tuple, tuple, int]:
-    if name == TRUNCATED_RESNET:
-        # torchvision's ImageNet weights, as CLAM uses; layer4 removed -> 1024 channels pooled.
-        model = timm.create_model("resnet50.tv_in1k", pretrained=from_hub, num_classes=0)
-        model.layer4 = nn.Identity()
-        return model, IMAGENET_MEAN, IMAGENET_STD, 1024
-    try:
-        model = timm.create_model(name, pretrained=from_hub, num_classes=0)
-    except RuntimeError as err:
-        raise EncoderError(f"encoder {name!r}: not resnet50_trunc nor a timm model ({err})") from err
-    data_cfg = timm.data.resolve_model_data_config(model)
-    dim = getattr(model, "head_hidden_size", None) or model.num_features
-    return model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), int(dim)
-
-
-def load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
-    """Load a local state_dict into `model`; extra keys (a full ResNet's layer4/fc) are ignored."""
-    if not path.is_file():
-        raise EncoderError(f"encoder {name}: checkpoint {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise EncoderError(f"encoder {name}: checkpoint {path} holds no state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise EncoderError(
-            f"encoder {name}: checkpoint {path} does not fit the model: {err}"
-        ) from err
-    if result.missing_keys:
-        raise EncoderError(
-            f"encoder {name}: checkpoint {path} lacks {len(result.missing_keys)} weights "
-            f"(e.g. {result.missing_keys[0]}); was it saved from this architecture?"
-        )
-    if result.unexpected_keys:
-        log.info(
-            "encoder %s: ignored %d checkpoint weights not in the model",
-            name,
-            len(result.unexpected_keys),
-        )
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -362,6 +273,9 @@ def embed_slide(
 ) -> dict:
     """Embed every tile of `coords_h5` and write `features`/`coords` HDF5 atomically.
 
+    emb_cfg: `encoder` (radpath.encoders.REGISTRY or a timm name), `weights` ("random" or a
+    local file), `timm_kwargs`, `ignore_keys`, `batch_size`, `num_workers`, `precision`.
+    The features carry the encoder's provenance (weights file and its sha256) as attributes.
     `threads`: the CPUs of this job (see `cpu_budget`); None leaves torch's thread count
     and the configured workers alone. Unreadable tiles are skipped, counted and stored as
     `skipped_coords`; all tiles unreadable -> SlideError. Returns n_tiles, n_skipped,
@@ -377,11 +291,18 @@ def embed_slide(
             "slide %s: %d CPUs: %d DataLoader workers, %d torch threads on %s",
             slide_id, threads, num_workers, torch.get_num_threads(), device,
         )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = encoder_spec(emb_cfg["encoder"], emb_cfg.get("timm_kwargs") or {})
+    check_tile_size(spec, tiles_cfg)
     coords, tile_attrs = read_coords_h5(coords_h5)
     with open_slide(slide_path, slide_id, mpp_override) as slide:
         check_tile_attrs(tile_attrs, tiles_cfg, f"{slide.label()}, {coords_h5}", slide.mpp)
     encoder = build_encoder(
-        emb_cfg["model"], emb_cfg.get("pretrained", False), emb_cfg.get("checkpoint", ""), seed
+        emb_cfg["encoder"],
+        emb_cfg["weights"],
+        emb_cfg.get("timm_kwargs") or {},
+        emb_cfg.get("ignore_keys") or (),
+        seed,
     )
     precision = str(emb_cfg.get("precision", "fp32"))
     dtype = autocast_dtype(precision, device)
@@ -406,8 +327,7 @@ def embed_slide(
     if not embedded.any():
         raise SlideError(f"slide {slide_id} ({slide_path}): all {len(coords)} tiles unreadable")
     attrs = {
-        "encoder": encoder.name,
-        "feature_dim": encoder.dim,
+        **encoder.provenance,
         "precision": _dtype_name(dtype),
         "device": device.type,
         "n_skipped": n_skipped,
@@ -426,6 +346,16 @@ def embed_slide(
         "num_workers": int(num_workers),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def check_tile_size(spec: EncoderSpec, tiles_cfg: dict) -> None:
+    """EncoderError when the encoder takes one tile size and the tiles have another."""
+    patch_size = int(tiles_cfg["patch_size"])
+    if spec.input_size and spec.input_size != patch_size:
+        raise EncoderError(
+            f"encoder {spec.name} takes {spec.input_size} px tiles but "
+            f"pathology.tiles.patch_size is {patch_size}: set it to {spec.input_size}"
+        )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

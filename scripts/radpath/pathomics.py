@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA
 
 from radpath.io import read_tsv
 from radpath.jobs import exclusion_reason
-from radpath.tile_features import patient_embedding_table
+from radpath.tile_features import patient_embedding_table, read_encoder_provenance
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,35 @@ def usable_slides(paths: dict[str, str]) -> tuple[dict[str, str], pd.DataFrame]:
         else:
             excluded.append({"slide_id": slide_id, "reason": reason})
     return usable, pd.DataFrame(excluded, columns=["slide_id", "reason"])
+
+
+# The features.h5 provenance attributes that say which weights made the features; the
+# slides of one cohort matrix must agree on all of them.
+ENCODER_IDENTITY = ("encoder", "timm_name", "timm_kwargs", "weights_sha256")
+
+
+def encoder_provenance(feature_files: dict[str, str]) -> dict:
+    """Which encoder and weights made the slides' features (radpath.embed's provenance
+    attributes and `n_slides`). Features of different encoders or weights in one matrix
+    are an error naming a slide of each."""
+    seen: dict[tuple, str] = {}
+    provenance = {}
+    for slide_id, path in feature_files.items():
+        provenance = read_encoder_provenance(path)
+        identity = tuple(str(provenance.get(key, "")) for key in ENCODER_IDENTITY)
+        seen.setdefault(identity, slide_id)
+        if len(seen) > 1:
+            (first, a), (second, b) = list(seen.items())[:2]
+            raise ValueError(
+                f"pathomics: slides {a} and {b} were embedded with different encoders or "
+                f"weights ({dict(zip(ENCODER_IDENTITY, first, strict=True))} vs "
+                f"{dict(zip(ENCODER_IDENTITY, second, strict=True))}): re-run their "
+                "slide_embedding jobs"
+            )
+    if provenance:
+        provenance["pretrained"] = provenance.get("weights", "random") != "random"
+        provenance["n_slides"] = len(feature_files)
+    return provenance
 
 
 def embedding_matrix(

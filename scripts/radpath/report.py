@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from radpath.io import atomic_write, read_tsv
+from radpath.io import atomic_write, read_json, read_tsv
 from radpath.jobs import exclusion_reason
 from radpath.modeling import Z_95
 
@@ -273,6 +273,10 @@ def render_report(
         "slide_excluded": (
             read_tsv(inputs.pathomics_excluded[0]).to_dict("records")
             if slides else []
+        ),
+        "encoder": (
+            read_json(inputs.pathomics_encoder[0])
+            if slides and getattr(inputs, "pathomics_encoder", None) else {}
         ),
         "performance": performance_rows(
             cindex, config["reference_model"],

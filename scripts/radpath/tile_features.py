@@ -14,6 +14,21 @@ import numpy as np
 import pandas as pd
 
 POOLINGS = ("mean", "max", "std")
+# Attributes radpath.embed writes from radpath.encoders.encoder_provenance, and the
+# precision the features were computed in.
+PROVENANCE_KEYS = (
+    "encoder",
+    "timm_name",
+    "timm_kwargs",
+    "weights",
+    "weights_sha256",
+    "pretrained",
+    "input_size",
+    "mean",
+    "std",
+    "feature_dim",
+    "precision",
+)
 
 
 def attrs_dict(attrs) -> dict:
@@ -33,6 +48,23 @@ def read_features_h5(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
     """(features (N, D) float16, coords (N, 2) int64, attrs) of a features file."""
     with h5py.File(path, "r") as h5:
         return h5["features"][:], h5["coords"][:], attrs_dict(h5.attrs)
+
+
+def feature_attrs(path: str | os.PathLike) -> dict:
+    """The file-level attributes of a features file (encoder provenance, tile geometry)."""
+    with h5py.File(path, "r") as h5:
+        return attrs_dict(h5.attrs)
+
+
+def read_encoder_provenance(path: str | os.PathLike) -> dict:
+    """The encoder provenance attributes of a features file (those present: files written
+    before provenance have only `encoder` and `feature_dim`); mean/std as lists."""
+    attrs = feature_attrs(path)
+    return {
+        key: attrs[key].tolist() if isinstance(attrs[key], np.ndarray) else attrs[key]
+        for key in PROVENANCE_KEYS
+        if key in attrs
+    }
 
 
 # ---------------------------------------------------------------------------- pooling

@@ -34,7 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--model", default="resnet50_trunc")
+    parser.add_argument(
+        "--encoder", "--model", default="resnet50_trunc",
+        help="a radpath.encoders name or a timm model",
+    )
     parser.add_argument("--precision", default="bf16", choices=sorted(embed.PRECISIONS))
     parser.add_argument(
         "--slide-size", default="6000x4000", help="level-0 WIDTHxHEIGHT at 0.5 um/px"
@@ -83,7 +86,7 @@ def bench_reading(slide_path, coords_h5, tiles_cfg, args, device) -> tuple[int, 
 
 
 def bench_model(args, device) -> tuple[int, float]:
-    encoder = embed.build_encoder(args.model, pretrained=False)
+    encoder = embed.build_encoder(args.encoder, "random")  # throughput only: weights don't matter
     model = encoder.model.to(device).eval().to(memory_format=torch.channels_last)
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1) * 255
@@ -106,9 +109,8 @@ def bench_model(args, device) -> tuple[int, float]:
 
 def bench_end_to_end(slide_path, coords_h5, tiles_cfg, args, device, out_h5) -> tuple[int, float]:
     emb_cfg = {
-        "model": args.model,
-        "pretrained": False,
-        "checkpoint": "",
+        "encoder": args.encoder,
+        "weights": "random",
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "precision": args.precision,
@@ -148,7 +150,7 @@ def main(argv=None) -> None:
     print(f"device: {device} = {device_name(device)}")
     print(
         f"slide: {width}x{height} px at 0.5 um/px (written in {write_s:.1f} s); "
-        f"model {args.model}, "
+        f"encoder {args.encoder}, "
         f"{args.precision}, batch {args.batch_size}, workers {args.num_workers}, "
         f"tile {args.patch_size} px"
     )

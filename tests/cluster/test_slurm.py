@@ -139,11 +139,13 @@ def cluster_run(slurm_cluster, local_run, tmp_path_factory):
 def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     workdir, profile, _, output = cluster_run
     planned = planned_job_counts(output)
-    # `all` has no action and stays local; the radiomics jobs are bundled by group-components.
-    n_radiomics = planned.pop("radiomics")
+    # `all` has no action and stays local; the radiomics and slide tiling jobs are bundled
+    # by group-components.
     planned.pop("all")
-    bundle = int(profile_value(profile, "group-components", "radiomics"))
-    expected = sum(planned.values()) + math.ceil(n_radiomics / bundle)
+    expected = sum(planned.values())
+    for group in ("radiomics", "slide_tiles"):
+        n_jobs = planned.pop(group)
+        expected += math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
 
     job_ids = submitted_job_ids(output)
     assert len(job_ids) == len(set(job_ids)) == expected, output[-4000:]
@@ -154,14 +156,14 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     for record in records.values():
         rule = re.sub(r"^rule_|_wildcards_.*$", "", record["Comment"])
         by_rule.setdefault(rule, []).append(record)
-    assert len(by_rule["slide_features"]) == planned["slide_features"]
+    assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
     for rule, rule_records in by_rule.items():
         for record in rule_records:
-            assert gpus_requested(record) == (1 if rule == "slide_features" else 0), (rule, record)
+            assert gpus_requested(record) == (1 if rule == "slide_embedding" else 0), (rule, record)
             assert record["Partition"] == slurm_cluster.partition
     # ... and SLURM allocated one of the node's GPUs to each (the job's environment says so).
-    slide_logs = list((workdir / "logs" / "pathology").glob("*.log"))
-    assert len(slide_logs) == planned["slide_features"]
+    slide_logs = list((workdir / "logs" / "pathology" / "resnet50_trunc").glob("*.log"))
+    assert len(slide_logs) == planned["slide_embedding"]
     for slide_log in slide_logs:
         assert re.search(r"CUDA_VISIBLE_DEVICES=\d+",
                          slide_log.read_text(encoding="utf-8")), slide_log
@@ -181,17 +183,19 @@ def minutes(time_limit: str) -> int:
 
 
 def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
-    """A slide job asks for pathology.threads CPUs and the memory its DataLoader workers
-    need; a radiomics bundle for `cores` CPUs, `cores` x the per-patient memory and the
+    """An embedding job asks for pathology.threads CPUs and the memory its DataLoader
+    workers need, a GPU, and a tiling bundle no GPU; a radiomics bundle for `cores` CPUs, `cores` x the per-patient memory and the
     runtime of its rounds; nothing asks for more than the node has (else it pends forever)."""
     workdir, profile, config, output = cluster_run
     run_config = yaml.safe_load(config.read_text(encoding="utf-8"))
     cores = int(profile_value(profile, "cores"))
     bundle = int(profile_value(profile, "group-components", "radiomics"))
     records = [job_record(slurm_cluster, job_id) for job_id in submitted_job_ids(output)]
-    slides = [job_record(slurm_cluster, i) for i in rule_submissions(output, "slide_features")]
+    slides = [job_record(slurm_cluster, i) for i in rule_submissions(output, "slide_embedding")]
     bundles = [job_record(slurm_cluster, i) for i in group_submissions(output, "radiomics")]
-    assert slides and bundles, output[-4000:]
+    tilings = [job_record(slurm_cluster, i) for i in group_submissions(output, "slide_tiles")]
+    assert slides and bundles and tilings, output[-4000:]
+    assert not any(gpus_requested(record) for record in tilings)
 
     workers = run_config["pathology"]["embedding"]["num_workers"]
     for record in slides:
@@ -205,7 +209,7 @@ def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
         assert int(record["NumCPUs"]) <= slurm_cluster.node.cpus, record
         assert memory_mb(record) <= slurm_cluster.node.real_memory_mb, record
     threads = run_config["pathology"]["threads"]
-    for slide_log in (workdir / "logs" / "pathology").glob("*.log"):
+    for slide_log in (workdir / "logs" / "pathology" / "resnet50_trunc").glob("*.log"):
         assert (f"{threads} CPUs: {workers} DataLoader workers, {threads - workers} torch threads"
                 in slide_log.read_text(encoding="utf-8")), slide_log
 
@@ -252,11 +256,12 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     # A slower encoder and more tiles than the defaults, so the job is still embedding when
     # it is cancelled (resnet50_trunc embeds the demo slide's tiles in about a second).
     pathology = default_config()["pathology"]
-    pathology["embedding"] = {**pathology["embedding"], "model": "vit_base_patch16_224"}
+    encoder = "vit_base_patch16_224"
+    pathology["embedding"] = {**pathology["embedding"], "encoder": encoder}
     pathology["tiles"] = {**pathology["tiles"], "min_tissue_fraction": 0.2}
     config = write_config(tmp_path / "config.yaml", small_cohort, pathology=pathology)
-    target = f"results/pathology/{slide}/features.h5"
-    log = tmp_path / "logs" / "pathology" / f"{slide}.log"
+    target = f"results/pathology/{encoder}/{slide}/features.h5"
+    log = tmp_path / "logs" / "pathology" / encoder / f"{slide}.log"
     extra = [target, *(["--retries", "1"] if recovery == "retries" else [])]
 
     process = subprocess.Popen(
@@ -266,7 +271,7 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     try:
         job_id = wait_for(
             "the embedding job to run",
-            lambda: running_job(slurm_cluster, f"rule_slide_features_wildcards_{slide}"),
+            lambda: running_job(slurm_cluster, f"rule_slide_embedding_wildcards_{slide}"),
             300, process,
         )
         wait_for("embedding to start", lambda: log.exists() and ": embedding " in log.read_text(
@@ -281,17 +286,18 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     assert job_id in submitted_job_ids(output)
     if recovery == "next_invocation":
         assert process.returncode != 0, output[-4000:]
-        slide_dir = tmp_path / "results" / "pathology" / slide
+        slide_dir = tmp_path / "results" / "pathology" / encoder / slide
         survivors = list(slide_dir.iterdir()) if slide_dir.exists() else []
-        assert not survivors, "a cancelled job's outputs (all four) must not survive"
+        assert not survivors, "a cancelled job's output must not survive"
         second = run_on_cluster(slurm_cluster, tmp_path, config, target)
         output = second.stdout + second.stderr
-        assert len(rule_submissions(output, "slide_features")) == 1, "the next run re-runs it"
+        assert len(rule_submissions(output, "slide_embedding")) == 1, "the next run re-runs it"
+        assert not group_submissions(output, "slide_tiles"), "the tiles are kept"
     else:
         assert process.returncode == 0, output[-4000:]
-        assert len(rule_submissions(output, "slide_features")) == 2, "--retries resubmits it"
+        assert len(rule_submissions(output, "slide_embedding")) == 2, "--retries resubmits it"
 
-    leftovers = list((tmp_path / "results" / "pathology" / slide).glob(".tmp-*"))
+    leftovers = list((tmp_path / "results" / "pathology" / encoder / slide).glob(".tmp-*"))
     assert not leftovers, "SIGTERM from scancel removes the half-written temporary file"
     local_workdir = tmp_path / "local"  # the same slide computed without SLURM
     local_workdir.mkdir()

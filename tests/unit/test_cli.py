@@ -70,32 +70,48 @@ def test_empty_mask_fails_or_is_excluded_with_a_one_line_reason(tmp_path, on_err
 SLIDE_OUTPUTS = ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")
 
 
-def slide_args(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
-               **overrides: dict) -> list[str]:
-    """`slide` command line writing SLIDE_OUTPUTS under tmp_path/out, default settings
-    updated section by section with `overrides` (e.g. embedding={"num_workers": 1})."""
+def slide_commands(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
+                   **overrides: dict) -> tuple[list[str], list[str]]:
+    """The `slide-tiles` and `slide-embedding` command lines (the two jobs of a slide)
+    writing SLIDE_OUTPUTS under tmp_path/out, default settings updated section by section
+    with `overrides` (e.g. embedding={"num_workers": 1})."""
     from radpath.defaults import default_config
 
     pathology = default_config()["pathology"]
     settings = {key: pathology[key] | overrides.get(key, {})
                 for key in ("tissue", "tiles", "morphology", "embedding")}
-    outputs = [f"--{name.split('.')[0]}={tmp_path / 'out' / name}" for name in SLIDE_OUTPUTS]
-    return [
-        "slide", "--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
-        "--threads", str(threads),
-        "--settings", json.dumps({**settings, "seed": 1, "on_error": on_error}),
-        *outputs, "--log", str(tmp_path / "slide.log"),
+    out = {name.split(".")[0]: str(tmp_path / "out" / name) for name in SLIDE_OUTPUTS}
+    common = ["--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
+              "--log", str(tmp_path / "slide.log")]
+    tiles = [
+        "slide-tiles", *common, "--settings", json.dumps(
+            {key: settings[key] for key in ("tissue", "tiles", "morphology")}
+            | {"seed": 1, "on_error": on_error}),
+        "--coords", out["coords"], "--thumbnail", out["thumbnail"],
+        "--morphology", out["morphology"],
     ]
+    embedding = [
+        "slide-embedding", *common, "--threads", str(threads), "--settings", json.dumps(
+            {"tiles": settings["tiles"], "embedding": settings["embedding"], "seed": 1,
+             "on_error": on_error}),
+        "--coords", out["coords"], "--features", out["features"],
+    ]
+    return tiles, embedding
 
 
-def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
+def run_slide_jobs(tmp_path: Path, slide: Path, on_error: str) -> None:
+    for command in slide_commands(tmp_path, slide, on_error):
+        result = radpath_cli(*command)
+        assert result.returncode == 0, result.stderr
+
+
+def test_slide_jobs_write_coords_thumbnail_morphology_and_features(tmp_path):
     import h5py
 
     slide = tmp_path / "S1.svs"
     write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
     out = tmp_path / "out"
-    result = radpath_cli(*slide_args(tmp_path, slide, "stop"))
-    assert result.returncode == 0, result.stderr
+    run_slide_jobs(tmp_path, slide, "stop")
     assert not (out / "coords.h5").read_bytes().startswith(EXCLUSION_PREFIX.encode())
     morphology = pd.read_csv(out / "morphology.tsv", sep="\t")
     assert morphology["slide_id"].tolist() == ["S1"]
@@ -104,6 +120,8 @@ def test_slide_job_writes_coords_thumbnail_morphology_and_features(tmp_path):
     with h5py.File(out / "coords.h5") as coords, h5py.File(out / "features.h5") as features:
         assert features["features"].shape == (len(coords["coords"]), 1024)
         np.testing.assert_array_equal(features["coords"][:], coords["coords"][:])
+        assert features.attrs["encoder"] == "resnet50_trunc"
+        assert features.attrs["weights"] == "random"
     log = (tmp_path / "slide.log").read_text(encoding="utf-8")
     assert "slide S1: embedding" in log
 
@@ -112,8 +130,7 @@ def test_slide_that_cannot_be_tiled_is_excluded_from_all_its_outputs(tmp_path):
     slide = tmp_path / "S2.svs"
     slide.write_bytes(b"not a slide")
     outputs = {name: tmp_path / "out" / name for name in SLIDE_OUTPUTS}
-    result = radpath_cli(*slide_args(tmp_path, slide, "exclude"))
-    assert result.returncode == 0, result.stderr
+    run_slide_jobs(tmp_path, slide, "exclude")
     for name in ("coords.h5", "thumbnail.png", "features.h5"):
         assert outputs[name].read_text(encoding="utf-8").startswith(EXCLUSION_PREFIX), name
     record = pd.read_csv(outputs["morphology.tsv"], sep="\t")
@@ -146,9 +163,10 @@ def test_slide_job_embeds_with_the_cpus_it_is_given(tmp_path, threads, num_worke
     DataLoader workers and torch's threads; workers beyond threads - 1 are cut, with a warning."""
     slide = tmp_path / "S1.svs"
     write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=3)
-    args = slide_args(tmp_path, slide, "stop", threads=threads,
-                      tiles={"max_tiles": 8}, morphology={"n_tiles": 4},
-                      embedding={"num_workers": num_workers, "batch_size": 4})
+    tiles, args = slide_commands(tmp_path, slide, "stop", threads=threads,
+                                 tiles={"max_tiles": 8}, morphology={"n_tiles": 4},
+                                 embedding={"num_workers": num_workers, "batch_size": 4})
+    assert radpath_cli(*tiles).returncode == 0
     observed = tmp_path / "observed.json"
     env = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}

@@ -90,6 +90,12 @@ def test_minimal_config_gets_every_default():
      "config: models.pathomics_embedding: uses pathomics_embedding but no slides sheet"),
     (lambda c: c["pathology"]["embedding"].update(num_workers=4),
      "config: pathology.embedding.num_workers: 4 DataLoader workers need pathology.threads >= 5"),
+    (lambda c: c["pathology"]["embedding"].update(model="uni"),
+     "config: pathology.embedding.model: unknown key; renamed 'encoder'"),
+    (lambda c: c["pathology"]["embedding"].update(checkpoint="/w/uni.pt"),
+     "config: pathology.embedding.checkpoint: unknown key; replaced by 'weights'"),
+    (lambda c: c["pathology"]["embedding"].update(encoder="hf-hub:MahmoodLab/UNI"),
+     "config: pathology.embedding.encoder: 'hf-hub:MahmoodLab/UNI' must be a plain name"),
 ])
 def test_problems_name_the_key_by_its_path(change, expected):
     config = default_config()

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import pickle
 import shutil
@@ -5,8 +6,8 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import timm
 import torch
+from safetensors.torch import save_file
 
 from radpath import embed, tile_features, wsi
 from radpath.defaults import default_config
@@ -16,9 +17,10 @@ TISSUE = default_config()["pathology"]["tissue"]
 # 112 px at 1 um/px: small tiles keep CPU tests fast; read as 224 px at 0.5 um/px level 0.
 TILES = {"patch_size": 112, "mpp": 1.0, "min_tissue_fraction": 0.6, "max_tiles": 0}
 EMBEDDING = {
-    "model": "resnet50_trunc",
-    "pretrained": False,
-    "checkpoint": "",
+    "encoder": "resnet50_trunc",
+    "weights": "random",
+    "timm_kwargs": {},
+    "ignore_keys": [],
     "batch_size": 4,
     "num_workers": 0,
     "precision": "bf16",
@@ -168,53 +170,54 @@ def test_coords_made_with_other_tile_settings_are_rejected(slide, tmp_path):
         )
 
 
-def test_resnet50_trunc_is_1024d_and_seeded():
-    a = embed.build_encoder("resnet50_trunc", pretrained=False, seed=3)
-    b = embed.build_encoder("resnet50_trunc", pretrained=False, seed=3)
-    assert a.dim == 1024 and a.mean == embed.IMAGENET_MEAN
-    x = torch.rand(2, 3, 64, 64)
-    with torch.inference_mode():
-        assert a.model(x).shape == (2, 1024)
-        assert torch.equal(a.model(x), b.model(x))
-
-
-def test_timm_model_uses_its_data_config():
-    encoder = embed.build_encoder("resnet18", pretrained=False)
-    assert encoder.dim == 512
-    assert encoder.mean == pytest.approx(embed.IMAGENET_MEAN)
-    with pytest.raises(ValueError, match="not resnet50_trunc nor a timm model"):
-        embed.build_encoder("no_such_model_xyz")
-
-
-def test_local_checkpoint_round_trips(tmp_path):
-    source = embed.build_encoder("resnet18", seed=1)
-    path = tmp_path / "resnet18.pt"
-    torch.save(
-        {"state_dict": {f"module.{k}": v for k, v in source.model.state_dict().items()}}, path
+def test_features_carry_the_encoder_provenance(slide, single_process, tmp_path):
+    """The same encoder from a weights file: identical features, and the file's path and
+    sha256 in the attributes (beside the ones CLAM/TRIDENT and tile_features read)."""
+    _, random_out = single_process
+    weights = tmp_path / "trunc.safetensors"
+    save_file(embed.build_encoder("resnet50_trunc", "random", seed=0).model.state_dict(), weights)
+    out = tmp_path / "S1.features.h5"
+    cfg = EMBEDDING | {"weights": str(weights)}
+    embed.embed_slide(slide["path"], "S1", slide["coords_h5"], out, cfg, TILES, device="cpu")
+    assert np.array_equal(
+        tile_features.read_features_h5(out)[0], tile_features.read_features_h5(random_out)[0]
     )
-    loaded = embed.build_encoder("resnet18", checkpoint=str(path), seed=2)
-    as_pretrained = embed.build_encoder("resnet18", pretrained=str(path), seed=2)
-    x = torch.rand(1, 3, 64, 64)
-    with torch.inference_mode():
-        assert torch.equal(loaded.model(x), source.model(x))
-        assert torch.equal(as_pretrained.model(x), source.model(x))
+    provenance = tile_features.read_encoder_provenance(out)
+    assert provenance.pop("precision") in ("bf16", "fp32")  # bf16 where the CPU has it
+    assert provenance == {
+        "encoder": "resnet50_trunc",
+        "timm_name": "resnet50.tv_in1k",
+        "timm_kwargs": '{"num_classes": 0}',
+        "weights": str(weights.resolve()),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "pretrained": True,
+        "input_size": 0,
+        "mean": pytest.approx(list(embed.IMAGENET_MEAN)),
+        "std": pytest.approx(list(embed.IMAGENET_STD)),
+        "feature_dim": 1024,
+    }
+    with h5py.File(out) as h5:
+        for attrs in (h5.attrs, h5["features"].attrs):
+            assert set(tile_features.PROVENANCE_KEYS) <= set(attrs)
+            assert {"encoder", "feature_dim", "precision", "device", "n_skipped"} <= set(attrs)
+            assert attrs["weights_sha256"] == provenance["weights_sha256"]
+        tile_attrs = wsi.read_coords_h5(slide["coords_h5"])[1]
+        assert tile_attrs and set(tile_attrs) <= set(h5.attrs)
+    assert tile_features.read_encoder_provenance(random_out)["weights"] == "random"
+    assert tile_features.read_encoder_provenance(random_out)["pretrained"] is False
 
 
-def test_full_resnet50_checkpoint_loads_into_the_truncated_encoder(tmp_path):
-    full = timm.create_model("resnet50", pretrained=False, num_classes=0)
-    path = tmp_path / "resnet50.pth"
-    torch.save(full.state_dict(), path)
-    trunc = embed.build_encoder("resnet50_trunc", checkpoint=path)
-    assert torch.equal(trunc.model.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
+def test_an_encoder_of_another_tile_size_fails_before_reading_the_slide(slide, tmp_path):
+    with pytest.raises(embed.EncoderError, match=r"encoder uni takes 224 px tiles but .*112"):
+        embed.embed_slide(
+            slide["path"], "S1", slide["coords_h5"], tmp_path / "f.h5",
+            EMBEDDING | {"encoder": "uni"}, TILES, device="cpu",
+        )
+    assert not (tmp_path / "f.h5").exists()
 
 
-def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
-    path = tmp_path / "resnet18.pt"
-    torch.save(embed.build_encoder("resnet18").model.state_dict(), path)
-    with pytest.raises(ValueError, match=r"encoder resnet50_trunc: checkpoint .*resnet18\.pt"):
-        embed.build_encoder("resnet50_trunc", checkpoint=path)
-    with pytest.raises(embed.EncoderError, match="not found"):
-        embed.build_encoder("resnet18", checkpoint=tmp_path / "absent.pt")
+def test_jobs_never_go_to_the_hub():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set when radpath.embed is imported
 
 
 def test_a_wrong_encoder_fails_every_slide_job_instead_of_excluding_slides(tmp_path):
@@ -223,9 +226,9 @@ def test_a_wrong_encoder_fails_every_slide_job_instead_of_excluding_slides(tmp_p
     from radpath.jobs import run_item
 
     out = tmp_path / "features.h5"
-    with pytest.raises(embed.EncoderError, match="not resnet50_trunc nor a timm model"):
-        run_item("S1", "slide_id", lambda: embed.build_encoder("no_such_model"), [str(out)],
-                 "exclude")
+    with pytest.raises(embed.EncoderError, match="neither a registered encoder"):
+        run_item("S1", "slide_id", lambda: embed.build_encoder("no_such_model", "random"),
+                 [str(out)], "exclude")
     assert not out.exists()
 
 

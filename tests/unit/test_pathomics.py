@@ -7,7 +7,12 @@ import pytest
 from radpath.embed import write_features_h5
 from radpath.io import write_tsv
 from radpath.jobs import write_exclusion
-from radpath.pathomics import embedding_matrix, morphology_matrix, usable_slides
+from radpath.pathomics import (
+    embedding_matrix,
+    encoder_provenance,
+    morphology_matrix,
+    usable_slides,
+)
 
 
 def write_slide(path, tiles: np.ndarray):
@@ -63,3 +68,31 @@ def test_morphology_is_averaged_over_a_patients_slides(tmp_path):
                   index=False)
     table = morphology_matrix(paths, {"A-1": "A", "A-2": "A", "B-1": "B"})
     assert table.loc["A", "density"] == 200.0 and table.loc["B", "density"] == 50.0
+
+
+def provenance_attrs(encoder: str, sha: str) -> dict:
+    return {"encoder": encoder, "timm_name": "resnet50.tv_in1k", "timm_kwargs": "{}",
+            "weights": "/w/a.safetensors" if sha else "random", "weights_sha256": sha,
+            "input_size": 0, "mean": np.array([0.5, 0.5, 0.5]),
+            "std": np.array([0.2, 0.2, 0.2]), "feature_dim": 4, "pretrained": bool(sha)}
+
+
+def test_encoder_provenance_of_agreeing_slides(tmp_path):
+    files = {}
+    for slide_id in ("S1", "S2"):
+        files[slide_id] = tmp_path / f"{slide_id}.h5"
+        write_features_h5(files[slide_id], np.ones((2, 4)), np.zeros((2, 2)), np.zeros((0, 2)),
+                          {"patch_size": 224}, provenance_attrs("resnet50", "ab12"))
+    provenance = encoder_provenance(files)
+    assert provenance["encoder"] == "resnet50" and provenance["weights_sha256"] == "ab12"
+    assert provenance["pretrained"] is True and provenance["n_slides"] == 2
+    assert provenance["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_slides_of_different_weights_in_one_matrix_are_an_error(tmp_path):
+    files = {"S1": tmp_path / "S1.h5", "S2": tmp_path / "S2.h5"}
+    for path, sha in zip(files.values(), ("ab12", ""), strict=True):
+        write_features_h5(path, np.ones((2, 4)), np.zeros((2, 2)), np.zeros((0, 2)),
+                          {"patch_size": 224}, provenance_attrs("resnet50", sha))
+    with pytest.raises(ValueError, match="slides S1 and S2 were embedded with different"):
+        encoder_provenance(files)

@@ -35,9 +35,8 @@ from radpath.demo_slides import write_synthetic_svs
 TISSUE = default_config()["pathology"]["tissue"]
 TILES = {"patch_size": 112, "mpp": 0.5, "min_tissue_fraction": 0.5, "max_tiles": 0}
 EMBEDDING = {
-    "model": "resnet18",
-    "pretrained": False,
-    "checkpoint": "",
+    "encoder": "resnet18",
+    "weights": "random",
     "batch_size": 16,
     "num_workers": 0,
     "precision": "fp32",

@@ -27,7 +27,18 @@ def radiomics_patients(files: list[str]) -> set[str]:
 
 
 def slide_jobs(files: list[str]) -> set[str]:
-    return {f.split("/")[2] for f in files if f.startswith("results/pathology/")}
+    """Slides with a tiling or embedding output planned."""
+    return tiled_slides(files) | embedded_slides(files)
+
+
+def tiled_slides(files: list[str]) -> set[str]:
+    return {f.split("/")[2] for f in files
+            if f.startswith("results/pathology/") and f.count("/") == 3}
+
+
+def embedded_slides(files: list[str], encoder: str = "resnet50_trunc") -> set[str]:
+    return {f.split("/")[3] for f in files
+            if f.startswith(f"results/pathology/{encoder}/") and f.endswith("/features.h5")}
 
 
 @pytest.fixture()
@@ -43,8 +54,9 @@ def test_dry_run_plans_every_patient_and_model(cohort):
     assert radiomics_patients(files) == {f"P{i:05d}" for i in range(1, 13)}
     assert slide_jobs(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
     for slide in ("P00001_S0", "P00012_S0"):
-        for output in ("coords.h5", "thumbnail.png", "features.h5", "morphology.tsv"):
+        for output in ("coords.h5", "thumbnail.png", "morphology.tsv"):
             assert f"results/pathology/{slide}/{output}" in files
+        assert f"results/pathology/resnet50_trunc/{slide}/features.h5" in files
     for endpoint in ("os", "pfs"):
         for model in ("clinical", "radiomics_raw", "radiomics", "clinical_radiomics",
                       "pathomics_embedding", "clinical_radiomics_pathomics"):
@@ -74,6 +86,50 @@ def test_changed_slide_reruns_only_that_slide_and_cohort_steps(cohort):
     assert radiomics_patients(files) == set()
     assert "results/cohort/pathomics_embedding.tsv" in files
     assert "results/report/report.html" in files
+
+
+def test_another_encoder_reuses_the_tiles_and_keeps_the_first_features(cohort):
+    """Tiling does not depend on the encoder: a second encoder plans one embedding job per
+    slide under its own name, no tiling job, and leaves the first encoder's files alone."""
+    workdir, config = cohort
+    touch_all(workdir, config)
+    other = write_config(workdir / "uni.yaml", workdir / "data",
+                         pathology={"embedding": {"encoder": "uni", "weights": "random"}})
+    files = dry_run(workdir, other)
+    assert embedded_slides(files, "uni") == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert not tiled_slides(files)
+    assert not embedded_slides(files)
+    assert "results/cohort/pathomics_embedding.tsv" in files
+    assert (workdir / "results/pathology/resnet50_trunc/P00001_S0/features.h5").exists()
+
+
+def test_hub_weights_are_staged_once_by_a_local_job(cohort, tmp_path):
+    """weights: hub plans one stage_encoder_weights job (a localrule: it runs where
+    snakemake runs, never on a compute node) whose file every embedding job reads."""
+    workdir, _ = cohort
+    config = write_config(tmp_path / "hub.yaml", workdir / "data", pathology={
+        "embedding": {"encoder": "uni", "weights": "hub", "weights_dir": "staged"}})
+    files = dry_run(workdir, config)
+    assert "staged/uni.safetensors" in files
+    assert embedded_slides(files, "uni") == {f"P{i:05d}_S0" for i in range(1, 13)}
+    commands = run(workdir, config, "-n", "-p").stdout
+    assert commands.count("radpath.cli stage-weights") == 1
+    assert "--weights staged/uni.safetensors" in commands
+
+
+def test_changed_local_weights_rerun_every_embedding_and_no_tiling(cohort):
+    workdir, _ = cohort
+    weights = workdir / "weights.pt"
+    weights.write_bytes(b"placeholder")
+    config = write_config(workdir / "local.yaml", workdir / "data",
+                          pathology={"embedding": {"weights": str(weights)}})
+    touch_all(workdir, config)
+    assert dry_run(workdir, config) == []
+    time.sleep(0.01)
+    weights.write_bytes(b"other weights")
+    files = dry_run(workdir, config)
+    assert embedded_slides(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert not tiled_slides(files)
 
 
 def test_forcerun_one_patient(cohort):
