@@ -54,9 +54,9 @@ rule slide_tiles:
     conda:
         "../envs/pathology.yaml"
     threads: 1
-    # No torch: 0.3-0.6 GB measured for tiling and morphology of demo and 20000 px slides.
+    # No torch: peaks of 0.22-0.26 GB measured (demo slides and a 20000 x 16000 px one).
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
         mpp=slide_mpp,

@@ -142,10 +142,11 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     # `all` has no action and stays local; the radiomics and slide tiling jobs are bundled
     # by group-components.
     planned.pop("all")
-    expected = sum(planned.values())
-    for group in ("radiomics", "slide_tiles"):
-        n_jobs = planned.pop(group)
-        expected += math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
+    bundled = {group: planned.pop(group) for group in ("radiomics", "slide_tiles")}
+    expected = sum(planned.values()) + sum(
+        math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
+        for group, n_jobs in bundled.items()
+    )
 
     job_ids = submitted_job_ids(output)
     assert len(job_ids) == len(set(job_ids)) == expected, output[-4000:]
