@@ -9,12 +9,13 @@
 
 EMBEDDING = config["pathology"]["embedding"]
 ENCODER = EMBEDDING["encoder"]
+HUB_WEIGHTS = os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors")
 # The encoder's weights: none (random, tests and the demo), a local file, or the file
 # `stage_encoder_weights` fills from the model hub once (slide jobs never download).
 if EMBEDDING["weights"] == "random":
     ENCODER_WEIGHTS = []
 elif EMBEDDING["weights"] == "hub":
-    ENCODER_WEIGHTS = [os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors")]
+    ENCODER_WEIGHTS = [HUB_WEIGHTS]
 else:
     ENCODER_WEIGHTS = [EMBEDDING["weights"]]
 if SLIDE_IDS and not ENCODER_WEIGHTS and workflow.is_main_process:
@@ -113,7 +114,7 @@ rule slide_embedding:
 # `huggingface-cli login` with an account that accepted their terms first.
 rule stage_encoder_weights:
     output:
-        weights=os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors"),
+        weights=HUB_WEIGHTS,
     log:
         f"logs/pathology/stage_weights_{ENCODER}.log",
     localrule: True

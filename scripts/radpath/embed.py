@@ -291,7 +291,6 @@ def embed_slide(
             "slide %s: %d CPUs: %d DataLoader workers, %d torch threads on %s",
             slide_id, threads, num_workers, torch.get_num_threads(), device,
         )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = encoder_spec(emb_cfg["encoder"], emb_cfg.get("timm_kwargs") or {})
     check_tile_size(spec, tiles_cfg)
     coords, tile_attrs = read_coords_h5(coords_h5)

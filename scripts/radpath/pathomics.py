@@ -52,7 +52,7 @@ def encoder_provenance(feature_files: dict[str, str]) -> dict:
                 "slide_embedding jobs"
             )
     if provenance:
-        provenance["pretrained"] = provenance.get("weights", "random") != "random"
+        provenance.setdefault("pretrained", False)  # files written before provenance
         provenance["n_slides"] = len(feature_files)
     return provenance
 
