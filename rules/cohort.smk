@@ -21,6 +21,7 @@ rule cohort_tables:
         covariates=config["covariates"],
         harmonization_covariates=config["harmonization"]["covariates"],
         missing_covariates=config["missing_covariates"],
+        endpoints=config["endpoints"],
         schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
     script:
         "../scripts/cohort_tables.py"

@@ -77,7 +77,8 @@ SPLIT, _split_warnings = cohort.split_for_run(
 for _warning in _split_warnings if workflow.is_main_process else []:
     logger.warning(f"radpath: {_warning}")
 
-ENDPOINTS = config["endpoints"]
+# Endpoint names, in the order declared (config `endpoints`, normalized by load_config).
+ENDPOINTS = list(config["endpoints"])
 MODELS = list(config["models"])
 
 BLOCK_FILES = {
@@ -85,6 +86,7 @@ BLOCK_FILES = {
     "radiomics": "results/cohort/radiomics.tsv",
     "pathomics_embedding": "results/cohort/pathomics_embedding.tsv",
     "pathomics_morphology": "results/cohort/pathomics_morphology.tsv",
+    "pathomics_hpc": "results/cohort/pathomics_hpc.tsv",
 }
 
 
@@ -93,6 +95,7 @@ wildcard_constraints:
     slide=sheets.ID_PATTERN,
     endpoint="|".join(ENDPOINTS),
     model=sheets.ID_PATTERN,
+    encoder="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def patient_images(wildcards):
@@ -131,6 +134,41 @@ def settings_json(**settings):
     """A rule's settings as one JSON text for `python -m radpath.cli --settings` (a params
     value, so changing any of them re-runs the rule's jobs)."""
     return json.dumps(settings, sort_keys=True)
+
+
+# Which encoder each `stage_encoder_weights` job stages, with its timm arguments.
+ENCODER_TIMM_KWARGS = {
+    config["pathology"]["pathosig"]["backbone"]: config["pathology"]["pathosig"][
+        "timm_kwargs"
+    ],
+    config["pathology"]["embedding"]["encoder"]: config["pathology"]["embedding"][
+        "timm_kwargs"
+    ],
+}
+
+
+def encoder_weights(encoder, weights):
+    """An encoder's weights file as a list for a rule's input: none for random weights
+    (tests and the demo), the file `stage_encoder_weights` fills from the model hub once
+    (jobs never download), or a local file."""
+    if weights == "random":
+        return []
+    if weights == "hub":
+        return [
+            os.path.join(
+                config["pathology"]["embedding"]["weights_dir"],
+                f"{encoder}.safetensors",
+            )
+        ]
+    return [weights]
+
+
+def slide_sources(slide_ids):
+    """{slide: {path, mpp}} for cohort jobs that read slides (mpp None = from the slide)."""
+    return {
+        s: {"path": SLIDE_PATH[s], "mpp": float(SLIDE_MPP[s]) if SLIDE_MPP[s] else None}
+        for s in slide_ids
+    }
 
 
 def model_block_files(wildcards):

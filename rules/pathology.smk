@@ -9,15 +9,7 @@
 
 EMBEDDING = config["pathology"]["embedding"]
 ENCODER = EMBEDDING["encoder"]
-HUB_WEIGHTS = os.path.join(EMBEDDING["weights_dir"], f"{ENCODER}.safetensors")
-# The encoder's weights: none (random, tests and the demo), a local file, or the file
-# `stage_encoder_weights` fills from the model hub once (slide jobs never download).
-if EMBEDDING["weights"] == "random":
-    ENCODER_WEIGHTS = []
-elif EMBEDDING["weights"] == "hub":
-    ENCODER_WEIGHTS = [HUB_WEIGHTS]
-else:
-    ENCODER_WEIGHTS = [EMBEDDING["weights"]]
+ENCODER_WEIGHTS = encoder_weights(ENCODER, EMBEDDING["weights"])
 if SLIDE_IDS and not ENCODER_WEIGHTS and workflow.is_main_process:
     logger.warning(
         f"radpath: pathology.embedding.weights is 'random': the {ENCODER} tile features "
@@ -108,20 +100,24 @@ rule slide_embedding:
         " --log {log:q}"
 
 
-# Once, on a machine with network (a login node): the hub's weights of the configured
-# encoder into weights_dir, as safetensors. Only with `weights: hub`; a local rule, so it
-# never runs on a compute node. Gated models (UNI, UNI2-h, Prov-GigaPath) need
-# `huggingface-cli login` with an account that accepted their terms first.
+# Once, on a machine with network (a login node): the hub's weights of an encoder (the
+# embedding's, or PathoSig's backbone) into weights_dir, as safetensors. Only with
+# `weights: hub`; a local rule, so it never runs on a compute node. Gated models (UNI,
+# UNI2-h, Prov-GigaPath) need `huggingface-cli login` with an account that accepted their
+# terms first.
 rule stage_encoder_weights:
     output:
-        weights=HUB_WEIGHTS,
+        weights=os.path.join(EMBEDDING["weights_dir"], "{encoder}.safetensors"),
     log:
-        f"logs/pathology/stage_weights_{ENCODER}.log",
+        "logs/pathology/stage_weights_{encoder}.log",
     localrule: True
     conda:
         "../envs/pathology.yaml"
     params:
-        settings=settings_json(encoder=ENCODER, timm_kwargs=EMBEDDING["timm_kwargs"]),
+        settings=lambda wildcards: settings_json(
+            encoder=wildcards.encoder,
+            timm_kwargs=ENCODER_TIMM_KWARGS[wildcards.encoder],
+        ),
     shell:
         "python -m radpath.cli stage-weights --weights {output.weights:q}"
         " --settings {params.settings:q} --log {log:q}"

@@ -28,6 +28,13 @@ rule report:
         pathomics_encoder=(
             ["results/cohort/pathomics_encoder.json"] if SLIDE_IDS else []
         ),
+        pathosig_mosaics=(["results/report/pathosig_mosaics"] if PATHOSIG_USED else []),
+        pathosig_mosaics_table=(
+            ["results/report/pathosig_mosaics.tsv"] if PATHOSIG_USED else []
+        ),
+        pathosig_history=(
+            ["results/pathosig/training_history.tsv"] if PATHOSIG_USED else []
+        ),
         template=REPORT_TEMPLATE,
     output:
         html=report(

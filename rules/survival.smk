@@ -28,7 +28,9 @@ rule fit_model:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         spec=lambda wildcards: config["models"][wildcards.model],
-        selection=config["selection"],
+        selection=lambda wildcards: configuration.model_selection(
+            config, wildcards.model
+        ),
         cox=config["cox"],
         optimism_bootstrap=config["evaluation"]["optimism_bootstrap"],
         seed=config["seed"],

@@ -1,4 +1,5 @@
-"""Rule `cohort_tables`: clinical sheet -> outcomes with the split, encoded covariates."""
+"""Rule `cohort_tables`: clinical sheet -> outcomes with the split (`<endpoint>_time` and
+`<endpoint>_event` per declared endpoint), encoded covariates."""
 
 import pandas as pd
 
@@ -12,12 +13,12 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 clinical = sheets.load_clinical(
     snakemake.input.clinical, p.schema, p.patient_ids, p.covariates, p.harmonization_covariates,
-    p.missing_covariates,
+    p.missing_covariates, endpoints=p.endpoints,
 ).loc[p.patient_ids]
 split = pd.Series(p.split, name="split").loc[clinical.index]
 split.index.name = "patient_id"
 write_tsv(split.to_frame(), snakemake.output.split)
-write_tsv(outcomes_table(clinical, split), snakemake.output.outcomes)
+write_tsv(outcomes_table(clinical, split, p.endpoints), snakemake.output.outcomes)
 
 train_ids = list(split.index[split == "train"])
 clinical, imputation = impute_covariates(

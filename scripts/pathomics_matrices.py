@@ -3,13 +3,8 @@
 import pandas as pd
 
 from radpath.io import read_tsv, write_json, write_tsv
-from radpath.jobs import setup_logging
-from radpath.pathomics import (
-    embedding_matrix,
-    encoder_provenance,
-    morphology_matrix,
-    usable_slides,
-)
+from radpath.jobs import setup_logging, usable_slides
+from radpath.pathomics import embedding_matrix, encoder_provenance, morphology_matrix
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

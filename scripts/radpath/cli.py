@@ -1,6 +1,6 @@
 """Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
-The rules `radiomics`, `slide_tiles` and `slide_embedding` run one job per patient or slide, so a cohort of
+The rules `radiomics`, `slide_tiles`, `slide_embedding` and `pathosig_assign` run one job per patient or slide, so a cohort of
 thousands has thousands of them. They are `shell:` rules calling this command rather than
 `script:` rules: Snakemake reads and inspects a `script:` file once per job while it builds
 the DAG, which made dry-runs of large cohorts ~1.6x slower.
@@ -122,6 +122,21 @@ def slide_embedding(args: argparse.Namespace, settings: dict) -> None:
              upstream=[args.coords])
 
 
+def pathosig_assign(args: argparse.Namespace, settings: dict) -> None:
+    """Every tile of coords.h5 -> its PathoSig phenotype cluster (GPU if any)."""
+    from radpath.contrastive import assign_slide
+
+    def assign() -> None:
+        summary = assign_slide(
+            args.slide, args.slide_id, args.coords, args.model, args.clusters,
+            settings["network"], settings["tiles"], mpp_override=args.mpp, threads=args.threads,
+        )
+        log.info("assignment summary: %s", summary)
+
+    run_item(args.slide_id, "slide_id", assign, [args.clusters], settings["on_error"],
+             upstream=[args.coords])
+
+
 def stage_weights(args: argparse.Namespace, settings: dict) -> None:
     """The hub's weights of an encoder -> a local safetensors file (login node, once)."""
     from radpath.encoders import stage_hub_weights
@@ -184,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "threads, whatever OMP_NUM_THREADS says")
     sub.add_argument("--coords", required=True)
     sub.add_argument("--features", required=True)
+
+    sub = command("pathosig-assign", pathosig_assign,
+                  "slide + coords.h5 + PathoSig model -> clusters.h5")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    sub.add_argument("--threads", type=int, required=True,
+                     help="CPUs of this job (DataLoader workers plus torch threads)")
+    sub.add_argument("--coords", required=True)
+    sub.add_argument("--model", required=True, help="results/pathosig/model.pt")
+    sub.add_argument("--clusters", required=True)
 
     sub = command("stage-weights", stage_weights,
                   "hub weights of an encoder -> a local safetensors file (needs network)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -13,9 +13,6 @@ import pandas as pd
 from radpath.io import read_tsv
 
 log = logging.getLogger(__name__)
-
-OUTCOME_COLUMNS = ["os_time", "os_event", "pfs_time", "pfs_event"]
-
 
 SPLIT_PARTS = ("train", "validation")
 
@@ -49,6 +46,7 @@ def make_split(
     validation_fraction: float,
     seed: int,
     frozen: pd.Series | None = None,
+    event_columns: Iterable[str] = (),
 ) -> pd.Series:
     """Train/validation per patient, named `split`, in clinical's order.
 
@@ -58,7 +56,7 @@ def make_split(
     A patient's split so depends on nothing but its own ID, the seed and the fraction:
     adding or removing patients never moves another one, and each event stratum gets the
     validation fraction in expectation (exact stratification would move patients whenever
-    the cohort changes).
+    the cohort changes). Each part must have events in every one of `event_columns`.
     """
     if "split" in clinical.columns and (clinical["split"].notna() & (clinical["split"] != "")).any():
         missing = clinical.index[clinical["split"].isna() | (clinical["split"] == "")]
@@ -81,7 +79,7 @@ def make_split(
         in_part = split == part
         if not in_part.any():
             raise ValueError(f"the split has no {part} patients ({advice})")
-        for column in ("os_event", "pfs_event"):
+        for column in event_columns:
             if column in clinical.columns:
                 events = pd.to_numeric(clinical.loc[in_part, column], errors="coerce")
                 if events.sum() == 0:
@@ -120,7 +118,10 @@ def split_for_run(
                 f"{config['split']['file']} and get the automatic split: "
                 + ", ".join(unlisted[:20]) + (", ..." if len(unlisted) > 20 else "")
             )
-    split = make_split(clinical, config["split"]["validation_fraction"], config["seed"], frozen)
+    split = make_split(
+        clinical, config["split"]["validation_fraction"], config["seed"], frozen,
+        [spec["event"] for spec in config.get("endpoints", {}).values()],
+    )
     previous = _recorded_split(recorded)
     if previous is not None:
         moved = split_changes(previous, split)
@@ -189,13 +190,25 @@ def impute_covariates(
     return filled, pd.DataFrame(rows, columns=columns)
 
 
-def outcomes_table(clinical: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
-    table = clinical[OUTCOME_COLUMNS].astype(float)
-    for col in ("os_event", "pfs_event"):
-        table[col] = table[col].astype(int)
-    table.insert(0, "split", split.loc[table.index])
+def outcomes_table(
+    clinical: pd.DataFrame, split: pd.Series, endpoints: Mapping[str, Mapping]
+) -> pd.DataFrame:
+    """split, then `<endpoint>_time` and `<endpoint>_event` per declared endpoint, from the
+    sheet columns it declares: every later step reads these names, whatever the sheet's."""
+    table = pd.DataFrame({"split": split.loc[clinical.index]}, index=clinical.index)
+    for name, spec in endpoints.items():
+        table[f"{name}_time"] = clinical[spec["time"]].astype(float)
+        table[f"{name}_event"] = clinical[spec["event"]].astype(float).astype(int)
     table.index.name = "patient_id"
     return table
+
+
+def outcome_endpoints(outcomes: pd.DataFrame) -> list[str]:
+    """The endpoints of an outcomes table (:func:`outcomes_table`), in its column order."""
+    return [
+        column.removesuffix("_time") for column in outcomes.columns
+        if column.endswith("_time") and f"{column.removesuffix('_time')}_event" in outcomes
+    ]
 
 
 def assemble_rows(paths: Iterable[str], id_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:

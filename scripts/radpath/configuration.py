@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 import jsonschema
 import yaml
 
-PATHOLOGY_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology"})
+PATHOLOGY_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology", "pathomics_hpc"})
 
 
 # Keys of earlier versions: the unknown-key message says what replaced them.
@@ -107,6 +107,12 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
             "(weights: hub) under a plain name"
         )
         return
+    if kind == "pattern" and error.absolute_path and error.absolute_path[0] == "endpoints":
+        yield (
+            f"config: endpoints: {value!r} must be a plain name (lower-case letters, digits, "
+            "_; a letter first): it names the folder results/models/<endpoint>/"
+        )
+        return
     if kind == "propertyNames":
         yield f"{where}: invalid name {value!r} ({error.message})"
         return
@@ -137,6 +143,7 @@ def cross_key_problems(config: Mapping) -> list[str]:
     covariate_names = [c.get("name") for c in config.get("covariates", [])]
     for name in sorted({n for n in covariate_names if covariate_names.count(n) > 1}):
         problems.append(f"config: covariates: '{name}' is listed more than once")
+    problems += endpoint_problems(config)
     embedding = config.get("pathology", {}).get("embedding", {})
     threads = config.get("pathology", {}).get("threads", 1)
     workers = embedding.get("num_workers", 0)
@@ -149,6 +156,79 @@ def cross_key_problems(config: Mapping) -> list[str]:
     return problems
 
 
+def declared_endpoints(endpoints) -> dict[str, dict]:
+    """The `endpoints` setting as {name: {"time", "event", "not_after"}}.
+
+    The mapping form names each endpoint's clinical sheet columns; the list form
+    [os, pfs] means the columns <name>_time and <name>_event, with no `not_after` (an
+    order between two endpoints is the user's to declare). The result is itself a valid
+    mapping form, so normalizing twice changes nothing.
+    """
+    if isinstance(endpoints, Mapping):
+        return {
+            name: {"time": spec["time"], "event": spec["event"],
+                   "not_after": spec.get("not_after")}
+            for name, spec in endpoints.items()
+        }
+    return {
+        name: {"time": f"{name}_time", "event": f"{name}_event", "not_after": None}
+        for name in endpoints
+    }
+
+
+# Clinical sheet columns radpath itself reads; an endpoint cannot use them.
+RESERVED_CLINICAL_COLUMNS = ("patient_id", "split")
+
+
+def endpoint_problems(config: Mapping) -> list[str]:
+    """Declared endpoints that contradict each other or other keys."""
+    endpoints = declared_endpoints(config.get("endpoints") or {})
+    problems = []
+    declared = ", ".join(endpoints)
+    users: dict[str, list[str]] = {}  # sheet column -> key paths that name it
+    for name, spec in endpoints.items():
+        for role in ("time", "event"):
+            users.setdefault(spec[role], []).append(f"endpoints.{name}.{role}")
+        other = spec.get("not_after")
+        if other is not None and (other not in endpoints or other == name):
+            problems.append(
+                f"config: endpoints.{name}.not_after: '{other}' is not another declared "
+                f"endpoint (declared: {declared})"
+            )
+    covariates = {c.get("name") for c in config.get("covariates", [])}
+    for column, paths in users.items():
+        if len(paths) > 1:
+            problems.append(
+                f"config: {paths[1]}: column '{column}' is already {paths[0]} (each endpoint "
+                "needs its own time and event columns)"
+            )
+        if column in RESERVED_CLINICAL_COLUMNS:
+            problems.append(f"config: {paths[0]}: '{column}' is not an outcome column")
+        elif column in covariates:
+            problems.append(
+                f"config: {paths[0]}: column '{column}' is also a covariate (an outcome "
+                "cannot predict itself)"
+            )
+    for name in config.get("evaluation", {}).get("tau", {}):
+        if name not in endpoints:
+            problems.append(
+                f"config: evaluation.tau.{name}: '{name}' is not a declared endpoint "
+                f"(declared: {declared})"
+            )
+    return problems
+
+
+def model_selection(config: Mapping, model: str) -> dict:
+    """The selection settings of one model: the top-level ones with the model's changes."""
+    merged = copy.deepcopy(dict(config["selection"]))
+    for key, value in (config["models"][model].get("selection") or {}).items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def load_config(config: dict, schema_path: str | os.PathLike) -> dict:
     """Fill schema defaults into `config` (in place) and validate it; raise ConfigError."""
     schema = load_schema(schema_path)
@@ -157,6 +237,7 @@ def load_config(config: dict, schema_path: str | os.PathLike) -> dict:
     fill_defaults(config, schema)
     problems = schema_problems(config, schema)
     if not problems:
+        config["endpoints"] = declared_endpoints(config["endpoints"])
         problems = cross_key_problems(config)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -613,17 +613,23 @@ class SlideSettings:
     mpps: tuple[float, ...] = (0.5, 0.25)  # alternate scanners with different resolution
     fraction_with_slides: float = 0.9
     second_slide_fraction: float = 0.15
-    base_density_per_mm2: float = 2500.0
-    density_log_ratio: float = 0.45  # log density change per SD of the latent log-hazard
+    # Log-odds of each tissue pattern against stroma per SD of the latent log-hazard: more
+    # tumour and necrosis, fewer lymphocytes in high-risk patients.
+    pattern_log_odds: tuple[tuple[str, float, float], ...] = (
+        ("tumour", 0.0, 0.9),
+        ("stroma", 0.0, 0.0),
+        ("lymphocytes", 0.0, -0.9),
+        ("necrosis", -1.0, 0.6),
+    )  # (pattern, intercept, slope)
 
 
-def slide_phenotype(log_hazard_z: float, settings: SlideSettings) -> dict[str, float]:
-    """The planted histology pattern: nuclear density and size grow with the patient's risk."""
+def slide_phenotype(log_hazard_z: float, settings: SlideSettings) -> dict:
+    """The planted histology: the proportions of the slide's tissue patterns follow the
+    patient's risk (see SlideSettings.pattern_log_odds)."""
     z = float(np.clip(log_hazard_z, -2.5, 2.5))
-    return {
-        "nuclear_density": settings.base_density_per_mm2 * math.exp(settings.density_log_ratio * z),
-        "nuclear_diameter_um": 8.0 + 0.8 * z,
-    }
+    odds = {name: math.exp(a + b * z) for name, a, b in settings.pattern_log_odds}
+    total = sum(odds.values())
+    return {"pattern_proportions": {name: value / total for name, value in odds.items()}}
 
 
 def write_demo_slides(

@@ -1,7 +1,9 @@
 """Synthetic H&E whole-slide images (pyramidal Aperio SVS or generic tiled TIFF) for demos/tests.
 
-The planted histology signal is the nuclear density (nuclei per mm^2 of tissue) and the
-nuclear size; the demo cohort ties them to patient risk.
+Two planted histology signals, both tied to patient risk by the demo cohort: the nuclear
+density and size of uniform tissue, or a mosaic of distinct tissue patterns (tumour, stroma,
+lymphocytes, necrosis; TISSUE_PATTERNS) whose proportions vary between patients, for the
+phenotype clusters of PathoSig to find.
 """
 
 from __future__ import annotations
@@ -21,6 +23,27 @@ GLASS_RGB = (242, 241, 239)
 EOSIN_RGB = (230, 150, 190)
 HEMATOXYLIN_RGB = (85, 55, 135)
 MIN_LEVEL_SIDE = 64  # reduced levels smaller than this are not written
+PATTERN_REGION_UM = 200.0  # side of the square regions of one pattern in a patterned slide
+
+
+@dataclass(frozen=True)
+class TissuePattern:
+    """How one tissue pattern is drawn: its nuclei and the colour of its background."""
+
+    density_per_mm2: float
+    diameter_um: float
+    aspect: tuple[float, float]  # minor/major axis ratio range (low = spindle)
+    shade: tuple[float, float]  # hematoxylin intensity factor range (low = darker)
+    background_rgb: tuple[int, int, int] = EOSIN_RGB
+
+
+TISSUE_PATTERNS_STYLE = {
+    "tumour": TissuePattern(5000.0, 11.0, (0.65, 1.0), (0.95, 1.15), (215, 150, 200)),
+    "stroma": TissuePattern(400.0, 7.0, (0.2, 0.4), (0.9, 1.1)),
+    "lymphocytes": TissuePattern(14000.0, 6.0, (0.85, 1.0), (0.6, 0.75)),
+    "necrosis": TissuePattern(2500.0, 2.5, (0.5, 1.0), (0.8, 1.0), (226, 196, 206)),
+}
+TISSUE_PATTERNS = tuple(TISSUE_PATTERNS_STYLE)
 
 
 @dataclass(frozen=True)
@@ -44,21 +67,81 @@ def synthetic_he_image(
     nuclear_density: float = 2000.0,
     nuclear_diameter_um: float = 8.0,
     n_tissue_blobs: int = 3,
+    pattern_proportions: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """RGB uint8 H&E-like image, its tissue mask and the number of nuclei drawn.
 
     Tissue is pink eosin stroma in smooth blobs on grey-white glass; nuclei are purple
     hematoxylin ellipses, `nuclear_density` per mm^2 of tissue, `nuclear_diameter_um` wide
-    (physical sizes: nuclei span diameter/mpp px).
+    (physical sizes: nuclei span diameter/mpp px). With `pattern_proportions` (pattern name
+    -> weight) the tissue is instead a mosaic of square regions, PATTERN_REGION_UM wide, each
+    drawn in one of TISSUE_PATTERNS, regions shared out in those proportions.
     """
     rng = np.random.default_rng(seed)
     tissue = _tissue_blobs(width, height, n_tissue_blobs, rng)
     image = _stain_background_and_stroma(tissue, rng)
-    tissue_area_mm2 = tissue.sum() * (mpp / 1000.0) ** 2
-    n_nuclei = int(round(nuclear_density * tissue_area_mm2))
-    _draw_nuclei(image, tissue, n_nuclei, nuclear_diameter_um / mpp, rng)
+    if pattern_proportions is not None:
+        regions = pattern_regions(width, height, mpp, pattern_proportions, rng)
+        n_nuclei = 0
+        for index, name in enumerate(TISSUE_PATTERNS):
+            n_nuclei += _draw_pattern(image, tissue & (regions == index), name, mpp, rng)
+    else:
+        tissue_area_mm2 = tissue.sum() * (mpp / 1000.0) ** 2
+        n_nuclei = int(round(nuclear_density * tissue_area_mm2))
+        _draw_nuclei(image, tissue, n_nuclei, nuclear_diameter_um / mpp, rng)
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
     return image, tissue, n_nuclei
+
+
+def pattern_regions(
+    width: int, height: int, mpp: float, proportions: dict[str, float], rng: np.random.Generator
+) -> np.ndarray:
+    """Per pixel, the index in TISSUE_PATTERNS of its region's pattern (int8 (height, width)).
+
+    Square regions are shared out by largest remainder, then shuffled, so a slide's pattern
+    proportions follow `proportions` as closely as its number of regions allows.
+    """
+    unknown = set(proportions) - set(TISSUE_PATTERNS)
+    if unknown:
+        raise ValueError(f"unknown tissue patterns {sorted(unknown)}: use {TISSUE_PATTERNS}")
+    weights = np.array([max(float(proportions.get(p, 0.0)), 0.0) for p in TISSUE_PATTERNS])
+    if weights.sum() <= 0:
+        raise ValueError("pattern proportions must have a positive total")
+    side = max(int(round(PATTERN_REGION_UM / mpp)), 1)
+    across, down = -(-width // side), -(-height // side)
+    n_regions = across * down
+    quota = weights / weights.sum() * n_regions
+    counts = np.floor(quota).astype(int)
+    counts[np.argsort(counts - quota)[: n_regions - counts.sum()]] += 1
+    labels = rng.permutation(np.repeat(np.arange(len(TISSUE_PATTERNS)), counts)).astype(np.int8)
+    grid = labels.reshape(down, across)
+    return np.repeat(np.repeat(grid, side, axis=0), side, axis=1)[:height, :width]
+
+
+def _draw_pattern(
+    image: np.ndarray, region: np.ndarray, name: str, mpp: float, rng: np.random.Generator
+) -> int:
+    """Paint one pattern's background and nuclei inside `region`; returns the nuclei drawn."""
+    style = TISSUE_PATTERNS_STYLE[name]
+    if not region.any():
+        return 0
+    if style.background_rgb != EOSIN_RGB:
+        shift = np.asarray(style.background_rgb, np.int16) - np.asarray(EOSIN_RGB, np.int16)
+        image[region] = np.clip(image[region].astype(np.int16) + shift, 0, 255).astype(np.uint8)
+    n_nuclei = int(round(style.density_per_mm2 * region.sum() * (mpp / 1000.0) ** 2))
+    _draw_nuclei(image, region, n_nuclei, style.diameter_um / mpp, rng, style.aspect, style.shade)
+    return n_nuclei
+
+
+def pattern_tile(pattern: str, size_px: int, mpp: float, seed: int) -> np.ndarray:
+    """An RGB uint8 tile (size_px square at `mpp`) filled with one tissue pattern."""
+    if pattern not in TISSUE_PATTERNS_STYLE:
+        raise ValueError(f"unknown tissue pattern {pattern!r}: use {TISSUE_PATTERNS}")
+    rng = np.random.default_rng(seed)
+    tissue = np.ones((size_px, size_px), bool)
+    image = _stain_background_and_stroma(tissue, rng)
+    _draw_pattern(image, tissue, pattern, mpp, rng)
+    return cv2.GaussianBlur(image, (3, 3), 0.6)
 
 
 def _tissue_blobs(width: int, height: int, n_blobs: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,14 +180,16 @@ def _draw_nuclei(
     n_nuclei: int,
     diameter_px: float,
     rng: np.random.Generator,
+    aspect_range: tuple[float, float] = (0.55, 1.0),
+    shade_range: tuple[float, float] = (0.85, 1.15),
 ) -> None:
     if n_nuclei == 0:
         return
     ys, xs = _sample_tissue_points(tissue, n_nuclei, rng)
     radii = diameter_px / 2 * rng.uniform(0.75, 1.25, n_nuclei)
-    aspect = rng.uniform(0.55, 1.0, n_nuclei)
+    aspect = rng.uniform(*aspect_range, n_nuclei)
     angles = rng.uniform(0, 180, n_nuclei)
-    shade = rng.uniform(0.85, 1.15, n_nuclei)
+    shade = rng.uniform(*shade_range, n_nuclei)
     base = np.asarray(HEMATOXYLIN_RGB, np.float64)
     for x, y, r, a, angle, s in zip(xs, ys, radii, aspect, angles, shade, strict=True):
         color = tuple(float(c) for c in np.clip(base * s, 0, 255))
@@ -192,6 +277,7 @@ def write_synthetic_svs(
     nuclear_density: float = 2000.0,
     nuclear_diameter_um: float = 8.0,
     n_tissue_blobs: int = 3,
+    pattern_proportions: dict[str, float] | None = None,
     write_mpp: bool = True,
     kind: str = "aperio",
     downsamples: tuple[int, ...] = (4, 16),
@@ -202,7 +288,8 @@ def write_synthetic_svs(
     `mpp` sets the drawing scale; `write_mpp=False` leaves it out of the file's metadata.
     """
     image, tissue, n_nuclei = synthetic_he_image(
-        width, height, mpp, seed, nuclear_density, nuclear_diameter_um, n_tissue_blobs
+        width, height, mpp, seed, nuclear_density, nuclear_diameter_um, n_tissue_blobs,
+        pattern_proportions,
     )
     written = write_pyramidal_tiff(
         path, image, mpp if write_mpp else None, kind, downsamples, quality

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from radpath.cohort import outcome_endpoints
 from radpath.io import atomic_path, atomic_write, read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ STAGED_FILES = {
 TOOL = {"clam_h5": "clam", "clam_pt": "clam", "trident_patches": "trident",
         "trident_features": "trident"}
 DATASET_CSV = "dataset.csv"
-ENDPOINTS = ("os", "pfs")
 
 
 def trident_patch_folder(target_magnification: float, patch_size: int, overlap: int = 0) -> str:
@@ -102,7 +102,8 @@ def link_or_copy(source: Path, target: Path) -> None:
 def dataset_table(
     slide_ids: list[str], slide_patients: Mapping[str, str], outcomes: pd.DataFrame
 ) -> pd.DataFrame:
-    """CLAM's dataset CSV: case_id (patient), slide_id, the split and both endpoints.
+    """CLAM's dataset CSV: case_id (patient), slide_id, the split and every endpoint of
+    `outcomes` (results/cohort/outcomes.tsv: the endpoints the config declares).
 
     Generic_MIL_Dataset (dataset_modules/dataset_generic.py) needs case_id and slide_id and
     takes its label from `label_col`. `<endpoint>_censorship` is 1 - event, the column
@@ -114,7 +115,7 @@ def dataset_table(
     })
     patients = outcomes.loc[table["case_id"]].reset_index(drop=True)
     table["split"] = patients["split"]
-    for endpoint in ENDPOINTS:
+    for endpoint in outcome_endpoints(outcomes):
         table[f"{endpoint}_time"] = patients[f"{endpoint}_time"]
         table[f"{endpoint}_event"] = patients[f"{endpoint}_event"].astype(int)
         table[f"{endpoint}_censorship"] = 1 - table[f"{endpoint}_event"]

@@ -124,3 +124,18 @@ def exclusion_reason(path: str | Path) -> str | None:
     if head != EXCLUSION_PREFIX.encode():
         return None
     return Path(path).read_text(encoding="utf-8")[len(EXCLUSION_PREFIX):].strip()
+
+
+def usable_slides(paths: dict[str, str]):
+    """Split slide outputs into usable ones and those a job marked as excluded:
+    ({slide: path}, DataFrame slide_id, reason)."""
+    import pandas as pd  # not at module level: the per-patient job's start-up stays light
+
+    usable, excluded = {}, []
+    for slide_id, path in paths.items():
+        reason = exclusion_reason(path)
+        if reason is None:
+            usable[slide_id] = path
+        else:
+            excluded.append({"slide_id": slide_id, "reason": reason})
+    return usable, pd.DataFrame(excluded, columns=["slide_id", "reason"])

@@ -10,22 +10,9 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from radpath.io import read_tsv
-from radpath.jobs import exclusion_reason
 from radpath.tile_features import patient_embedding_table, read_encoder_provenance
 
 log = logging.getLogger(__name__)
-
-
-def usable_slides(paths: dict[str, str]) -> tuple[dict[str, str], pd.DataFrame]:
-    """Split slide outputs into usable ones and those a job marked as excluded."""
-    usable, excluded = {}, []
-    for slide_id, path in paths.items():
-        reason = exclusion_reason(path)
-        if reason is None:
-            usable[slide_id] = path
-        else:
-            excluded.append({"slide_id": slide_id, "reason": reason})
-    return usable, pd.DataFrame(excluded, columns=["slide_id", "reason"])
 
 
 # The features.h5 provenance attributes that say which weights made the features; the

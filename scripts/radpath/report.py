@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from radpath.cohort import outcome_endpoints
 from radpath.io import atomic_write, read_json, read_tsv
 from radpath.jobs import exclusion_reason
 from radpath.modeling import Z_95
@@ -29,7 +30,11 @@ MODEL_DESCRIPTIONS = {
     "pathomics_morphology": "H&E nuclear and tissue morphology",
     "clinical_pathomics": "clinical covariates + H&E embeddings + morphology",
     "clinical_radiomics_pathomics": "clinical + harmonized CT radiomics + H&E pathomics",
+    "pathosig": "PathoSig: phenotype-cluster proportions significant in univariate Cox, "
+                "refit together",
+    "clinical_pathosig": "clinical covariates + PathoSig phenotype clusters",
 }
+HPC_PREFIX = "pathomics_hpc:"
 
 
 def embed_png(path: str | Path) -> str:
@@ -143,6 +148,34 @@ def coefficient_tables(files: dict[tuple[str, str], str]) -> list[dict]:
     return tables
 
 
+def pathosig_section(
+    mosaic_table: str | Path,
+    mosaic_dir: str | Path,
+    history: str | Path,
+    coefficient_files: dict[tuple[str, str], str],
+    models_cfg: dict,
+) -> dict:
+    """Cluster mosaics, each with the signature models that kept its proportion (HR, p),
+    and the clustering network's last training epoch."""
+    kept: dict[str, list[str]] = {}
+    for (endpoint, model), path in coefficient_files.items():
+        if "pathomics_hpc" not in models_cfg[model]["blocks"]:
+            continue
+        for r in read_tsv(path).to_dict("records"):
+            if str(r["feature"]).startswith(HPC_PREFIX):
+                kept.setdefault(r["feature"][len(HPC_PREFIX):], []).append(
+                    f"{endpoint.upper()} {model}: HR {r['hr']:.2f} per SD, p {fmt_p(r['p'])}"
+                )
+    clusters = [
+        {**row, "img": embed_photo(Path(mosaic_dir) / row["file"], 400),
+         "signature": kept.get(row["cluster"], [])}
+        for row in read_tsv(mosaic_table).to_dict("records")
+    ]
+    epochs = read_tsv(history).to_dict("records")
+    return {"clusters": clusters, "first": epochs[0] if epochs else {},
+            "last": epochs[-1] if epochs else {}}
+
+
 SMALL_VALIDATION_EVENTS = 30  # fewer validation events than this: CIs are wide
 
 
@@ -207,17 +240,23 @@ def selection_tables(files: dict[tuple[str, str], str]) -> list[dict]:
 
 
 def cohort_summary(outcomes: pd.DataFrame) -> list[dict]:
+    """Per split: patients, and per endpoint of the outcomes table its events and median
+    follow-up time."""
+    endpoints = outcome_endpoints(outcomes)
     rows = []
     for split, part in outcomes.groupby("split"):
-        rows.append(
-            {
-                "split": split,
-                "n": len(part),
-                "os_events": int(part["os_event"].sum()),
-                "os_median_followup": float(part["os_time"].median()),
-                "pfs_events": int(part["pfs_event"].sum()),
-            }
-        )
+        rows.append({
+            "split": split,
+            "n": len(part),
+            "endpoints": [
+                {
+                    "name": endpoint.upper(),
+                    "events": int(part[f"{endpoint}_event"].sum()),
+                    "median_followup": float(part[f"{endpoint}_time"].median()),
+                }
+                for endpoint in endpoints
+            ],
+        })
     return rows
 
 
@@ -277,6 +316,14 @@ def render_report(
         "encoder": (
             read_json(inputs.pathomics_encoder[0])
             if slides and getattr(inputs, "pathomics_encoder", None) else {}
+        ),
+        "pathosig": (
+            pathosig_section(
+                inputs.pathosig_mosaics_table[0], inputs.pathosig_mosaics[0],
+                inputs.pathosig_history[0], dict(zip(keys, inputs.coefficients, strict=True)),
+                config["models"],
+            )
+            if getattr(inputs, "pathosig_mosaics_table", None) else {}
         ),
         "performance": performance_rows(
             cindex, config["reference_model"],

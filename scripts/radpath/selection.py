@@ -798,6 +798,8 @@ def select_features(
 
     Forced columns that are constant in the training data are dropped (they cannot be
     estimated) and logged. If no candidate survives, ``selected`` holds only the forced columns.
+    ``method`` "univariate" (PathoSig's signature) keeps every screened candidate, smallest p
+    first, without the penalized Cox step.
     """
     _check_inputs(X_train, time, event, forced)
     time, event = check_outcome(time, event)
@@ -820,7 +822,13 @@ def select_features(
     else:
         screened = []
         logs.append(_log_row("univariate_cox", 0, 0, "no candidates left"))
-    if screened:
+    if screened and cfg.get("method", "penalized") == "univariate":
+        # PathoSig's signature: every screened feature (smallest p first) into the
+        # multivariable Cox refit, no penalised selection.
+        selected = screened
+        logs.append(_log_row("penalized_cox", len(screened), len(screened),
+                             "skipped (method univariate: screened features refit together)"))
+    elif screened:
         selected, row, alpha, cv = penalized_cox(
             X_train[kept_forced + screened], time, event, kept_forced, cfg, seed,
             screen=screen, X_unscreened=X_train[kept_forced + filtered],

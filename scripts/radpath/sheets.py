@@ -6,9 +6,11 @@ all problems of a sheet are reported together so a user fixes them in one pass.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +210,7 @@ def _describe(error: jsonschema.ValidationError, record: dict) -> str:
         missing = error.message.split("'")[1]
         return f"column '{missing}' is empty"
     value = record.get(column)
-    if column and column.endswith("_event"):
+    if error.schema.get("enum") == [0, 1]:  # an event column ($defs.event)
         hint = ""
         if isinstance(value, str) and value.strip().lower() in EVENT_WORDS:
             hint = " (text is not accepted: code death/progression as 1, censored as 0)"
@@ -287,6 +289,30 @@ def load_patients(
     return df.set_index("patient_id", drop=False)
 
 
+def clinical_schema(base: Mapping, endpoints: Mapping[str, Mapping], columns) -> dict:
+    """The clinical sheet's schema with the declared endpoints' time and event columns.
+
+    Only columns the sheet has are added: a missing one is reported once (by
+    :func:`missing_endpoint_columns`), not once per row.
+    """
+    schema = copy.deepcopy(dict(base))
+    for spec in endpoints.values():
+        for role in ("time", "event"):
+            if spec[role] in columns:
+                schema["properties"][spec[role]] = copy.deepcopy(base["$defs"][role])
+                schema["required"].append(spec[role])
+    return schema
+
+
+def missing_endpoint_columns(endpoints: Mapping[str, Mapping], columns, name: str) -> list[str]:
+    return [
+        f"{name}: missing column '{spec[role]}' (endpoints.{endpoint}.{role} in the config)"
+        for endpoint, spec in endpoints.items()
+        for role in ("time", "event")
+        if spec[role] not in columns
+    ]
+
+
 def load_clinical(
     path: str | os.PathLike,
     schema_path: str | os.PathLike,
@@ -295,26 +321,34 @@ def load_clinical(
     batch_covariates: list[str] = (),
     missing_covariates: str = "error",
     problems: list[str] | None = None,
+    *,
+    endpoints: Mapping[str, Mapping],
 ) -> pd.DataFrame:
-    """Clinical sheet checked against the patients it must cover and the covariates used.
+    """Clinical sheet checked against the patients it must cover, the declared endpoints
+    (config `endpoints`, normalized: {name: {time, event, not_after}}) and the covariates.
 
-    A blank covariate cell is a problem with `missing_covariates="error"`; with "impute" it
-    is left blank (NaN for numeric covariates) for the cohort step to fill from training
-    patients. ComBat covariates follow the same rule.
+    Outcome columns no endpoint declares are kept but not checked. A blank covariate cell
+    is a problem with `missing_covariates="error"`; with "impute" it is left blank (NaN
+    for numeric covariates) for the cohort step to fill from training patients. ComBat
+    covariates follow the same rule.
     """
     name = Path(path).name
-    found: list[str] = []
-    df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id", found)
+    sheet = read_sheet(path, name)
+    found = missing_endpoint_columns(endpoints, sheet.columns, name)
+    schema = clinical_schema(load_schema(schema_path), endpoints, sheet.columns)
+    df = validate_rows(sheet, schema, name, "patient_id", found)
     found += check_unique(df, "patient_id", name)
     known = set(df["patient_id"])
     missing = [pid for pid in patient_ids if pid not in known]
     if missing:
         found.append(f"{name}: no clinical row for patient(s) {', '.join(missing)}")
-    for endpoint in ("os", "pfs"):
-        events = pd.to_numeric(df[f"{endpoint}_event"], errors="coerce")
+    for spec in endpoints.values():
+        if spec["event"] not in df.columns:
+            continue
+        events = pd.to_numeric(df[spec["event"]], errors="coerce")
         if len(df) and events.isin([0, 1]).all() and events.sum() == 0:
-            found.append(f"{name}: column '{endpoint}_event' has no events (all censored)")
-    found += _endpoint_order_problems(df, name)
+            found.append(f"{name}: column '{spec['event']}' has no events (all censored)")
+    found += _endpoint_order_problems(df, name, endpoints)
     found += _covariate_problems(df, name, covariates, batch_covariates, missing_covariates)
     _finish(found, problems)
     if problems is not None:
@@ -322,17 +356,30 @@ def load_clinical(
     return df.set_index("patient_id", drop=False)
 
 
-def _endpoint_order_problems(df: pd.DataFrame, name: str) -> list[str]:
-    """Progression-free survival cannot outlast overall survival (death ends both)."""
-    os_time = pd.to_numeric(df["os_time"], errors="coerce")
-    pfs_time = pd.to_numeric(df["pfs_time"], errors="coerce")
-    valid = (os_time > 0) & (pfs_time > 0) & np.isfinite(os_time) & np.isfinite(pfs_time)
-    later = np.flatnonzero((valid & (pfs_time > os_time * (1 + 1e-9))).to_numpy())
-    return [
-        f"{_where(name, i, df['patient_id'].iat[i])}pfs_time {df['pfs_time'].iat[i]} is after "
-        f"os_time {df['os_time'].iat[i]} (progression-free survival ends at death at the latest)"
-        for i in later
-    ]
+def _endpoint_order_problems(
+    df: pd.DataFrame, name: str, endpoints: Mapping[str, Mapping]
+) -> list[str]:
+    """Times later than the endpoint's `not_after` endpoint's (e.g. progression-free
+    survival outlasting overall survival: death ends both)."""
+    problems = []
+    for endpoint, spec in endpoints.items():
+        other = spec.get("not_after")
+        if other is None or other not in endpoints:
+            continue
+        column, limit_column = spec["time"], endpoints[other]["time"]
+        if column not in df.columns or limit_column not in df.columns:
+            continue
+        time = pd.to_numeric(df[column], errors="coerce")
+        limit = pd.to_numeric(df[limit_column], errors="coerce")
+        valid = (time > 0) & (limit > 0) & np.isfinite(time) & np.isfinite(limit)
+        later = np.flatnonzero((valid & (time > limit * (1 + 1e-9))).to_numpy())
+        problems += [
+            f"{_where(name, i, df['patient_id'].iat[i])}{column} {df[column].iat[i]} is after "
+            f"{limit_column} {df[limit_column].iat[i]} ({endpoint} ends no later than {other}: "
+            f"endpoints.{endpoint}.not_after in the config)"
+            for i in later
+        ]
+    return problems
 
 
 def _covariate_problems(
@@ -439,6 +486,7 @@ def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
         config["harmonization"]["covariates"],
         config["missing_covariates"],
         problems,
+        endpoints=config["endpoints"],
     )
     batch_column = config["harmonization"]["batch_column"]
     if batch_column not in patients.columns:

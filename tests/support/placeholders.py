@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 
 def write_placeholder_cohort(
-    out: Path, n_patients: int, slides_per_patient: int = 0, seed: int = 0, first: int = 1
+    out: Path,
+    n_patients: int,
+    slides_per_patient: int = 0,
+    seed: int = 0,
+    first: int = 1,
+    clinical_names: Mapping[str, str] | None = None,
 ) -> Path:
-    """patients.tsv, clinical.tsv (and slides.tsv) with empty CT/mask/slide files."""
+    """patients.tsv, clinical.tsv (and slides.tsv) with empty CT/mask/slide files.
+
+    `clinical_names` renames clinical.tsv columns, e.g. {"pfs_time": "dfs_months"} (PFS
+    times are 0.7 x the OS time).
+    """
     rng = np.random.default_rng(seed)
     (out / "ct").mkdir(parents=True, exist_ok=True)
     ids = [f"P{i:05d}" for i in range(first, first + n_patients)]
     patients = ["patient_id\tct\tmask\tscanner"]
-    clinical = ["patient_id\tage\tstage\tos_time\tos_event\tpfs_time\tpfs_event"]
+    header = ["patient_id", "age", "stage", "os_time", "os_event", "pfs_time", "pfs_event"]
+    clinical = ["\t".join((clinical_names or {}).get(name, name) for name in header)]
     slides = ["slide_id\tpatient_id\tpath"]
     for i, pid in enumerate(ids):
         for suffix in ("ct", "mask"):

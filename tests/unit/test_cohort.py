@@ -9,6 +9,8 @@ from radpath.cohort import (
     impute_covariates,
     impute_with_train_medians,
     make_split,
+    outcome_endpoints,
+    outcomes_table,
     read_frozen_split,
     split_changes,
     split_for_run,
@@ -142,4 +144,35 @@ def test_a_split_part_without_events_is_an_error():
     table["os_event"] = 0
     table.loc[table.index[0], "os_event"] = 1  # one event: one part of the split has none
     with pytest.raises(ValueError, match=r"patients \(\d+\) have no os_event events"):
-        make_split(table, 0.3, seed=1)
+        make_split(table, 0.3, seed=1, event_columns=["os_event"])
+
+
+def test_every_declared_event_column_needs_events_in_each_part(tmp_path):
+    table = clinical(30, seed=2)
+    table["dfs_status"] = 0
+    table.loc[table.index[0], "dfs_status"] = 1
+    assert make_split(table, 0.3, seed=1, event_columns=["os_event"]).notna().all()
+    config = {"split": {"file": "", "validation_fraction": 0.3}, "seed": 1, "endpoints": {
+        "os": {"time": "os_time", "event": "os_event", "not_after": None},
+        "dfs": {"time": "dfs_months", "event": "dfs_status", "not_after": "os"},
+    }}
+    with pytest.raises(ValueError, match=r"patients \(\d+\) have no dfs_status events"):
+        split_for_run(config, table, tmp_path / "none.tsv")
+
+
+def test_outcomes_take_standard_names_from_the_declared_columns():
+    sheet = pd.DataFrame(
+        {"os_time": [12.5, 30.0], "os_event": [1, 0], "dfs_months": [6.0, 30.0],
+         "dfs_status": ["1", "0"], "pfs_time": [1.0, 2.0], "pfs_event": [1, 1]},
+        index=pd.Index(["P1", "P2"], name="patient_id"),
+    )
+    split = pd.Series({"P1": "train", "P2": "validation"})
+    endpoints = {"os": {"time": "os_time", "event": "os_event", "not_after": None},
+                 "dfs": {"time": "dfs_months", "event": "dfs_status", "not_after": "os"}}
+    table = outcomes_table(sheet, split, endpoints)
+    assert list(table.columns) == ["split", "os_time", "os_event", "dfs_time", "dfs_event"]
+    assert table.index.name == "patient_id"
+    assert table["dfs_time"].tolist() == [6.0, 30.0]
+    assert table["dfs_event"].tolist() == [1, 0] and table["dfs_event"].dtype.kind == "i"
+    assert table["split"].tolist() == ["train", "validation"]
+    assert outcome_endpoints(table) == ["os", "dfs"]

@@ -18,6 +18,11 @@ SCHEMA = configuration.load_schema(SCHEMA_PATH)
 # Keys whose config.yaml value is the demo cohort's, not a default for every cohort.
 COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
                    "harmonization.covariates"}
+# PathoSig's network and sample sizes: config.yaml has the demo's tiny values (2 CPUs, ~15
+# minutes), the schema the study's (K = 50, 224 px, ...), so a config that leaves them out
+# gets the study's.
+DEMO_SIZED = {f"pathology.pathosig.{key}" for key in (
+    "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")}
 
 
 def schema_defaults(schema: dict, prefix: str = ""):
@@ -48,7 +53,7 @@ def test_schema_defaults_equal_config_yaml():
     shipped = dict(config_leaves(default_config(), SCHEMA))
     defaults = dict(schema_defaults(SCHEMA))
     for path, value in defaults.items():
-        if path in COHORT_SPECIFIC:
+        if path in COHORT_SPECIFIC | DEMO_SIZED:
             continue
         assert path in shipped, f"{path} has a schema default but is not in config.yaml"
         assert shipped[path] == value, f"{path}: schema {value!r} vs config.yaml {shipped[path]!r}"
@@ -61,6 +66,9 @@ def test_minimal_config_gets_every_default():
                "models": {"clinical": {"clinical": True, "blocks": []}}}
     config = configuration.load_config(copy.deepcopy(minimal), SCHEMA_PATH)
     shipped = default_config()
+    for key in DEMO_SIZED:
+        shipped["pathology"]["pathosig"].pop(key.rsplit(".", 1)[1])
+        config["pathology"]["pathosig"].pop(key.rsplit(".", 1)[1])
     for section in ("selection", "evaluation", "pathology", "ct", "cox", "split"):
         assert config[section] == shipped[section], section
     assert config["slides"] == "" and config["covariates"] == []
@@ -76,6 +84,14 @@ def test_minimal_config_gets_every_default():
     (lambda c: c["models"]["clinical"].update(block=[]),
      "config: models.clinical.block: unknown key; did you mean 'blocks'?"),
     (lambda c: c.update(seed=-1), "config: seed: must be >= 0, got -1"),
+    (lambda c: c["models"]["pathosig"]["selection"].update(method="lasso"),
+     "config: models.pathosig.selection.method: must be one of ['penalized', 'univariate']"),
+    (lambda c: c["models"]["pathosig"]["selection"].update(univariate_pp=0.1),
+     "config: models.pathosig.selection.univariate_pp: unknown key; did you mean 'univariate_p'"),
+    (lambda c: c["models"]["pathosig"].update(blocks=["pathomics_hpcs"]),
+     "config: models.pathosig.blocks.0: must be one of"),
+    (lambda c: c["pathology"]["pathosig"].update(n_clusters=1),
+     "config: pathology.pathosig.n_clusters: must be >= 2, got 1"),
     (lambda c: c["selection"].update(alpha_rule="best"),
      "config: selection.alpha_rule: must be one of ['min', '1se'], got 'best'"),
     (lambda c: c["pathology"]["tiles"].update(mpp=0), "config: pathology.tiles.mpp: must be > 0"),
@@ -117,6 +133,97 @@ def test_all_schema_problems_are_reported_together():
     assert len(str(info.value).splitlines()) == 3
 
 
+def test_a_models_selection_changes_only_its_own_keys():
+    config = configuration.load_config(default_config(), SCHEMA_PATH)
+    config["models"]["clinical"]["selection"] = {"near_zero_variance": {"freq_ratio": 5.0}}
+    pathosig = configuration.model_selection(config, "pathosig")
+    assert pathosig["method"] == "univariate" and pathosig["univariate_p"] == 0.05
+    assert pathosig["cv_folds"] == config["selection"]["cv_folds"]
+    clinical = configuration.model_selection(config, "clinical")
+    assert clinical["near_zero_variance"] == {"freq_ratio": 5.0, "unique_fraction": 0.1}
+    assert clinical["method"] == "penalized"
+    assert config["selection"]["near_zero_variance"]["freq_ratio"] == 19.0  # not changed
+
+
 def test_config_yaml_is_plain_yaml_with_comments_only():
     text = (REPO / "config" / "config.yaml").read_text(encoding="utf-8")
     assert yaml.safe_load(text) == default_config()
+
+
+OS_DFS = {"os": {"time": "os_time", "event": "os_event"},
+          "dfs": {"time": "dfs_months", "event": "dfs_status", "not_after": "os"}}
+
+
+def test_endpoints_are_declared_by_name_with_their_columns():
+    config = configuration.load_config(default_config(), SCHEMA_PATH)
+    assert config["endpoints"] == {
+        "os": {"time": "os_time", "event": "os_event", "not_after": None},
+        "pfs": {"time": "pfs_time", "event": "pfs_event", "not_after": "os"},
+    }
+    config = default_config()
+    config["endpoints"] = copy.deepcopy(OS_DFS)
+    config["evaluation"]["tau"] = {"dfs": 24}
+    config = configuration.load_config(config, SCHEMA_PATH)
+    assert config["endpoints"]["dfs"] == {"time": "dfs_months", "event": "dfs_status",
+                                          "not_after": "os"}
+    assert list(config["endpoints"]) == ["os", "dfs"]
+    # The normalized form is itself valid, and normalizing it again changes nothing.
+    again = configuration.load_config(copy.deepcopy(config), SCHEMA_PATH)
+    assert again["endpoints"] == config["endpoints"]
+
+
+def test_the_list_form_means_name_time_and_name_event_columns():
+    config = default_config()
+    config["endpoints"] = ["pfs", "os"]
+    config = configuration.load_config(config, SCHEMA_PATH)
+    assert config["endpoints"] == {
+        "pfs": {"time": "pfs_time", "event": "pfs_event", "not_after": None},
+        "os": {"time": "os_time", "event": "os_event", "not_after": None},
+    }
+    config = default_config()
+    config["endpoints"] = ["dfs"]  # any plain name, not only os and pfs
+    assert configuration.load_config(config, SCHEMA_PATH)["endpoints"]["dfs"]["time"] == "dfs_time"
+
+
+def with_endpoints(endpoints, **evaluation):
+    def change(config):
+        config["endpoints"] = endpoints
+        config["evaluation"].update(evaluation)
+    return change
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "not_after": "pfs"}}),
+     "config: endpoints.dfs.not_after: 'pfs' is not another declared endpoint (declared: os, dfs)"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "not_after": "dfs"}}),
+     "config: endpoints.dfs.not_after: 'dfs' is not another declared endpoint"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "time": "os_time"}}),
+     "config: endpoints.dfs.time: column 'os_time' is already endpoints.os.time"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "event": "dfs_months"}}),
+     "config: endpoints.dfs.event: column 'dfs_months' is already endpoints.dfs.time"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "time": "split"}}),
+     "config: endpoints.dfs.time: 'split' is not an outcome column"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "time": "age"}}),
+     "config: endpoints.dfs.time: column 'age' is also a covariate"),
+    (with_endpoints(OS_DFS, tau={"os": 36, "pfs": 24}),
+     "config: evaluation.tau.pfs: 'pfs' is not a declared endpoint (declared: os, dfs)"),
+    (with_endpoints(["os"], tau={"pfs": 24}),
+     "config: evaluation.tau.pfs: 'pfs' is not a declared endpoint (declared: os)"),
+    (with_endpoints({**OS_DFS, "dfs": {**OS_DFS["dfs"], "not_befor": "os"}}),
+     "config: endpoints.dfs.not_befor: unknown key; did you mean 'not_after'?"),
+    (with_endpoints({"os": {"time": "os_time"}}), "config: endpoints.os.event: required key is missing"),
+    (with_endpoints({"OS": {"time": "os_time", "event": "os_event"}}),
+     "config: endpoints: 'OS' must be a plain name"),
+    (with_endpoints(["os", "dfs/1"]), "config: endpoints: 'dfs/1' must be a plain name"),
+    (with_endpoints("os"), "config: endpoints: must be an object or array, got 'os'"),
+    (with_endpoints({}), "config: endpoints: must be entries at least 1"),
+    (with_endpoints(["os", "os"]), "config: endpoints: ['os', 'os'] has non-unique elements"),
+])
+def test_endpoint_problems_name_the_key(change, expected):
+    config = default_config()
+    change(config)
+    with pytest.raises(configuration.ConfigError) as info:
+        configuration.load_config(config, SCHEMA_PATH)
+    assert any(line.startswith(expected) for line in str(info.value).splitlines()), (
+        str(info.value)
+    )

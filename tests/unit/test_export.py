@@ -181,3 +181,18 @@ def test_export_slide_command_line(features_h5, tmp_path):
     assert result.returncode == 0, result.stderr
     assert export_layout.read_status(tmp_path / "S1")["status"] == "exported"
     assert "export status" in (tmp_path / "job.log").read_text(encoding="utf-8")
+
+
+def test_dataset_csv_has_the_declared_endpoints_only():
+    outcomes = pd.DataFrame(
+        {"split": ["train", "validation"], "os_time": [12.5, 30.0], "os_event": [1, 0],
+         "dfs_time": [6.0, 30.0], "dfs_event": [1, 0]},
+        index=pd.Index(["P1", "P2"], name="patient_id"),
+    )
+    table = export_layout.dataset_table(["S2", "S1"], {"S1": "P1", "S2": "P2"}, outcomes)
+    assert list(table.columns) == [
+        "case_id", "slide_id", "split", "os_time", "os_event", "os_censorship",
+        "dfs_time", "dfs_event", "dfs_censorship",
+    ]
+    assert table["dfs_censorship"].tolist() == [1, 0]
+    assert table["case_id"].tolist() == ["P2", "P1"]

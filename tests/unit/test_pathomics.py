@@ -6,13 +6,8 @@ import pytest
 
 from radpath.embed import write_features_h5
 from radpath.io import write_tsv
-from radpath.jobs import write_exclusion
-from radpath.pathomics import (
-    embedding_matrix,
-    encoder_provenance,
-    morphology_matrix,
-    usable_slides,
-)
+from radpath.jobs import usable_slides, write_exclusion
+from radpath.pathomics import embedding_matrix, encoder_provenance, morphology_matrix
 
 
 def write_slide(path, tiles: np.ndarray):

@@ -3,11 +3,12 @@ and provenance in the footer."""
 
 import hashlib
 
+import jinja2
 import numpy as np
 import pandas as pd
 
 from radpath.io import write_tsv
-from radpath.report import caveats, hazard_ratio_row, model_notes, provenance
+from radpath.report import caveats, cohort_summary, hazard_ratio_row, model_notes, provenance
 from smk import REPO
 
 SPECS = {
@@ -72,3 +73,28 @@ def test_provenance_names_version_commit_and_hashed_sheets(tmp_path):
         "sha256": hashlib.sha256(sheet.read_bytes()).hexdigest()[:16],
     }]
     assert provenance(tmp_path, {})["commit"].startswith("unknown")
+
+
+def test_cohort_summary_lists_every_declared_endpoint():
+    outcomes = pd.DataFrame(
+        {"split": ["train", "train", "validation"], "os_time": [10.0, 20.0, 30.0],
+         "os_event": [1, 0, 1], "dfs_time": [4.0, 8.0, 30.0], "dfs_event": [1, 1, 0]},
+        index=pd.Index(["P1", "P2", "P3"], name="patient_id"),
+    )
+    rows = cohort_summary(outcomes)
+    assert rows == [
+        {"split": "train", "n": 2, "endpoints": [
+            {"name": "OS", "events": 1, "median_followup": 15.0},
+            {"name": "DFS", "events": 2, "median_followup": 6.0}]},
+        {"split": "validation", "n": 1, "endpoints": [
+            {"name": "OS", "events": 1, "median_followup": 30.0},
+            {"name": "DFS", "events": 0, "median_followup": 30.0}]},
+    ]
+    # The report's cohort table, rendered from the template itself.
+    text = (REPO / "resources" / "report" / "report.html.j2").read_text(encoding="utf-8")
+    table = text.split("<h2>Cohort</h2>")[1].split("</table>")[0] + "</table>"
+    html = jinja2.Template(table, autoescape=True).render(cohort=rows)
+    assert ("<th>OS events</th><th>median OS follow-up</th><th>DFS events</th>"
+            "<th>median DFS follow-up</th>") in html
+    assert "<td>train</td><td>2</td><td>1</td><td>15.0</td><td>2</td><td>6.0</td>" in html
+    assert "PFS" not in html

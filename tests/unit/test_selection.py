@@ -313,6 +313,20 @@ def test_planted_signal_is_recovered(planted):
     assert chosen < result.cv["n_nonzero"].max()
 
 
+def test_univariate_method_refits_every_screened_feature_without_a_penalty(planted):
+    """PathoSig's signature: features with univariate p below the threshold, no Coxnet."""
+    X, time, event, informative = planted
+    cfg = {**SELECTION_CFG, "method": "univariate", "univariate_p": 1e-4, "max_features": 8}
+    kept, _, table = sel.univariate_screen(X, time, event, p_max=1e-4, max_features=50)
+    result = sel.select_features(X, time, event, cfg, forced=[], seed=1)
+    assert result.selected == kept and set(informative) <= set(kept)
+    assert result.alpha is None and result.cv.empty
+    log = result.log.set_index("step")
+    assert "skipped (method univariate" in log.at["penalized_cox", "note"]
+    capped = sel.select_features(X, time, event, {**cfg, "max_features": 2}, [], seed=1)
+    assert capped.selected == kept[:2]  # the smallest p first
+
+
 def test_selection_is_reproducible_for_a_seed(planted):
     X, time, event, _ = planted
     first = sel.select_features(X, time, event, SELECTION_CFG, [], seed=7)

@@ -11,6 +11,11 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "config" / "schemas"
 COVARIATES = [{"name": "age", "type": "numeric"},
               {"name": "stage", "type": "categorical", "reference": "I"}]
+# config/config.yaml's endpoints, as radpath.configuration.load_config normalizes them.
+ENDPOINTS = {
+    "os": {"time": "os_time", "event": "os_event", "not_after": None},
+    "pfs": {"time": "pfs_time", "event": "pfs_event", "not_after": "os"},
+}
 
 
 def write(path: Path, rows: list[list[str]]) -> Path:
@@ -34,8 +39,9 @@ def patients_sheet(tmp_path):
 CLINICAL_HEADER = ["patient_id", "age", "stage", "os_time", "os_event", "pfs_time", "pfs_event"]
 
 
-def load_clinical(path, ids=("P1", "P2")):
-    return sheets.load_clinical(path, SCHEMAS / "clinical.schema.yaml", list(ids), COVARIATES)
+def load_clinical(path, ids=("P1", "P2"), endpoints=ENDPOINTS):
+    return sheets.load_clinical(path, SCHEMAS / "clinical.schema.yaml", list(ids), COVARIATES,
+                                endpoints=endpoints)
 
 
 def test_patients_sheet_paths_resolved_and_label_defaulted(patients_sheet):
@@ -136,6 +142,9 @@ def test_column_wise_checks_accept_exactly_what_jsonschema_accepts(schema_name):
     import pandas as pd
 
     schema = sheets.load_schema(SCHEMAS / f"{schema_name}.schema.yaml")
+    if schema_name == "clinical":
+        schema = sheets.clinical_schema(schema, ENDPOINTS, ["os_time", "os_event", "pfs_time",
+                                                            "pfs_event"])
     properties = schema["properties"]
     validator = jsonschema.Draft202012Validator(schema)
     rng = random.Random(0)
@@ -182,8 +191,12 @@ def test_pfs_after_os_is_an_error(tmp_path):
         ["P1", "60", "I", "12", "1", "30", "1"],
         ["P2", "70", "II", "20", "1", "5", "1"],
     ))
-    with pytest.raises(sheets.SheetError, match=r"line 2 \(P1\): pfs_time 30.0 is after os_time 12.0"):
+    with pytest.raises(sheets.SheetError) as info:
         load_clinical(path)
+    assert str(info.value) == (
+        "clinical.tsv line 2 (P1): pfs_time 30.0 is after os_time 12.0 (pfs ends no later than "
+        "os: endpoints.pfs.not_after in the config)"
+    )
 
 
 def test_blank_covariate_is_an_error_unless_imputation_is_chosen(tmp_path):
@@ -199,7 +212,7 @@ def test_blank_covariate_is_an_error_unless_imputation_is_chosen(tmp_path):
     assert "missing_covariates: impute" in lines[0]
     assert lines[1].startswith("clinical.tsv line 3 (P2): covariate 'stage' is blank")
     df = sheets.load_clinical(path, SCHEMAS / "clinical.schema.yaml", ["P1", "P2"], COVARIATES,
-                              missing_covariates="impute")
+                              missing_covariates="impute", endpoints=ENDPOINTS)
     assert df.at["P1", "age"] == ""
 
 
@@ -229,7 +242,7 @@ def test_every_bad_line_of_every_sheet_in_one_error(patients_sheet, tmp_path):
         "patients": str(patients_sheet), "clinical": str(tmp_path / "clinical.tsv"),
         "slides": str(tmp_path / "slides.tsv"), "covariates": COVARIATES,
         "harmonization": {"covariates": [], "batch_column": "scanner"},
-        "missing_covariates": "error",
+        "missing_covariates": "error", "endpoints": ENDPOINTS,
     }
     with pytest.raises(sheets.SheetError) as info:
         sheets.load_cohort(config, SCHEMAS)
@@ -266,3 +279,83 @@ def test_patients_dicom_columns_are_optional_text_and_uids_are_checked(patients_
         "patients.tsv line 2 (P1): column 'ct_series_uid' value '1.2.840.05' is not a DICOM "
         "UID (digits separated by dots, at most 64 characters)"
     )
+
+
+# A disease-free survival endpoint under the sheet's own column names, bounded by OS.
+OS_DFS = {
+    "os": {"time": "os_time", "event": "os_event", "not_after": None},
+    "dfs": {"time": "dfs_months", "event": "dfs_status", "not_after": "os"},
+}
+OS_DFS_HEADER = ["patient_id", "age", "stage", "os_time", "os_event", "dfs_months", "dfs_status"]
+
+
+def test_declared_endpoint_columns_are_checked_and_undeclared_ones_ignored(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        [*OS_DFS_HEADER, "pfs_time"],
+        ["P1", "60", "I", "12.5", "0", "10", "1", "not a number"],
+        ["P2", "70", "II", "20", "1", "5", "0", ""],
+    ])
+    df = load_clinical(path, endpoints=OS_DFS)
+    assert df["dfs_months"].tolist() == [10.0, 5.0]
+    assert df["dfs_status"].tolist() == [1, 0]
+    assert df.at["P1", "pfs_time"] == "not a number"  # no endpoint declares it
+    path = write(tmp_path / "clinical.tsv", [
+        OS_DFS_HEADER,
+        ["P1", "60", "I", "12.5", "0", "-1", "Alive"],
+        ["P2", "70", "II", "20", "1", "inf", "2"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path, endpoints=OS_DFS)
+    lines = str(info.value).splitlines()
+    assert "clinical.tsv line 2 (P1): column 'dfs_months' must be > 0, got -1.0" in lines
+    assert (
+        "clinical.tsv line 2 (P1): column 'dfs_status' must be 0 or 1, got 'Alive' (text is "
+        "not accepted: code death/progression as 1, censored as 0)"
+    ) in lines
+    assert "clinical.tsv line 3 (P2): column 'dfs_status' must be 0 or 1, got 2" in lines
+    assert "clinical.tsv line 3 (P2): column 'dfs_months' must be a finite number, got 'inf'" in lines
+
+
+def test_a_missing_declared_column_is_one_line_naming_the_config_key(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        ["patient_id", "age", "stage", "os_time", "os_event", "dfs_months"],
+        ["P1", "60", "I", "12.5", "0", "10"],
+        ["P2", "70", "II", "20", "1", "5"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path, endpoints=OS_DFS)
+    assert str(info.value) == (
+        "clinical.tsv: missing column 'dfs_status' (endpoints.dfs.event in the config)"
+    )
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path)  # the shipped endpoints: pfs_time and pfs_event
+    assert str(info.value).splitlines() == [
+        "clinical.tsv: missing column 'pfs_time' (endpoints.pfs.time in the config)",
+        "clinical.tsv: missing column 'pfs_event' (endpoints.pfs.event in the config)",
+    ]
+
+
+def test_not_after_bounds_a_declared_endpoint_by_another(tmp_path):
+    rows = [OS_DFS_HEADER,
+            ["P1", "60", "I", "12", "1", "30", "1"],
+            ["P2", "70", "II", "20", "1", "20", "1"]]  # equal times are fine
+    path = write(tmp_path / "clinical.tsv", rows)
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path, endpoints=OS_DFS)
+    assert str(info.value) == (
+        "clinical.tsv line 2 (P1): dfs_months 30.0 is after os_time 12.0 (dfs ends no later "
+        "than os: endpoints.dfs.not_after in the config)"
+    )
+    unordered = {**OS_DFS, "dfs": {**OS_DFS["dfs"], "not_after": None}}
+    assert load_clinical(path, endpoints=unordered).at["P1", "dfs_months"] == 30.0
+
+
+def test_a_declared_event_column_without_events_is_an_error(tmp_path):
+    path = write(tmp_path / "clinical.tsv", [
+        OS_DFS_HEADER,
+        ["P1", "60", "I", "12", "1", "10", "0"],
+        ["P2", "70", "II", "20", "1", "5", "0"],
+    ])
+    with pytest.raises(sheets.SheetError) as info:
+        load_clinical(path, endpoints=OS_DFS)
+    assert str(info.value) == "clinical.tsv: column 'dfs_status' has no events (all censored)"

@@ -211,3 +211,94 @@ def test_export_plans_one_job_per_slide_and_one_cohort_job(cohort):
     assert {"results/export/clam", "results/export/trident",
             "results/export/excluded.tsv"} <= set(files)
     assert "results/report/report.html" not in files  # export needs no models
+
+
+def train_slides(n: int = 12, seed: int = 42, validation_fraction: float = 0.3) -> set[str]:
+    """The placeholder cohort's training patients' slides (the hash split of radpath.cohort)."""
+    from radpath.cohort import split_draw
+
+    return {f"P{i:05d}_S0" for i in range(1, n + 1)
+            if split_draw(f"P{i:05d}", seed) >= validation_fraction}
+
+
+def assigned_slides(files: list[str]) -> set[str]:
+    return {f.split("/")[2] for f in files
+            if f.startswith("results/pathosig/") and f.endswith("/clusters.h5")}
+
+
+def test_pathosig_plans_one_training_job_and_one_assignment_job_per_slide(cohort):
+    workdir, config = cohort
+    files = dry_run(workdir, config)
+    assert assigned_slides(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert {"results/pathosig/training_tiles.h5", "results/pathosig/model.pt",
+            "results/cohort/pathomics_hpc.tsv", "results/report/pathosig_mosaics.tsv"} <= set(files)
+    commands = run(workdir, config, "-n", "-p").stdout
+    assert commands.count("radpath.cli pathosig-assign") == 12
+    # The training tiles job reads the training patients' slides and no other.
+    job = commands.split("rule pathosig_training_tiles:")[1].split("\n\n")[0]
+    inputs = job.split("input:")[1].split("\n")[0]
+    read = {name.rsplit("/", 1)[1].removesuffix(".svs") for name in inputs.split(", ")
+            if name.endswith(".svs")}
+    assert read == train_slides() and 0 < len(read) < 12
+
+
+def test_changed_validation_slide_does_not_retrain_the_clusters(cohort):
+    """The clustering is trained on training slides only: a validation slide's change
+    re-runs its own jobs and the cohort steps, a training slide's change retrains."""
+    workdir, config = cohort
+    touch_all(workdir, config)
+    validation = sorted({f"P{i:05d}_S0" for i in range(1, 13)} - train_slides())
+    training = sorted(train_slides())
+    time.sleep(0.01)
+    os.utime(workdir / "data" / "slides" / f"{validation[0]}.svs")
+    files = dry_run(workdir, config)
+    assert assigned_slides(files) == {validation[0]}
+    assert "results/pathosig/model.pt" not in files
+    assert "results/cohort/pathomics_hpc.tsv" in files
+    time.sleep(0.01)
+    os.utime(workdir / "data" / "slides" / f"{training[0]}.svs")
+    files = dry_run(workdir, config)
+    assert "results/pathosig/model.pt" in files
+    assert len(assigned_slides(files)) == 12
+
+
+def dfs_cohort(tmp_path):
+    """A cohort whose sheet has OS and DFS (as dfs_months, dfs_status) but no PFS columns,
+    and a config declaring exactly those two endpoints."""
+    import yaml
+
+    names = {"pfs_time": "dfs_months", "pfs_event": "dfs_status"}
+    write_placeholder_cohort(tmp_path / "data", n_patients=12, clinical_names=names)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data")
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    # Set here, not through write_config, which would merge it into the shipped os/pfs.
+    settings["endpoints"] = {
+        "os": {"time": "os_time", "event": "os_event"},
+        "dfs": {"time": "dfs_months", "event": "dfs_status", "not_after": "os"},
+    }
+    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return config
+
+
+def test_an_endpoint_declared_with_its_own_columns_gets_its_models(tmp_path):
+    config = dfs_cohort(tmp_path)
+    files = dry_run(tmp_path, config)
+    endpoints = {f.split("/")[2] for f in files if f.startswith("results/models/")}
+    assert endpoints == {"os", "dfs"}
+    for model in ("clinical", "radiomics", "clinical_radiomics"):
+        assert f"results/models/dfs/{model}/risk.tsv" in files
+    assert "results/cohort/outcomes.tsv" in files and COHORT_STEPS <= set(files)
+
+
+def test_a_time_after_its_not_after_endpoint_stops_the_run(tmp_path):
+    config = dfs_cohort(tmp_path)
+    sheet = tmp_path / "data" / "clinical.tsv"
+    rows = [row.split("\t") for row in sheet.read_text(encoding="utf-8").splitlines()]
+    rows[1][5] = str(float(rows[1][3]) + 1)  # P00001's DFS one month after its OS
+    sheet.write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
+    result = run(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert (
+        f"clinical.tsv line 2 (P00001): dfs_months {float(rows[1][5])} is after os_time "
+        f"{float(rows[1][3])} (dfs ends no later than os: endpoints.dfs.not_after in the config)"
+    ) in result.stdout + result.stderr

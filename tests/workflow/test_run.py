@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 MODELS = [
     "clinical", "radiomics_raw", "radiomics", "clinical_radiomics", "pathomics_embedding",
     "pathomics_morphology", "clinical_pathomics", "clinical_radiomics_pathomics",
+    "pathosig", "clinical_pathosig",
 ]
 
 
@@ -50,6 +51,35 @@ def test_report_and_tables(finished_run):
     assert (validation["harrell_lo"] <= validation["harrell_c"]).all()
     assert (validation["harrell_c"] <= validation["harrell_hi"]).all()
     assert validation["n"].sum() > 0
+
+
+def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(finished_run):
+    workdir, _ = finished_run
+    split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
+    slides = read_tsv(workdir / "results/cohort/pathomics_hpc_slides.tsv", index_col="slide_id")
+    with h5py.File(workdir / "results/pathosig/training_tiles.h5") as h5:
+        trained_on = set(h5["slide_id"].asstr()[:])
+    patients = {s: p for s, p in slides["patient_id"].items()}
+    assert trained_on and {split[patients[s]] for s in trained_on} == {"train"}
+    train_slides = {s for s, p in patients.items() if split[p] == "train"}
+    assert trained_on == train_slides  # every training slide, no validation slide
+    history = pd.read_csv(workdir / "results/pathosig/training_history.tsv", sep="\t")
+    assert list(history["epoch"]) == list(range(1, len(history) + 1))
+    assert not (workdir / "results/pathosig/checkpoints").exists()  # removed once done
+    matrix = read_tsv(workdir / "results/cohort/pathomics_hpc.tsv", index_col="patient_id")
+    k = matrix.shape[1]
+    assert list(matrix.columns) == [f"hpc_{i:02d}" for i in range(1, k + 1)]
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    assert {split[p] for p in matrix.index} == {"train", "validation"}
+    for slide_id, row in slides.iterrows():
+        with h5py.File(workdir / f"results/pathosig/{slide_id}/clusters.h5") as h5:
+            assert len(h5["cluster"]) == row["n_tiles"]
+            assert h5["cluster"][:].max() < k
+    mosaics = pd.read_csv(workdir / "results/report/pathosig_mosaics.tsv", sep="\t")
+    assert len(mosaics) == k
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "PathoSig: phenotype clusters of H&amp;E tiles" in html
+    assert html.count('alt="cluster hpc_') == k
 
 
 def test_features_exclude_diagnostics_and_are_harmonized(finished_run):
