@@ -80,6 +80,9 @@ for _warning in _split_warnings if workflow.is_main_process else []:
 # Endpoint names, in the order declared (config `endpoints`, normalized by load_config).
 ENDPOINTS = list(config["endpoints"])
 MODELS = list(config["models"])
+# Models whose risk groups the treatment-benefit analysis looks at ([] = all).
+TREATMENT = config["treatment"]
+TREATMENT_MODELS = TREATMENT["models"] or MODELS
 
 BLOCK_FILES = {
     "radiomics_raw": "results/cohort/radiomics_raw.tsv",

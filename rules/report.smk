@@ -35,6 +35,12 @@ rule report:
         pathosig_history=(
             ["results/pathosig/training_history.tsv"] if PATHOSIG_USED else []
         ),
+        treatment_benefit=(
+            ["results/report/treatment_benefit.tsv"] if TREATMENT["column"] else []
+        ),
+        treatment_plots=(
+            ["results/report/treatment_benefit"] if TREATMENT["column"] else []
+        ),
         template=REPORT_TEMPLATE,
     output:
         html=report(

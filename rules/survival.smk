@@ -78,3 +78,28 @@ rule evaluate:
         time_unit=config["time_unit"],
     script:
         "../scripts/evaluate.py"
+
+
+# Who benefits from treatment (config `treatment`): each model's risk groups x treatment.
+rule treatment_benefit:
+    input:
+        risks=expand(
+            "results/models/{endpoint}/{model}/risk.tsv",
+            endpoint=ENDPOINTS,
+            model=TREATMENT_MODELS,
+        ),
+        clinical=config["clinical"],
+    output:
+        table="results/report/treatment_benefit.tsv",
+        plots=directory("results/report/treatment_benefit"),
+    log:
+        "logs/report/treatment_benefit.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        endpoints=ENDPOINTS,
+        models=TREATMENT_MODELS,
+        treatment=config["treatment"],
+        time_unit=config["time_unit"],
+    script:
+        "../scripts/treatment_benefit.py"

@@ -140,6 +140,17 @@ def cross_key_problems(config: Mapping) -> list[str]:
                     f"config: models.{name}: uses {', '.join(sorted(used))} but no slides sheet "
                     "is set (set `slides:` or leave this model out)"
                 )
+    treatment = config.get("treatment") or {}
+    if treatment.get("column") and not treatment.get("treated"):
+        problems.append(
+            "config: treatment.treated: required with treatment.column (the column's value "
+            "for treated patients)"
+        )
+    for name in treatment.get("models", []):
+        if name not in models:
+            problems.append(
+                f"config: treatment.models: '{name}' is not one of the models ({', '.join(models)})"
+            )
     covariate_names = [c.get("name") for c in config.get("covariates", [])]
     for name in sorted({n for n in covariate_names if covariate_names.count(n) > 1}):
         problems.append(f"config: covariates: '{name}' is listed more than once")

@@ -151,6 +151,11 @@ class RiskModel:
     heterogeneity: float = 0.7
     stage: tuple[float, float, float, float] = (0.0, 0.35, 0.75, 1.3)
     age_per_decade: float = 0.15
+    # Chemoradiotherapy (randomised, half the patients) helps high-risk patients: its log
+    # hazard ratio is treatment_log_hr * sigmoid(2 z), z the standardised log-hazard (about
+    # HR 0.4 at z = +1.5, 0.9 at z = -1.5).
+    treated_fraction: float = 0.5
+    treatment_log_hr: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -426,6 +431,14 @@ def latent_risk(
     )
 
 
+def treatment_effect(log_hazard: np.ndarray, treated: np.ndarray, model: RiskModel) -> np.ndarray:
+    """The treatment's log hazard ratio for each patient (0 if untreated): larger benefit
+    the higher the untreated risk."""
+    log_hazard = np.asarray(log_hazard, dtype=float)
+    z = (log_hazard - log_hazard.mean()) / (log_hazard.std() or 1.0)
+    return np.asarray(treated, float) * model.treatment_log_hr / (1.0 + np.exp(-2.0 * z))
+
+
 def _weibull_times(
     log_hazard: np.ndarray, scale: float, shape: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -487,7 +500,8 @@ def sample_cohort(
         raise ValueError(f"demo cohort: n_patients must be >= 1, got {n_patients}")
     if not 1 <= n_scanners <= len(SCANNERS):
         raise ValueError(f"demo cohort: n_scanners must be in 1..{len(SCANNERS)}, got {n_scanners}")
-    cohort_seq, shape_seq, image_seq = np.random.SeedSequence(seed).spawn(3)
+    # A fourth stream for the treatment keeps the first three's draws as they were.
+    cohort_seq, shape_seq, image_seq, treatment_seq = np.random.SeedSequence(seed).spawn(4)
     rng = np.random.default_rng(cohort_seq)
     ids = patient_ids(n_patients)
     scanners = [SCANNERS[k] for k in rng.permutation(np.arange(n_patients) % n_scanners)]
@@ -522,10 +536,14 @@ def sample_cohort(
     ) / LOG_VOLUME_SD
     stage = _stage_from_score(0.5 * log_volume_z + math.sqrt(0.75) * stage_noise)
     log_hazard = latent_risk(log_volume_z, heterogeneity, stage, age, risk_model)
-    survival = simulate_survival(log_hazard, rng, survival_model)
+    treated = np.random.default_rng(treatment_seq).random(n_patients) < risk_model.treated_fraction
+    survival = simulate_survival(
+        log_hazard + treatment_effect(log_hazard, treated, risk_model), rng, survival_model
+    )
 
     clinical = pd.concat(
-        [pd.DataFrame({"patient_id": ids, "age": age, "sex": sex, "stage": stage}), survival],
+        [pd.DataFrame({"patient_id": ids, "age": age, "sex": sex, "stage": stage,
+                       "chemoradiotherapy": np.where(treated, "yes", "no")}), survival],
         axis=1,
     )
     sheet = pd.DataFrame(

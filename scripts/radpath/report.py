@@ -176,6 +176,25 @@ def pathosig_section(
             "last": epochs[-1] if epochs else {}}
 
 
+def treatment_section(table_path: str | Path, plots_dir: str | Path, column: str) -> dict:
+    """Validation rows of the treatment-benefit table (formatted) and their KM plots."""
+    table = read_tsv(table_path)
+    rows = []
+    for r in table[table["cohort"] == "validation"].to_dict("records"):
+        rows.append({
+            "endpoint": r["endpoint"].upper(), "model": r["model"], "n": int(r["n"]),
+            "events": int(r["events"]),
+            "arms": f"{r['n_low_untreated']}/{r['n_low_treated']}/"
+                    f"{r['n_high_untreated']}/{r['n_high_treated']}",
+            "low": fmt_ci(r["hr_treated_low"], r["hr_treated_low_lo"], r["hr_treated_low_hi"]),
+            "high": fmt_ci(r["hr_treated_high"], r["hr_treated_high_lo"],
+                           r["hr_treated_high_hi"]),
+            "p": fmt_p(r["p_interaction"]), "note": r["note"] if r["note"] == r["note"] else "",
+            "img": embed_png(Path(plots_dir) / f"{r['endpoint']}_{r['model']}.png"),
+        })  # fmt: skip
+    return {"column": column, "rows": rows}
+
+
 SMALL_VALIDATION_EVENTS = 30  # fewer validation events than this: CIs are wide
 
 
@@ -324,6 +343,11 @@ def render_report(
                 config["models"],
             )
             if getattr(inputs, "pathosig_mosaics_table", None) else {}
+        ),
+        "treatment": (
+            treatment_section(inputs.treatment_benefit[0], inputs.treatment_plots[0],
+                              config["treatment"]["column"])
+            if getattr(inputs, "treatment_benefit", None) else {}
         ),
         "performance": performance_rows(
             cindex, config["reference_model"],

@@ -428,6 +428,29 @@ def _covariate_problems(
     return problems
 
 
+def treatment_problems(df: pd.DataFrame, name: str, treatment: Mapping) -> list[str]:
+    """The treatment column of the treatment-benefit analysis: present, no blank cell, and
+    both treated and untreated patients."""
+    column = treatment.get("column")
+    if not column:
+        return []
+    if column not in df.columns:
+        return [f"{name}: missing treatment column '{column}' (config treatment.column)"]
+    values = df[column].astype(str).str.strip()
+    problems = [
+        f"{_where(name, i, df['patient_id'].iat[i])}treatment '{column}' is blank"
+        for i in np.flatnonzero((values == "").to_numpy())
+    ]
+    treated = values == str(treatment.get("treated"))
+    if len(df) and (treated.all() or not treated.any()):
+        problems.append(
+            f"{name}: treatment column '{column}' needs treated ({treatment.get('treated')!r}, "
+            f"config treatment.treated) and untreated patients; its values: "
+            f"{', '.join(sorted(set(values)))}"
+        )
+    return problems
+
+
 def _level_text(value) -> str:
     """A category label as text; 2.0 and '2.0' become '2' (as radpath.modeling does)."""
     try:
@@ -488,6 +511,8 @@ def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
         problems,
         endpoints=config["endpoints"],
     )
+    problems += treatment_problems(clinical, Path(config["clinical"]).name,
+                                   config.get("treatment") or {})
     batch_column = config["harmonization"]["batch_column"]
     if batch_column not in patients.columns:
         problems.append(

@@ -25,7 +25,8 @@ def write_placeholder_cohort(
     (out / "ct").mkdir(parents=True, exist_ok=True)
     ids = [f"P{i:05d}" for i in range(first, first + n_patients)]
     patients = ["patient_id\tct\tmask\tscanner"]
-    header = ["patient_id", "age", "stage", "os_time", "os_event", "pfs_time", "pfs_event"]
+    header = ["patient_id", "age", "stage", "os_time", "os_event", "pfs_time", "pfs_event",
+              "chemoradiotherapy"]
     clinical = ["\t".join((clinical_names or {}).get(name, name) for name in header)]
     slides = ["slide_id\tpatient_id\tpath"]
     for i, pid in enumerate(ids):
@@ -36,6 +37,7 @@ def write_placeholder_cohort(
         clinical.append(
             f"{pid}\t{int(rng.integers(40, 85))}\t{['I', 'II', 'III', 'IV'][i % 4]}\t"
             f"{os_time:.2f}\t{int(rng.integers(0, 2))}\t{os_time * 0.7:.2f}\t{int(rng.integers(0, 2))}"
+            f"\t{['no', 'yes'][i % 2]}"
         )
         for k in range(slides_per_patient):
             slide = out / "slides" / f"{pid}_S{k}.svs"

@@ -17,7 +17,7 @@ SCHEMA_PATH = REPO / "config" / "schemas" / "config.schema.yaml"
 SCHEMA = configuration.load_schema(SCHEMA_PATH)
 # Keys whose config.yaml value is the demo cohort's, not a default for every cohort.
 COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
-                   "harmonization.covariates"}
+                   "harmonization.covariates", "treatment.column", "treatment.treated"}
 # PathoSig's network and sample sizes: config.yaml has the demo's tiny values (2 CPUs, ~15
 # minutes), the schema the study's (K = 50, 224 px, ...), so a config that leaves them out
 # gets the study's.
@@ -84,6 +84,9 @@ def test_minimal_config_gets_every_default():
     (lambda c: c["models"]["clinical"].update(block=[]),
      "config: models.clinical.block: unknown key; did you mean 'blocks'?"),
     (lambda c: c.update(seed=-1), "config: seed: must be >= 0, got -1"),
+    (lambda c: c["treatment"].update(treated=""), "config: treatment.treated: required with"),
+    (lambda c: c["treatment"].update(models=["nope"]),
+     "config: treatment.models: 'nope' is not one of the models"),
     (lambda c: c["models"]["pathosig"]["selection"].update(method="lasso"),
      "config: models.pathosig.selection.method: must be one of ['penalized', 'univariate']"),
     (lambda c: c["models"]["pathosig"]["selection"].update(univariate_pp=0.1),

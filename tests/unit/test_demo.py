@@ -19,6 +19,7 @@ CLINICAL_COLUMNS = [
     "age",
     "sex",
     "stage",
+    "chemoradiotherapy",
     "os_time",
     "os_event",
     "pfs_time",

@@ -359,3 +359,22 @@ def test_a_declared_event_column_without_events_is_an_error(tmp_path):
     with pytest.raises(sheets.SheetError) as info:
         load_clinical(path, endpoints=OS_DFS)
     assert str(info.value) == "clinical.tsv: column 'dfs_status' has no events (all censored)"
+
+
+def test_treatment_column_is_checked_when_declared(tmp_path):
+    header = [*CLINICAL_HEADER, "crt"]
+    path = write(tmp_path / "clinical.tsv", [header,
+                 ["P1", "60", "I", "30", "1", "10", "1", "yes"],
+                 ["P2", "70", "II", "20", "0", "5", "0", ""],
+                 ["P3", "70", "II", "20", "0", "5", "0", "yes"]])
+    clinical = load_clinical(path, ids=("P1", "P2", "P3"))
+    problems = sheets.treatment_problems(clinical, "clinical.tsv",
+                                         {"column": "crt", "treated": "yes"})
+    assert problems == ["clinical.tsv line 3 (P2): treatment 'crt' is blank"]
+    assert sheets.treatment_problems(clinical, "clinical.tsv", {"column": "", "treated": ""}) == []
+    assert sheets.treatment_problems(clinical, "clinical.tsv", {"column": "chemo"}) == [
+        "clinical.tsv: missing treatment column 'chemo' (config treatment.column)"]
+    only_treated = sheets.treatment_problems(clinical.assign(crt="yes"), "clinical.tsv",
+                                             {"column": "crt", "treated": "yes"})
+    assert only_treated == ["clinical.tsv: treatment column 'crt' needs treated ('yes', "
+                            "config treatment.treated) and untreated patients; its values: yes"]

@@ -302,3 +302,13 @@ def test_a_time_after_its_not_after_endpoint_stops_the_run(tmp_path):
         f"clinical.tsv line 2 (P00001): dfs_months {float(rows[1][5])} is after os_time "
         f"{float(rows[1][3])} (dfs ends no later than os: endpoints.dfs.not_after in the config)"
     ) in result.stdout + result.stderr
+
+
+def test_treatment_benefit_is_planned_only_with_a_treatment_column(cohort):
+    workdir, config = cohort
+    files = dry_run(workdir, config)
+    assert {"results/report/treatment_benefit.tsv",
+            "results/report/treatment_benefit"} <= set(files)
+    without = write_config(workdir / "no_treatment.yaml", workdir / "data",
+                           treatment={"column": "", "treated": "", "models": []})
+    assert not any("treatment_benefit" in f for f in dry_run(workdir, without))

@@ -82,6 +82,17 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
     assert html.count('alt="cluster hpc_') == k
 
 
+def test_treatment_benefit_for_every_model(finished_run):
+    workdir, _ = finished_run
+    table = pd.read_csv(workdir / "results/report/treatment_benefit.tsv", sep="\t")
+    assert len(table) == 2 * len(MODELS) * 2 and set(table["model"]) == set(MODELS)
+    arms = ["n_low_untreated", "n_low_treated", "n_high_untreated", "n_high_treated"]
+    assert (table[arms].sum(axis=1) == table["n"]).all()
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "Who benefits from chemoradiotherapy? (validation)" in html
+    assert html.count('alt="treatment benefit ') == 2 * len(MODELS)
+
+
 def test_features_exclude_diagnostics_and_are_harmonized(finished_run):
     workdir, _ = finished_run
     raw = read_tsv(workdir / "results/cohort/radiomics_raw.tsv", index_col="patient_id")
