@@ -8,6 +8,13 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 PYTEST_ARGS ?=
+# Without a GPU the GPU rules (slide_embedding, pathosig_assign) run on the CPUs. The demo's
+# slides are small, so those jobs are mostly start-up: CORES of them at a time with one
+# thread each finish sooner than one at a time with every core.
+GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+ifeq ($(GPUS),0)
+DEMO_OPTIONS := --resources gpu=$(CORES) --set-threads slide_embedding=1 pathosig_assign=1
+endif
 
 .PHONY: all venv demo demo-data test test-fast lint format clean
 
@@ -26,7 +33,7 @@ demo-data: $(STAMP)
 	$(BIN)/python scripts/make_demo_cohort.py --config config/config.yaml
 
 demo: demo-data
-	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
+	$(SNAKEMAKE) --profile profiles/local --cores $(CORES) $(DEMO_OPTIONS)
 	@echo
 	@echo "radpath demo finished. Report: $$(pwd)/results/report/report.html"
 	@echo "C-index table:            $$(pwd)/results/report/cindex.tsv"

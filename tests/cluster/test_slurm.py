@@ -97,6 +97,10 @@ def group_submissions(snakemake_output: str, group: str) -> list[str]:
                       snakemake_output)
 
 
+# Rules that ask for a GPU: tile embedding, PathoSig's clustering training and assignment.
+GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign"}
+
+
 def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
     """`scontrol show job` as a dict (the cluster keeps finished jobs: MinJobAge=86400)."""
     line = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout
@@ -158,9 +162,10 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
         rule = re.sub(r"^rule_|_wildcards_.*$", "", record["Comment"])
         by_rule.setdefault(rule, []).append(record)
     assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
+    assert len(by_rule["pathosig_assign"]) == planned["pathosig_assign"] > 0
     for rule, rule_records in by_rule.items():
         for record in rule_records:
-            assert gpus_requested(record) == (1 if rule == "slide_embedding" else 0), (rule, record)
+            assert gpus_requested(record) == (1 if rule in GPU_RULES else 0), (rule, record)
             assert record["Partition"] == slurm_cluster.partition
     # ... and SLURM allocated one of the node's GPUs to each (the job's environment says so).
     slide_logs = list((workdir / "logs" / "pathology" / "resnet50_trunc").glob("*.log"))
