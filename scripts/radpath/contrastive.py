@@ -36,12 +36,13 @@ from torchvision.ops import roi_align
 
 from radpath.embed import (
     PRECISIONS,
-    TileDataset,
     _dtype_name,
     autocast_dtype,
+    check_any_read,
     cpu_budget,
     resolve_device,
-    tile_loader,
+    slide_job_summary,
+    slide_tile_batches,
 )
 from radpath.encoders import RANDOM, Encoder, EncoderError, build_encoder, sha256_file
 from radpath.io import atomic_path
@@ -946,20 +947,12 @@ def assign_slide(
             "the model's are used", slide_id, model_path, ", ".join(differing),
         )
     dtype = autocast_dtype(settings["precision"], device)
-    dataset = TileDataset(slide_path, slide_id, coords, tiles_cfg, mpp_override)
-    loader = tile_loader(
-        dataset, settings["batch_size"], num_workers, pin_memory=device.type == "cuda"
-    )
-    try:
+    with slide_tile_batches(slide_path, slide_id, coords, tiles_cfg, mpp_override,
+                            settings["batch_size"], num_workers, device) as loader:
         cluster, probability, assigned = assign_tiles(
             model, loader, len(coords), trained["input_size"], device, dtype
         )
-    finally:
-        dataset.close()
-    if not assigned.any():
-        raise SlideError(
-            f"slide {slide_id} ({slide_path}): all {len(coords)} tiles of {coords_h5} unreadable"
-        )
+    check_any_read(assigned, slide_id, slide_path, coords_h5)
     n_skipped = int((~assigned).sum())
     attrs = {
         "slide_id": slide_id,
@@ -973,17 +966,7 @@ def assign_slide(
         out_h5, coords[assigned], cluster[assigned], probability[assigned], coords[~assigned],
         tile_attrs, attrs,
     )
-    seconds = time.perf_counter() - start
-    return {
-        "slide_id": slide_id,
-        "n_tiles": int(assigned.sum()),
-        "n_skipped": n_skipped,
-        "seconds": seconds,
-        "tiles_per_s": len(coords) / seconds if seconds > 0 else float("nan"),
-        "device": str(device),
-        "num_workers": int(num_workers),
-        "torch_threads": torch.get_num_threads(),
-    }
+    return slide_job_summary(slide_id, assigned, start, device, num_workers)
 
 
 # ---------------------------------------------------------------------------- HDF5

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # A job never downloads: weights are local files (radpath.encoders). Set before timm (via
@@ -307,24 +308,15 @@ def embed_slide(
     dtype = autocast_dtype(precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: let cuDNN pick the fastest kernels
-    dataset = TileDataset(slide_path, slide_id, coords, tiles_cfg, mpp_override)
-    loader = tile_loader(
-        dataset,
-        emb_cfg.get("batch_size", 64),
-        num_workers,
-        pin_memory=device.type == "cuda",
-    )
     log.info(
         "slide %s: embedding %d tiles with %s on %s (%s)",
         slide_id, len(coords), encoder.name, device, _dtype_name(dtype),
     )
-    try:
+    with slide_tile_batches(slide_path, slide_id, coords, tiles_cfg, mpp_override,
+                            emb_cfg.get("batch_size", 64), num_workers, device) as loader:
         features, embedded = embed_tiles(loader, len(coords), encoder, device, dtype)
-    finally:
-        dataset.close()
+    check_any_read(embedded, slide_id, slide_path, coords_h5)
     n_skipped = int((~embedded).sum())
-    if not embedded.any():
-        raise SlideError(f"slide {slide_id} ({slide_path}): all {len(coords)} tiles unreadable")
     attrs = {
         **encoder.provenance,
         "precision": _dtype_name(dtype),
@@ -334,13 +326,48 @@ def embed_slide(
     write_features_h5(
         out_h5, features[embedded], coords[embedded], coords[~embedded], tile_attrs, attrs
     )
+    return slide_job_summary(slide_id, embedded, start, device, num_workers)
+
+
+@contextmanager
+def slide_tile_batches(
+    slide_path: str | os.PathLike,
+    slide_id: str,
+    coords: np.ndarray,
+    tiles_cfg: dict,
+    mpp_override: float | None,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> Iterator[DataLoader]:
+    """The slide's tiles in batches (TileDataset + tile_loader) for a per-slide GPU job;
+    this process's slide handle is closed afterwards."""
+    dataset = TileDataset(slide_path, slide_id, coords, tiles_cfg, mpp_override)
+    try:
+        yield tile_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    finally:
+        dataset.close()
+
+
+def check_any_read(done: np.ndarray, slide_id: str, slide_path, coords_h5) -> None:
+    """SlideError when not one tile of the slide could be read."""
+    if not done.any():
+        raise SlideError(
+            f"slide {slide_id} ({slide_path}): all {len(done)} tiles of {coords_h5} unreadable"
+        )
+
+
+def slide_job_summary(
+    slide_id: str, done: np.ndarray, start: float, device: torch.device, num_workers: int
+) -> dict:
+    """What a per-slide GPU job logs: tiles done and skipped, seconds, tiles/s, device."""
     seconds = time.perf_counter() - start
     return {
         "slide_id": slide_id,
-        "n_tiles": int(embedded.sum()),
-        "n_skipped": n_skipped,
+        "n_tiles": int(done.sum()),
+        "n_skipped": int((~done).sum()),
         "seconds": seconds,
-        "tiles_per_s": len(coords) / seconds if seconds > 0 else float("nan"),
+        "tiles_per_s": len(done) / seconds if seconds > 0 else float("nan"),
         "device": str(device),
         "num_workers": int(num_workers),
         "torch_threads": torch.get_num_threads(),

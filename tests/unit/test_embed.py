@@ -151,7 +151,7 @@ def test_all_tiles_unreadable_is_an_error(slide, tmp_path):
     shutil.copy(slide["path"], tmp_path / "bad.svs")
     corrupt_level0_tile(tmp_path / "bad.svs", x + 5, y + 5)
     wsi.write_coords_h5(outside, np.array([[x, y]]), attrs)
-    with pytest.raises(wsi.SlideError, match=r"slide S1 .*all 1 tiles unreadable"):
+    with pytest.raises(wsi.SlideError, match=r"slide S1 .*all 1 tiles of .*outside.h5 unreadable"):
         embed.embed_slide(
             tmp_path / "bad.svs", "S1", outside, tmp_path / "f.h5", EMBEDDING, TILES, device="cpu"
         )
