@@ -59,7 +59,12 @@ def _ratio(beta: float, variance: float) -> tuple[float, float, float]:
     if not (math.isfinite(beta) and math.isfinite(variance) and variance >= 0):
         return (math.nan,) * 3
     se = math.sqrt(variance)
-    return math.exp(beta), math.exp(beta - Z_95 * se), math.exp(beta + Z_95 * se)
+    # Near-separation (an arm whose events all come first or last) gives huge standard
+    # errors: the bounds are then 0 and inf, not an overflow.
+    return tuple(
+        math.exp(min(value, 700.0)) if value < 700 else math.inf
+        for value in (beta, beta - Z_95 * se, beta + Z_95 * se)
+    )
 
 
 def interaction_row(frame: pd.DataFrame) -> dict:
@@ -93,6 +98,7 @@ def interaction_row(frame: pd.DataFrame) -> dict:
         + 2 * cov.loc["treated", "high_x_treated"],
     )
     interaction = _ratio(beta["high_x_treated"], cov.loc["high_x_treated", "high_x_treated"])
+    unbounded = any(math.isinf(bound) or bound == 0 for bound in (*low, *high, *interaction))
     return {
         **row,
         "hr_treated_low": low[0], "hr_treated_low_lo": low[1], "hr_treated_low_hi": low[2],
@@ -100,7 +106,7 @@ def interaction_row(frame: pd.DataFrame) -> dict:
         "hr_interaction": interaction[0], "hr_interaction_lo": interaction[1],
         "hr_interaction_hi": interaction[2],
         "p_interaction": float(fit.summary.loc["high_x_treated", "p"]),
-        "note": "",
+        "note": "near-separation: a confidence interval is unbounded" if unbounded else "",
     }  # fmt: skip
 
 

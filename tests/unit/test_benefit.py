@@ -108,3 +108,25 @@ def test_demo_plants_a_benefit_for_high_risk_patients():
     row = benefit.interaction_row(benefit.benefit_frame(risk, treated, "validation"))
     assert row["hr_treated_high"] < 0.75 < row["hr_treated_low"]
     assert row["p_interaction"] < 0.05
+
+
+def test_near_separation_gives_unbounded_intervals_not_an_overflow():
+    # The high-risk treated arm's only event comes after every other patient's follow-up:
+    # its hazard ratio runs off to zero (monotone likelihood), as in a demo run that
+    # crashed with OverflowError in math.exp.
+    assert benefit._ratio(40.0, 1.0e6)[1:] == (0.0, math.inf)
+    rng = np.random.default_rng(0)
+    n = 40
+    high = np.repeat([0.0, 1.0], n // 2)
+    treated = np.tile([0.0, 1.0], n // 2)
+    time = rng.uniform(1, 10, n)
+    event = np.ones(n, dtype=int)
+    arm = (high == 1) & (treated == 1)
+    event[arm] = 0
+    first = np.flatnonzero(arm)[0]
+    time[first], event[first] = 50.0, 1
+    frame = pd.DataFrame({"time": time, "event": event, "high": high, "treated": treated})
+    frame["high_x_treated"] = frame["high"] * frame["treated"]
+    row = benefit.interaction_row(frame)
+    assert row["note"] == "near-separation: a confidence interval is unbounded"
+    assert row["hr_treated_high_lo"] == 0.0 or math.isinf(row["hr_treated_high_hi"])
