@@ -90,6 +90,16 @@ BLOCK_FILES = {
     "pathomics_embedding": "results/cohort/pathomics_embedding.tsv",
     "pathomics_morphology": "results/cohort/pathomics_morphology.tsv",
     "pathomics_hpc": "results/cohort/pathomics_hpc.tsv",
+    "deep_ct": "results/cohort/deep_ct_{endpoint}.tsv",  # a score per endpoint
+}
+DEEP_CT_USED = any("deep_ct" in spec["blocks"] for spec in config["models"].values())
+# Per patient, the extra images of the cube job (deep_ct.cubes.channels: sheet columns).
+CUBE_IMAGE_COLUMNS = config["deep_ct"]["cubes"]["channels"]
+PATIENT_CUBE_IMAGES = {
+    patient: dict(zip(CUBE_IMAGE_COLUMNS, paths))
+    for patient, *paths in zip(
+        PATIENTS.index, *(PATIENTS[column] for column in CUBE_IMAGE_COLUMNS)
+    )
 }
 
 
@@ -99,6 +109,7 @@ wildcard_constraints:
     endpoint="|".join(ENDPOINTS),
     model=sheets.ID_PATTERN,
     encoder="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    member="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def patient_images(wildcards):
@@ -107,6 +118,19 @@ def patient_images(wildcards):
         "ct": PATIENT_CT[wildcards.patient],
         "mask": PATIENT_MASK[wildcards.patient],
     }
+
+
+def patient_cube_images(wildcards):
+    """The cube job's images: CT, mask and the extra channels by column name."""
+    return {**patient_images(wildcards), **PATIENT_CUBE_IMAGES[wildcards.patient]}
+
+
+def patient_cube_options(wildcards):
+    """The radiomics job's sheet options plus --extra=NAME=PATH per extra channel."""
+    return PATIENT_OPTIONS[wildcards.patient] + [
+        f"--extra={name}={path}"
+        for name, path in PATIENT_CUBE_IMAGES[wildcards.patient].items()
+    ]
 
 
 def patient_options(wildcards):
@@ -175,7 +199,37 @@ def slide_sources(slide_ids):
 
 
 def model_block_files(wildcards):
-    return [BLOCK_FILES[block] for block in config["models"][wildcards.model]["blocks"]]
+    return [
+        BLOCK_FILES[block].format(endpoint=wildcards.endpoint)
+        for block in config["models"][wildcards.model]["blocks"]
+    ]
+
+
+def deep_ct_checkpoints(wildcards):
+    """A training job's checkpoint folder (removed when the job has finished)."""
+    return os.path.join(
+        "results",
+        "deep_ct",
+        wildcards.endpoint,
+        wildcards.member,
+        f"fold{wildcards.fold}",
+        "checkpoints",
+    )
+
+
+def deep_ct_member_files(name):
+    """An input function: `name` of every network x fold of the endpoint's deep CT model."""
+
+    def files(wildcards):
+        return expand(
+            "results/deep_ct/{endpoint}/{member}/fold{fold}/{name}",
+            endpoint=wildcards.endpoint,
+            member=configuration.deep_ct_members(config["deep_ct"]),
+            fold=range(1, config["deep_ct"]["folds"] + 1),
+            name=name,
+        )
+
+    return files
 
 
 def all_model_risks():

@@ -35,6 +35,25 @@ rule report:
         pathosig_history=(
             ["results/pathosig/training_history.tsv"] if PATHOSIG_USED else []
         ),
+        deep_ct_summary=(
+            expand(
+                "results/deep_ct/{endpoint}/training_summary.tsv", endpoint=ENDPOINTS
+            )
+            if DEEP_CT_USED
+            else []
+        ),
+        deep_ct_curves=(
+            expand(
+                "results/report/deep_ct/{endpoint}_training.png", endpoint=ENDPOINTS
+            )
+            if DEEP_CT_USED
+            else []
+        ),
+        deep_ct_gradcam=(
+            expand("results/deep_ct/{endpoint}/gradcam", endpoint=ENDPOINTS)
+            if DEEP_CT_USED
+            else []
+        ),
         treatment_benefit=(
             ["results/report/treatment_benefit.tsv"] if TREATMENT["column"] else []
         ),

@@ -33,6 +33,6 @@ def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
     from smk import FAST_STATS, run, write_config
 
     workdir = tmp_path_factory.mktemp("run")
-    config = write_config(workdir / "config.yaml", small_cohort, **FAST_STATS)
+    config = write_config(workdir / "config.yaml", small_cohort, with_deep_ct=True, **FAST_STATS)
     run(workdir, config)
     return workdir, config

@@ -1,6 +1,6 @@
 """Command line of the per-patient and per-slide jobs: `python -m radpath.cli --help`.
 
-The rules `radiomics`, `slide_tiles`, `slide_embedding` and `pathosig_assign` run one job per patient or slide, so a cohort of
+The rules `radiomics`, `ct_cubes`, `slide_tiles`, `slide_embedding` and `pathosig_assign` run one job per patient or slide, so a cohort of
 thousands has thousands of them. They are `shell:` rules calling this command rather than
 `script:` rules: Snakemake reads and inspects a `script:` file once per job while it builds
 the DAG, which made dry-runs of large cohorts ~1.6x slower.
@@ -62,6 +62,42 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
             mask_segment=args.mask_segment,
         ),
         [args.features, args.qc],
+        settings["on_error"],
+    )
+
+
+def extra_image(text: str) -> tuple[str, str]:
+    """--extra NAME=PATH -> (NAME, PATH)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name.strip(), path
+
+
+def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
+    """CT + mask (+ extra images on the CT grid) -> the patient's cubes.npz."""
+    from radpath.ct_cubes import CubeSettingsError, extract_cubes
+
+    extras = dict(args.extra)
+    if len(extras) != len(args.extra):
+        raise CubeSettingsError(f"--extra names repeated: {[name for name, _ in args.extra]}")
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: extract_cubes(
+            patient_id=args.patient,
+            ct_path=args.ct,
+            mask_path=args.mask,
+            mask_label=args.mask_label,
+            ct_cfg=settings["ct"],
+            cube_cfg=settings["cubes"],
+            out_path=args.cubes,
+            ct_series_uid=args.ct_series_uid,
+            mask_roi=args.mask_roi,
+            mask_segment=args.mask_segment,
+            extra_images=extras,
+        ),
+        [args.cubes],
         settings["on_error"],
     )
 
@@ -179,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--params", required=True, help="pyradiomics parameter file")
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
+
+    sub = command("ct-cubes", ct_cubes,
+                  "CT + mask (+ registered images) -> the patient's concentric cubes (.npz)")
+    sub.add_argument("--patient", required=True)
+    sub.add_argument("--ct", required=True)
+    sub.add_argument("--mask", required=True)
+    sub.add_argument("--mask-label", type=int, required=True)
+    sub.add_argument("--ct-series-uid", default="",
+                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
+    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
+    sub.add_argument("--mask-segment", default="",
+                     help="DICOM-SEG segment number or label ('' = the only segment)")
+    sub.add_argument("--extra", type=extra_image, action="append", default=[],
+                     metavar="NAME=PATH",
+                     help="an extra image registered to the CT (deep_ct.cubes.channels); repeatable")
+    sub.add_argument("--cubes", required=True, help="the .npz file to write")
 
     sub = command("slide-tiles", slide_tiles,
                   "slide -> coords.h5, thumbnail.png, morphology.tsv")

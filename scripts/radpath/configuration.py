@@ -155,6 +155,11 @@ def cross_key_problems(config: Mapping) -> list[str]:
     for name in sorted({n for n in covariate_names if covariate_names.count(n) > 1}):
         problems.append(f"config: covariates: '{name}' is listed more than once")
     problems += endpoint_problems(config)
+    deep_ct = config.get("deep_ct") or {}
+    init = deep_ct.get("init", "")
+    if init and any("deep_ct" in spec.get("blocks", []) for spec in models.values()):
+        if not os.path.isfile(init):
+            problems.append(f"config: deep_ct.init: checkpoint file {init} does not exist")
     embedding = config.get("pathology", {}).get("embedding", {})
     threads = config.get("pathology", {}).get("threads", 1)
     workers = embedding.get("num_workers", 0)
@@ -227,6 +232,20 @@ def endpoint_problems(config: Mapping) -> list[str]:
                 f"(declared: {declared})"
             )
     return problems
+
+
+def deep_ct_members(deep_ct: Mapping) -> dict[str, dict]:
+    """The networks trained per endpoint and fold, by name: each network on every scale
+    stacked as channels (view `channels`), or one per network and scale (`per_scale`, e.g.
+    `resnet10-37.5mm`), soft-voted. {name: {network, edges_mm (None = all scales)}}."""
+    members = {}
+    for network in deep_ct["networks"]:
+        if deep_ct["view"] == "channels":
+            members[network] = {"network": network, "edges_mm": None}
+        else:
+            for edge in deep_ct["cubes"]["edges_mm"]:
+                members[f"{network}-{edge:g}mm"] = {"network": network, "edges_mm": [edge]}
+    return members
 
 
 def model_selection(config: Mapping, model: str) -> dict:

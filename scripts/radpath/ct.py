@@ -147,6 +147,12 @@ class MaskSource(NamedTuple):
     note: str  # what was read (file, ROI or segment), for the QC table
 
 
+class CheckedCase(NamedTuple):
+    image: sitk.Image  # the CT as read
+    mask: sitk.Image  # binary (0/1, UInt8), on the CT grid
+    notes: dict[str, str]  # reading and geometry notes for the QC table
+
+
 class PreparedCase(NamedTuple):
     image: sitk.Image
     mask: sitk.Image  # binary (0/1, UInt8), same grid as `image`
@@ -351,15 +357,20 @@ def _count_bytes(handle, chunk: int = 1 << 22) -> int:
 # --- geometry ------------------------------------------------------------------------------
 
 
-def geometry_differences(ct: sitk.Image, mask: sitk.Image, tolerance: float) -> list[str]:
-    """'what CT (values) vs mask (values)' for each of size/spacing/origin/direction that differ."""
+def geometry_differences(
+    ct: sitk.Image, mask: sitk.Image, tolerance: float, other: str = "mask"
+) -> list[str]:
+    """'what CT (values) vs mask (values)' for each of size/spacing/origin/direction that differ.
+
+    `other` names the second image in the text (e.g. an extra channel's name).
+    """
     differences = []
     if ct.GetSize() != mask.GetSize():
-        differences.append(f"size CT {_fmt(ct.GetSize())} vs mask {_fmt(mask.GetSize())}")
+        differences.append(f"size CT {_fmt(ct.GetSize())} vs {other} {_fmt(mask.GetSize())}")
     for name in ("Spacing", "Origin", "Direction"):
         a, b = getattr(ct, "Get" + name)(), getattr(mask, "Get" + name)()
         if np.max(np.abs(np.subtract(a, b))) > tolerance:
-            differences.append(f"{name.lower()} CT {_fmt(a)} vs mask {_fmt(b)}")
+            differences.append(f"{name.lower()} CT {_fmt(a)} vs {other} {_fmt(b)}")
     return differences
 
 
@@ -635,6 +646,64 @@ def resample_case(
     )
 
 
+def load_checked_case(
+    ct_path: str | os.PathLike,
+    mask_path: str | os.PathLike,
+    mask_label,
+    ct_cfg: Mapping | CTSettings,
+    patient_id: str,
+    *,
+    ct_series_uid: str | None = "",
+    mask_roi: str | None = "",
+    mask_segment: str | int | None = "",
+) -> CheckedCase:
+    """Read one patient's CT and mask and put the binary mask on the CT grid.
+
+    The shared first half of `prepare_case` (radiomics) and `radpath.ct_cubes`: reading
+    (files or DICOM, see `read_ct` and `read_mask`) and the geometry check (`check_geometry`
+    with ct.geometry_tolerance and ct.resample_mask_to_ct). The ROI size is not checked here
+    (callers check it on the grid they use, see `check_roi_size`).
+    """
+    settings = ct_cfg if isinstance(ct_cfg, CTSettings) else CTSettings.from_config(ct_cfg)
+    label = as_label(mask_label, patient_id)
+    ct_volume = read_ct(ct_path, patient_id, optional_text(ct_series_uid))
+    ct = ct_volume.image
+    source = read_mask(
+        mask_path,
+        ct_volume,
+        patient_id,
+        label,
+        optional_text(mask_roi),
+        optional_text(mask_segment),
+        settings.geometry_tolerance,
+    )
+    geometry = check_geometry(
+        ct,
+        source.mask,
+        settings.geometry_tolerance,
+        patient_id,
+        ct_path,
+        mask_path,
+        settings.resample_mask_to_ct,
+    )
+    mask = geometry.mask
+    native_voxels = count_roi_voxels(mask)
+    notes = {
+        "radpath_ct_path": os.fspath(ct_path),
+        "radpath_mask_path": os.fspath(mask_path),
+        "radpath_mask_label": str(label) if source.kind == LABEL_MAP else "",
+        "radpath_ct_series": "" if ct_volume.series is None else ct_volume.series.describe(),
+        "radpath_mask_source": source.note,
+        "radpath_ct_size": _fmt(ct.GetSize()),
+        "radpath_ct_spacing": _fmt(ct.GetSpacing()),
+        "radpath_ct_pixel_type": ct.GetPixelIDTypeAsString(),
+        "radpath_mask_geometry": geometry.note,
+        "radpath_roi_voxels_native": str(native_voxels),
+        "radpath_roi_volume_mm3": f"{native_voxels * math.prod(ct.GetSpacing()):.6g}",
+    }
+    return CheckedCase(ct, mask, notes)
+
+
 def prepare_case(
     ct_path: str | os.PathLike,
     mask_path: str | os.PathLike,
@@ -659,46 +728,19 @@ def prepare_case(
     DICOM-SEG segment (number or label).
     """
     settings = ct_cfg if isinstance(ct_cfg, CTSettings) else CTSettings.from_config(ct_cfg)
-    label = as_label(mask_label, patient_id)
-    ct_volume = read_ct(ct_path, patient_id, optional_text(ct_series_uid))
-    ct = ct_volume.image
-    source = read_mask(
-        mask_path,
-        ct_volume,
-        patient_id,
-        label,
-        optional_text(mask_roi),
-        optional_text(mask_segment),
-        settings.geometry_tolerance,
-    )
-    mask = source.mask
-    geometry = check_geometry(
-        ct,
-        mask,
-        settings.geometry_tolerance,
-        patient_id,
+    ct, mask, notes = load_checked_case(
         ct_path,
         mask_path,
-        settings.resample_mask_to_ct,
+        mask_label,
+        settings,
+        patient_id,
+        ct_series_uid=ct_series_uid,
+        mask_roi=mask_roi,
+        mask_segment=mask_segment,
     )
-    mask = geometry.mask
-    native_voxels = count_roi_voxels(mask)
-    notes = {
-        "radpath_ct_path": os.fspath(ct_path),
-        "radpath_mask_path": os.fspath(mask_path),
-        "radpath_mask_label": str(label) if source.kind == LABEL_MAP else "",
-        "radpath_ct_series": "" if ct_volume.series is None else ct_volume.series.describe(),
-        "radpath_mask_source": source.note,
-        "radpath_ct_size": _fmt(ct.GetSize()),
-        "radpath_ct_spacing": _fmt(ct.GetSpacing()),
-        "radpath_ct_pixel_type": ct.GetPixelIDTypeAsString(),
-        "radpath_mask_geometry": geometry.note,
-        "radpath_roi_voxels_native": str(native_voxels),
-        "radpath_roi_volume_mm3": f"{native_voxels * math.prod(ct.GetSpacing()):.6g}",
-        "radpath_resample_spacing": "native"
-        if settings.resample_spacing is None
-        else _fmt(settings.resample_spacing),
-    }
+    notes["radpath_resample_spacing"] = (
+        "native" if settings.resample_spacing is None else _fmt(settings.resample_spacing)
+    )
     image = ct
     if settings.resample_spacing is not None:
         source = (

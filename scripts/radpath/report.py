@@ -33,6 +33,9 @@ MODEL_DESCRIPTIONS = {
     "pathosig": "PathoSig: phenotype-cluster proportions significant in univariate Cox, "
                 "refit together",
     "clinical_pathosig": "clinical covariates + PathoSig phenotype clusters",
+    "deep_ct": "deep CT: 3D CNN risk score (out-of-fold on training, ensemble on validation)",
+    "clinical_deep_ct": "clinical covariates + deep CT score",
+    "clinical_radiomics_deep_ct": "clinical + harmonized CT radiomics + deep CT score",
 }
 HPC_PREFIX = "pathomics_hpc:"
 
@@ -195,6 +198,29 @@ def treatment_section(table_path: str | Path, plots_dir: str | Path, column: str
     return {"column": column, "rows": rows}
 
 
+def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[str],
+                    endpoints: list[str]) -> dict:
+    """Per endpoint: how many patients trained, early-stopped and were scored by each fold
+    model, the held-out folds' C, the training curves and the Grad-CAM montages."""
+    sections = []
+    for endpoint, summary, curve, maps in zip(endpoints, summaries, curves, gradcam_dirs,
+                                              strict=True):
+        table = read_tsv(summary)
+        cams = read_tsv(Path(maps) / "gradcam.tsv") if (Path(maps) / "gradcam.tsv").exists() \
+            else pd.DataFrame(columns=["patient_id", "file", "mass_in_mask"])
+        sections.append({
+            "endpoint": endpoint.upper(),
+            "rows": table.to_dict("records"),
+            "n_fit": f"{table['n_fit'].min()}-{table['n_fit'].max()}",
+            "n_validation": int(table["n_validation"].max()),
+            "curves": embed_png(curve),
+            "gradcam": [
+                {**r, "img": embed_png(Path(maps) / r["file"])} for r in cams.to_dict("records")
+            ],
+        })
+    return {"endpoints": sections}
+
+
 SMALL_VALIDATION_EVENTS = 30  # fewer validation events than this: CIs are wide
 
 
@@ -348,6 +374,11 @@ def render_report(
             treatment_section(inputs.treatment_benefit[0], inputs.treatment_plots[0],
                               config["treatment"]["column"])
             if getattr(inputs, "treatment_benefit", None) else {}
+        ),
+        "deep_ct": (
+            deep_ct_section(inputs.deep_ct_summary, inputs.deep_ct_curves,
+                            inputs.deep_ct_gradcam, endpoints)
+            if getattr(inputs, "deep_ct_summary", None) else {}
         ),
         "performance": performance_rows(
             cindex, config["reference_model"],

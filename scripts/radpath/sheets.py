@@ -10,7 +10,7 @@ import copy
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,18 +267,29 @@ def _finish(problems: list[str], collect: list[str] | None) -> None:
 
 
 def load_patients(
-    path: str | os.PathLike, schema_path: str | os.PathLike, problems: list[str] | None = None
+    path: str | os.PathLike,
+    schema_path: str | os.PathLike,
+    problems: list[str] | None = None,
+    image_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The patients sheet, typed, paths resolved, indexed by patient_id.
 
+    `image_columns`: more image columns the run reads (config deep_ct.cubes.channels, e.g.
+    MRI sequences registered to the CT); they must be in the sheet, files that exist.
     Raises SheetError with every problem; with a `problems` list, appends to it instead.
     """
     name = Path(path).name
     found: list[str] = []
     df = validate_rows(read_sheet(path, name), load_schema(schema_path), name, "patient_id", found)
-    df = resolve_paths(df, ["ct", "mask"], path)
+    absent = [c for c in image_columns if c not in df.columns]
+    found += [
+        f"{name}: column '{c}' (config deep_ct.cubes.channels) is not in the sheet"
+        for c in absent
+    ]
+    images = ["ct", "mask", *(c for c in image_columns if c not in absent)]
+    df = resolve_paths(df, images, path)
     found += check_unique(df, "patient_id", name)
-    found += check_files_exist(df, ["ct", "mask"], "patient_id", name)
+    found += check_files_exist(df, images, "patient_id", name)
     _finish(found, problems)
     if problems is not None:
         problems += found
@@ -500,7 +511,10 @@ def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
     reported together in one SheetError."""
     schemas = Path(schemas_dir)
     problems: list[str] = []
-    patients = load_patients(config["patients"], schemas / "patients.schema.yaml", problems)
+    patients = load_patients(
+        config["patients"], schemas / "patients.schema.yaml", problems,
+        image_columns=config.get("deep_ct", {}).get("cubes", {}).get("channels", []),
+    )
     clinical = load_clinical(
         config["clinical"],
         schemas / "clinical.schema.yaml",

@@ -13,6 +13,10 @@ from radpath.modeling import fit_model, one_blas_thread, optimism_corrected_c
 
 log = logging.getLogger(__name__)
 
+# Blocks that are one learned risk score (deep CT, per endpoint): they enter the model like a
+# clinical covariate, without feature selection.
+SCORE_BLOCKS = frozenset({"deep_ct"})
+
 
 def load_design(
     outcomes_path: str,
@@ -23,7 +27,8 @@ def load_design(
 
     Feature columns are prefixed with their block name (`radiomics:original_shape_...`) so
     blocks never collide. Patients missing from any block are left out (reported as n).
-    Returns (outcomes, design, forced clinical columns, candidate feature columns).
+    Returns (outcomes, design, forced columns (clinical and SCORE_BLOCKS), candidate
+    feature columns).
     """
     outcomes = read_tsv(outcomes_path, index_col="patient_id")
     design = pd.DataFrame(index=outcomes.index)
@@ -36,7 +41,10 @@ def load_design(
     for block, path in block_paths.items():
         matrix = read_tsv(path, index_col="patient_id").add_prefix(f"{block}:")
         design = design.join(matrix, how="inner")
-        candidates += list(matrix.columns)
+        if block in SCORE_BLOCKS:
+            forced += list(matrix.columns)
+        else:
+            candidates += list(matrix.columns)
     dropped = outcomes.index.difference(design.index)
     if len(dropped):
         log.info("%d patient(s) lack a block and are left out: %s", len(dropped), ", ".join(dropped))

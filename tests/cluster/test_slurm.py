@@ -97,8 +97,10 @@ def group_submissions(snakemake_output: str, group: str) -> list[str]:
                       snakemake_output)
 
 
-# Rules that ask for a GPU: tile embedding, PathoSig's clustering training and assignment.
-GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign"}
+# Rules that ask for a GPU: tile embedding, PathoSig's clustering training and assignment,
+# deep CT training and Grad-CAM.
+GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign", "deep_ct_train",
+             "deep_ct_gradcam"}
 
 
 def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
@@ -146,7 +148,7 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     # `all` has no action and stays local; the radiomics and slide tiling jobs are bundled
     # by group-components.
     planned.pop("all")
-    bundled = {group: planned.pop(group) for group in ("radiomics", "slide_tiles")}
+    bundled = {group: planned.pop(group) for group in ("radiomics", "slide_tiles", "ct_cubes")}
     expected = sum(planned.values()) + sum(
         math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
         for group, n_jobs in bundled.items()
@@ -163,6 +165,8 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
         by_rule.setdefault(rule, []).append(record)
     assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
     assert len(by_rule["pathosig_assign"]) == planned["pathosig_assign"] > 0
+    # One deep CT training job per endpoint x network x fold (2 x 1 x 3).
+    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 6
     for rule, rule_records in by_rule.items():
         for record in rule_records:
             assert gpus_requested(record) == (1 if rule in GPU_RULES else 0), (rule, record)

@@ -24,9 +24,14 @@ SNAKEFILE = REPO / "Snakefile"
 FAST_STATS = {"evaluation": {"bootstrap": 200, "optimism_bootstrap": 5}}
 
 
-def write_config(path: Path, cohort_dir: Path, **overrides) -> Path:
-    """A complete config for a cohort folder written by the demo generator."""
+def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False, **overrides) -> Path:
+    """A complete config for a cohort folder written by the demo generator. The deep CT
+    models train networks (a minute per run on 2 CPUs): only runs that look at them
+    (`with_deep_ct=True`) keep them."""
     config = default_config()
+    if not with_deep_ct:
+        config["models"] = {name: spec for name, spec in config["models"].items()
+                            if "deep_ct" not in spec["blocks"]}
     config["patients"] = str(cohort_dir / "patients.tsv")
     config["clinical"] = str(cohort_dir / "clinical.tsv")
     slides = cohort_dir / "slides.tsv"

@@ -4,6 +4,7 @@ config/config.yaml, and messages that name the key by its path."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
 # minutes), the schema the study's (K = 50, 224 px, ...), so a config that leaves them out
 # gets the study's.
 DEMO_SIZED = {f"pathology.pathosig.{key}" for key in (
-    "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")}
+    "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")} | {
+    f"deep_ct.{key}" for key in ("cubes.grid", "networks", "width", "folds", "epochs",
+                                 "batch_size")}
 
 
 def schema_defaults(schema: dict, prefix: str = ""):
@@ -67,9 +70,10 @@ def test_minimal_config_gets_every_default():
     config = configuration.load_config(copy.deepcopy(minimal), SCHEMA_PATH)
     shipped = default_config()
     for key in DEMO_SIZED:
-        shipped["pathology"]["pathosig"].pop(key.rsplit(".", 1)[1])
-        config["pathology"]["pathosig"].pop(key.rsplit(".", 1)[1])
-    for section in ("selection", "evaluation", "pathology", "ct", "cox", "split"):
+        *parents, leaf = key.split(".")
+        for tree in (shipped, config):
+            functools.reduce(dict.__getitem__, parents, tree).pop(leaf)
+    for section in ("selection", "evaluation", "pathology", "ct", "cox", "split", "deep_ct"):
         assert config[section] == shipped[section], section
     assert config["slides"] == "" and config["covariates"] == []
 

@@ -312,3 +312,61 @@ def test_treatment_benefit_is_planned_only_with_a_treatment_column(cohort):
     without = write_config(workdir / "no_treatment.yaml", workdir / "data",
                            treatment={"column": "", "treated": "", "models": []})
     assert not any("treatment_benefit" in f for f in dry_run(workdir, without))
+
+
+def cube_patients(files: list[str]) -> set[str]:
+    return {f.split("/")[3].removesuffix(".npz") for f in files
+            if f.startswith("results/deep_ct/cubes/")}
+
+
+def trained_members(files: list[str]) -> set[tuple[str, str, str]]:
+    """(endpoint, network, fold) of every deep CT training job planned."""
+    return {tuple(f.split("/")[2:5]) for f in files
+            if f.startswith("results/deep_ct/") and f.endswith("/model.pt")}
+
+
+@pytest.fixture()
+def deep_cohort(tmp_path):
+    write_placeholder_cohort(tmp_path / "data", n_patients=12, slides_per_patient=1)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", with_deep_ct=True)
+    return tmp_path, config
+
+
+def test_deep_ct_plans_one_cube_job_per_patient_and_one_training_job_per_fold_and_network(
+        deep_cohort):
+    workdir, config = deep_cohort
+    files = dry_run(workdir, config)
+    assert cube_patients(files) == {f"P{i:05d}" for i in range(1, 13)}
+    assert trained_members(files) == {(endpoint, "resnet10", f"fold{k}")
+                                      for endpoint in ("os", "pfs") for k in (1, 2, 3)}
+    for endpoint in ("os", "pfs"):
+        assert f"results/cohort/deep_ct_{endpoint}.tsv" in files
+        assert f"results/deep_ct/{endpoint}/gradcam" in files
+        for model in ("deep_ct", "clinical_deep_ct", "clinical_radiomics_deep_ct"):
+            assert f"results/models/{endpoint}/{model}/risk.tsv" in files
+    # view per_scale: one network per cube size, each trained per fold.
+    per_scale = write_config(workdir / "per_scale.yaml", workdir / "data", with_deep_ct=True,
+                             deep_ct={"view": "per_scale", "networks": ["resnet10", "resnet18"]})
+    files = dry_run(workdir, per_scale)
+    assert {member for _, member, _ in trained_members(files)} == {
+        f"{net}-{edge}mm" for net in ("resnet10", "resnet18") for edge in ("50", "37.5", "25")}
+    assert len(trained_members(files)) == 2 * 6 * 3
+
+
+def test_changed_mask_reruns_that_patients_cubes_and_every_deep_ct_training_job(deep_cohort):
+    workdir, config = deep_cohort
+    touch_all(workdir, config)
+    assert dry_run(workdir, config) == []
+    time.sleep(0.01)
+    os.utime(workdir / "data" / "ct" / "P00004_mask.nii.gz")
+    files = dry_run(workdir, config)
+    assert cube_patients(files) == {"P00004"}
+    assert radiomics_patients(files) == {"P00004"}
+    assert len(trained_members(files)) == 6
+    assert slide_jobs(files) == set()
+
+
+def test_without_deep_ct_models_nothing_of_deep_ct_is_planned(cohort):
+    workdir, config = cohort
+    files = dry_run(workdir, config)
+    assert not [f for f in files if "deep_ct" in f]

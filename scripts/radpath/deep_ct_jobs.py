@@ -1,0 +1,140 @@
+"""The GPU jobs of the deep CT models (rules deep_ct_train, deep_ct_gradcam): read the cube
+files and the folds, call radpath.deep_ct, write the outputs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+
+from radpath import deep_ct
+from radpath.cube_files import channel_indices, cube_image, read_cubes
+from radpath.deep_ct_cohort import read_folds
+from radpath.io import atomic_path, read_tsv, write_tsv
+
+log = logging.getLogger(__name__)
+
+
+def patient_of(path: str) -> str:
+    return Path(path).name.removesuffix(".npz")
+
+
+def load_cube_array(paths: Mapping[str, str], ids: Sequence[str],
+                    edges_mm: Sequence[float] | None) -> tuple[np.ndarray, list[str]]:
+    """(N, C, G, G, G) float16 cubes of `ids` (the member's scales only) and channel names."""
+    arrays, channels = [], None
+    for pid in ids:
+        cubes = read_cubes(paths[pid])
+        keep = channel_indices(cubes.channels, edges_mm)
+        names = [str(cubes.channels[i]) for i in keep]
+        if channels is None:
+            channels = names
+        elif names != channels:
+            raise ValueError(f"patient {pid}: cube channels {names} differ from {channels} "
+                             f"({paths[pid]}); re-run ct_cubes for every patient")
+        arrays.append(cubes.cube[keep])
+    return np.stack(arrays), channels or []
+
+
+def train_fold_job(*, endpoint: str, member: str, fold: int, member_spec: Mapping,
+                   settings: Mapping, seed: int, folds_path: str, outcomes_path: str,
+                   cube_paths: Sequence[str], init_path: str | None, checkpoint_dir: str,
+                   outputs, threads: int) -> None:
+    torch.set_num_threads(max(1, int(threads)))
+    folds = read_folds(folds_path)
+    outcomes = read_tsv(outcomes_path, index_col="patient_id")
+    usable = folds[folds["excluded"] == ""]
+    ids = list(usable.index)
+    validation = list(usable.index[usable["split"] == "validation"])
+    paths = {patient_of(p): p for p in cube_paths}
+    cubes, channels = load_cube_array(paths, ids, member_spec["edges_mm"])
+    network = member_spec["network"]
+    init_state = (
+        deep_ct.load_init_checkpoint(init_path, network, len(channels), settings["width"])
+        if init_path else None
+    )
+    device = deep_ct.resolve_device(None)
+    log.info("%s %s fold %d: %d patients (%d validation), channels %s, on %s", endpoint,
+             member, fold, len(ids), len(validation), ", ".join(channels), device)
+    result = deep_ct.train_fold(
+        cubes, ids, outcomes.loc[ids, f"{endpoint}_time"].to_numpy(float),
+        outcomes.loc[ids, f"{endpoint}_event"].to_numpy(int),
+        {pid: int(f) for pid, f in usable["fold"].items()}, fold,
+        settings, deep_ct.derive_seed(seed, endpoint), member=member, network=network,
+        channels=channels, validation_ids=validation, checkpoint_dir=checkpoint_dir,
+        init_state=init_state, device=device,
+    )
+    deep_ct.save_member(outputs.model, result.trained,
+                        {"endpoint": endpoint, "init": init_path or ""})
+    write_tsv(result.history, outputs.history, index=False)
+    write_tsv(result.scores, outputs.scores, index=False)
+    write_tsv(result.usage, outputs.usage, index=False)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def member_scale(cubes, channels: Sequence[str]) -> int:
+    """The cube a network sees when it sees one (view per_scale); the largest otherwise."""
+    labels = {c.rpartition("@")[2] for c in channels}
+    edges = [f"{float(e):g}mm" for e in cubes.edges_mm]
+    if len(labels) == 1:
+        return edges.index(labels.pop())
+    return int(np.argmax(cubes.edges_mm))
+
+
+def on_grid_of(cubes, source: int, target: int, cam: np.ndarray) -> np.ndarray:
+    """A map on cube `source`'s grid resampled onto cube `target`'s (0 outside it)."""
+    if source == target:
+        return cam
+    reference = cube_image(cubes, target, np.zeros(cam.shape, np.float32))
+    moved = sitk.Resample(cube_image(cubes, source, cam.astype(np.float32)), reference,
+                          sitk.Transform(), sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(moved)
+
+
+def gradcam_job(*, endpoint: str, folds_path: str, cube_paths: Sequence[str],
+                model_paths: Sequence[str], n_patients: int, out_dir: str,
+                threads: int) -> None:
+    """Grad-CAM of the first `n_patients` validation patients (in sheet order), averaged
+    over every fold model and network: a NIfTI map on each patient's cube grid (the
+    largest cube of the networks' scales) and a montage; gradcam.tsv lists them with the
+    share of the map's mass inside the tumour mask."""
+    torch.set_num_threads(max(1, int(threads)))
+    folds = read_folds(folds_path)
+    chosen = list(folds.index[(folds["split"] == "validation") & (folds["excluded"] == "")])
+    chosen = chosen[:n_patients]
+    members = [deep_ct.load_member(path) for path in model_paths]
+    paths = {patient_of(p): p for p in cube_paths}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for pid in chosen:
+        cubes = read_cubes(paths[pid])
+        names = [str(c) for c in cubes.channels]
+        scale = int(np.argmax(cubes.edges_mm))  # maps are shown on the largest cube's grid
+        maps = []
+        for trained in members:
+            keep = [names.index(c) for c in trained.channels]
+            cam = deep_ct.gradcam([trained], cubes.cube[keep][None])[0]
+            maps.append(on_grid_of(cubes, member_scale(cubes, trained.channels), scale, cam))
+        cam = np.mean(maps, axis=0)
+        label = f"{float(cubes.edges_mm[scale]):g}mm"
+        ct = cubes.cube[names.index(f"ct@{label}")].astype(np.float32)
+        mask_name = f"mask@{label}"
+        mass_in_mask = (
+            float((cam * (cubes.cube[names.index(mask_name)] >= 0.5)).sum() / max(cam.sum(), 1e-12))
+            if mask_name in names else float("nan")
+        )
+        with atomic_path(out / f"{pid}.nii.gz") as tmp:
+            sitk.WriteImage(cube_image(cubes, scale, cam.astype(np.float32)), str(tmp))
+        deep_ct.gradcam_montage(ct, cam, out / f"{pid}.png",
+                                f"{endpoint.upper()} {pid}: Grad-CAM, {len(members)} models")
+        rows.append({"patient_id": pid, "file": f"{pid}.png", "nifti": f"{pid}.nii.gz",
+                     "mass_in_mask": mass_in_mask})
+    write_tsv(pd.DataFrame(rows, columns=["patient_id", "file", "nifti", "mass_in_mask"]),
+              out / "gradcam.tsv", index=False)
