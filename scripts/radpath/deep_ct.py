@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radpath.cube_files import channel_indices  # noqa: F401 (one implementation)
 from radpath.deep_ct_cohort import (  # noqa: F401 (assign_folds re-exported: one implementation)
     FIT,
     HELDOUT,
@@ -185,12 +186,12 @@ def check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source
         if key in state and tuple(state[key].shape) != tuple(own[key].shape)
     ]
     if missing or unexpected or shapes:
-        parts = [
-            f"{len(items)} {what}" + (f" ({', '.join(items[:5])}{', ...' if len(items) > 5 else ''})"
-                                      if items else "")
-            for what, items in (("missing", missing), ("unexpected", unexpected),
-                                ("mis-shaped", shapes))
-        ]
+        def listed(what: str, items: list[str]) -> str:
+            more = ", ..." if len(items) > 5 else ""
+            return f"{len(items)} {what}" + (f" ({', '.join(items[:5])}{more})" if items else "")
+
+        parts = [listed("missing", missing), listed("unexpected", unexpected),
+                 listed("mis-shaped", shapes)]
         raise ValueError(f"{source} does not fit the network: keys {'; '.join(parts)}")
 
 
@@ -296,30 +297,6 @@ def training_settings(settings: Mapping | None = None) -> dict:
 def is_mask_channel(name: str) -> bool:
     """Whether a cube channel holds a mask ("mask", "mask@50mm"): no intensity jitter."""
     return str(name).split("@", 1)[0].lower() == "mask"
-
-
-def channel_indices(channels: Sequence[str], edges_mm: Sequence[float] | None = None
-                    ) -> list[int]:
-    """Indices of the channels of cubes with these edges ("ct@37.5mm" has edge 37.5); None:
-    all channels. ValueError when an edge has no channel."""
-    if edges_mm is None:
-        return list(range(len(channels)))
-
-    def edge(name: str) -> float | None:
-        _, _, suffix = str(name).partition("@")
-        try:
-            return float(suffix.removesuffix("mm"))
-        except ValueError:
-            return None
-
-    chosen = [i for i, name in enumerate(channels)
-              if any(edge(name) is not None and math.isclose(edge(name), float(e))
-                     for e in edges_mm)]
-    found = {edge(channels[i]) for i in chosen}
-    absent = [e for e in edges_mm if not any(math.isclose(float(e), f) for f in found)]
-    if absent:
-        raise ValueError(f"no cube channels of edge {absent} mm among {list(channels)}")
-    return chosen
 
 
 # ---------------------------------------------------------------------------- losses
@@ -436,11 +413,11 @@ class CubeAugmentation:
     Spatial (same transform for every channel of a sample, masks included): RandFlip on each
     axis (p 0.5), RandRotate90 in each plane (p 0.5, 1-3 quarter turns), RandAffine (p 0.5,
     rotations up to 10 degrees per axis, scaling +-10%, border padding, bilinear), optional
-    Rand3DElastic (p 0.3, displacements of 1-4 voxels). Intensity, on non-mask channels only (one draw per
-    sample for all of them): RandScaleIntensity (p 0.5, x(1 +- 0.1)) and RandShiftIntensity
-    (p 0.5, +- 0.05: 70 HU of the default window). `for_epoch(seed, epoch, device)` gives
-    the epoch's augmenter; its random draws depend on (seed, epoch) and the order of the
-    samples only.
+    Rand3DElastic (p 0.3, displacements of 1-4 voxels). Intensity, on non-mask channels only
+    (one draw per sample for all of them): RandScaleIntensity (p 0.5, x(1 +- 0.1)) and
+    RandShiftIntensity (p 0.5, +- 0.05: 70 HU of the default window). `for_epoch(seed,
+    epoch, device)` gives the epoch's augmenter; its random draws depend on (seed, epoch) and
+    the order of the samples only.
     """
 
     def __init__(self, augmentation: Mapping[str, bool], channels: Sequence[str]):
@@ -1202,7 +1179,7 @@ def gradcam(models: Sequence[nn.Module | TrainedMember], cubes: np.ndarray,
 def gradcam_montage(ct: np.ndarray, cam: np.ndarray, path: str | os.PathLike,
                     title: str = "") -> Path:
     """PNG of the slices through the cube centre, CT (G, G, G) in grey with the map (same
-    shape, [0, 1]) in colour over it. Axes are taken as (z, y, x), as the cubes are stored:
+    shape, [0, 1]) in colour over it (values under 0.05 left clear). Axes are taken as (z, y, x), as the cubes are stored:
     axial = fixed z, coronal = fixed y, sagittal = fixed x."""
     import matplotlib
 
@@ -1221,7 +1198,7 @@ def gradcam_montage(ct: np.ndarray, cam: np.ndarray, path: str | os.PathLike,
     for ax, (name, image, heat) in zip(axes, views, strict=True):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1,
                   origin="upper" if name == "axial" else "lower")
-        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0,
+        ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0,
                   origin="upper" if name == "axial" else "lower")
         ax.set_title(name, fontsize=9)
         ax.axis("off")

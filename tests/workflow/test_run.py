@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 MODELS = [
     "clinical", "radiomics_raw", "radiomics", "clinical_radiomics", "pathomics_embedding",
     "pathomics_morphology", "clinical_pathomics", "clinical_radiomics_pathomics",
-    "pathosig", "clinical_pathosig",
+    "pathosig", "clinical_pathosig", "deep_ct", "clinical_deep_ct", "clinical_radiomics_deep_ct",
 ]
 
 
@@ -80,6 +80,43 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
     assert "PathoSig: phenotype clusters of H&amp;E tiles" in html
     assert html.count('alt="cluster hpc_') == k
+
+
+def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_run):
+    """The deep CT block through the real jobs: every training patient's score comes from
+    the one fold model that never saw it, validation patients only ever scored."""
+    workdir, _ = finished_run
+    split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
+    for endpoint in ("os", "pfs"):
+        base = workdir / "results/deep_ct" / endpoint
+        folds = read_tsv(base / "folds.tsv", index_col="patient_id")
+        usage = pd.concat([read_tsv(base / f"resnet10/fold{k}/usage.tsv") for k in (1, 2, 3)])
+        validation = set(split.index[split == "validation"])
+        trained = usage[usage["role"].isin(["fit", "inner", "left_out"])]
+        assert not validation & set(trained["patient_id"])
+        held = usage[usage["role"] == "heldout"]
+        assert sorted(held["patient_id"]) == sorted(folds.index[folds["fold"] > 0])
+        for _, row in held.iterrows():
+            seen = trained[trained["fold"] == row["fold"]]["patient_id"]
+            assert row["patient_id"] not in set(seen)
+        block = read_tsv(workdir / f"results/cohort/deep_ct_{endpoint}.tsv",
+                         index_col="patient_id")
+        assert list(block.columns) == ["risk"] and block["risk"].notna().all()
+        assert set(block.index) == set(split.index)
+        summary = pd.read_csv(base / "training_summary.tsv", sep="\t")
+        assert list(summary["fold"]) == [1, 2, 3] and (summary["best_epoch"] >= 1).all()
+        assert not list(base.glob("*/fold*/checkpoints"))  # removed once a job finished
+        cams = pd.read_csv(base / "gradcam/gradcam.tsv", sep="\t")
+        assert len(cams) > 0 and set(cams["patient_id"]) <= validation
+        for nifti in cams["nifti"]:
+            assert (base / "gradcam" / nifti).stat().st_size > 0
+        coefficients = pd.read_csv(workdir / f"results/models/{endpoint}/deep_ct/"
+                                   "coefficients.tsv", sep="\t")
+        assert list(coefficients["feature"]) == ["deep_ct:risk"]  # forced in, not selected
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "Deep CT models: 3D CNNs on the lesion" in html
+    assert "Validation patients never influenced training or the choice of checkpoint" in html
+    assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
 
 
 def test_treatment_benefit_for_every_model(finished_run):
