@@ -1177,9 +1177,10 @@ def gradcam(models: Sequence[nn.Module | TrainedMember], cubes: np.ndarray,
 
 
 def gradcam_montage(ct: np.ndarray, cam: np.ndarray, path: str | os.PathLike,
-                    title: str = "") -> Path:
+                    title: str = "", mask: np.ndarray | None = None) -> Path:
     """PNG of the slices through the cube centre, CT (G, G, G) in grey with the map (same
-    shape, [0, 1]) in colour over it (values under 0.05 left clear). Axes are taken as (z, y, x), as the cubes are stored:
+    shape, [0, 1]) in colour over it (values under 0.05 left clear) and, when given, the
+    tumour mask's outline in white. Axes are taken as (z, y, x), as the cubes are stored:
     axial = fixed z, coronal = fixed y, sagittal = fixed x."""
     import matplotlib
 
@@ -1191,15 +1192,20 @@ def gradcam_montage(ct: np.ndarray, cam: np.ndarray, path: str | os.PathLike,
         raise ValueError(f"gradcam_montage: CT {ct.shape} and map {cam.shape} must be one "
                          "3D grid")
     cz, cy, cx = (s // 2 for s in ct.shape)
-    views = (("axial", ct[cz], cam[cz]), ("coronal", ct[:, cy], cam[:, cy]),
-             ("sagittal", ct[:, :, cx], cam[:, :, cx]))
+    outline = np.zeros_like(ct) if mask is None else np.asarray(mask, dtype=np.float32)
+    views = (("axial", ct[cz], cam[cz], outline[cz]),
+             ("coronal", ct[:, cy], cam[:, cy], outline[:, cy]),
+             ("sagittal", ct[:, :, cx], cam[:, :, cx], outline[:, :, cx]))
     fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
     low, high = float(np.min(ct)), float(np.max(ct))
-    for ax, (name, image, heat) in zip(axes, views, strict=True):
+    for ax, (name, image, heat, edge) in zip(axes, views, strict=True):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1,
                   origin="upper" if name == "axial" else "lower")
         ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0,
                   origin="upper" if name == "axial" else "lower")
+        if edge.min() < 0.5 < edge.max():
+            ax.contour(edge, levels=[0.5], colors="white", linewidths=0.8,
+                       origin="upper" if name == "axial" else "lower")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if title:

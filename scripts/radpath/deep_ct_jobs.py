@@ -132,8 +132,11 @@ def gradcam_job(*, endpoint: str, folds_path: str, cube_paths: Sequence[str],
         )
         with atomic_path(out / f"{pid}.nii.gz") as tmp:
             sitk.WriteImage(cube_image(cubes, scale, cam.astype(np.float32)), str(tmp))
-        deep_ct.gradcam_montage(ct, cam, out / f"{pid}.png",
-                                f"{endpoint.upper()} {pid}: Grad-CAM, {len(members)} models")
+        deep_ct.gradcam_montage(
+            ct, cam, out / f"{pid}.png",
+            f"{endpoint.upper()} {pid}: Grad-CAM, {len(members)} models",
+            mask=cubes.cube[names.index(mask_name)] if mask_name in names else None,
+        )
         rows.append({"patient_id": pid, "file": f"{pid}.png", "nifti": f"{pid}.nii.gz",
                      "mass_in_mask": mass_in_mask})
     write_tsv(pd.DataFrame(rows, columns=["patient_id", "file", "nifti", "mass_in_mask"]),
