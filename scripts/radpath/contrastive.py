@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -34,13 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from radpath import training
 from radpath.embed import (
     PRECISIONS,
     _dtype_name,
     autocast_dtype,
     check_any_read,
     cpu_budget,
-    resolve_device,
     slide_job_summary,
     slide_tile_batches,
 )
@@ -75,8 +74,6 @@ CLUSTERING_DEFAULTS: dict = {
 RESUMABLE_SETTINGS = ("epochs", "num_workers")
 MODEL_FORMAT = "radpath-contrastive-clustering/1"
 CHECKPOINT_FORMAT = "radpath-contrastive-checkpoint/1"
-CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{4,})\.pt$")
-CHECKPOINTS_KEPT = 2
 DIGEST_TILES = 64  # tiles hashed into the training fingerprint
 BN_CALIBRATION_TILES = 8192  # plain tiles that re-estimate BatchNorm statistics after training
 
@@ -280,12 +277,7 @@ def build_clustering_net(
 def module_checksum(module: nn.Module) -> str:
     """sha256 of a module's state (names, shapes and bytes): tells a random backbone
     rebuilt from its seed from the one a model was trained on."""
-    digest = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        tensor = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}:{tuple(value.shape)}:{value.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return training.state_checksum(module.state_dict())
 
 
 # ---------------------------------------------------------------------------- losses
@@ -493,75 +485,6 @@ def training_fingerprint(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def checkpoint_path(checkpoint_dir: str | os.PathLike, epoch: int) -> Path:
-    return Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt"
-
-
-def list_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(epoch, path) of the checkpoint files in a folder, newest first."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found, reverse=True)
-
-
-def find_resumable_checkpoint(
-    checkpoint_dir: str | os.PathLike, fingerprint: str, epochs: int
-) -> Path | None:
-    """The newest checkpoint of this training (same fingerprint, at most `epochs` epochs);
-    every newer one is logged as ignored."""
-    for epoch, path in list_checkpoints(checkpoint_dir):
-        try:
-            # mmap: reading the fingerprint does not read the weights of a foreign checkpoint
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (OSError, RuntimeError, ValueError, EOFError) as err:
-            log.warning("checkpoint %s unreadable, ignored: %s", path, str(err).splitlines()[0])
-            continue
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            log.warning("checkpoint %s is not a contrastive clustering checkpoint, ignored", path)
-        elif checkpoint.get("fingerprint") != fingerprint:
-            log.warning(
-                "checkpoint %s was made with other settings, tiles, seed or backbone weights: "
-                "ignored (it will be removed)", path,
-            )
-        elif epoch > epochs:
-            log.warning(
-                "checkpoint %s is past the %d epochs asked for: ignored (it will be removed)",
-                path, epochs,
-            )
-        else:
-            return path
-    return None
-
-
-def write_checkpoint(checkpoint_dir: str | os.PathLike, epoch: int, checkpoint: dict) -> Path:
-    """Write epoch `epoch`'s checkpoint atomically and delete all others but the previous
-    epoch's (CHECKPOINTS_KEPT = 2): the two newest of this training, never a foreign one."""
-    path = checkpoint_path(checkpoint_dir, epoch)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-    kept = {
-        checkpoint_path(checkpoint_dir, e) for e in range(epoch - CHECKPOINTS_KEPT + 1, epoch + 1)
-    }
-    for _, other in list_checkpoints(checkpoint_dir):
-        if other not in kept:
-            other.unlink(missing_ok=True)
-    return path
-
-
-def remove_partial_checkpoints(checkpoint_dir: str | os.PathLike) -> None:
-    """Delete checkpoint temp files (radpath.io.atomic_path's) a killed run left behind."""
-    folder = Path(checkpoint_dir)
-    if folder.is_dir():
-        for path in folder.glob(".tmp-*-epoch_*.pt"):
-            path.unlink(missing_ok=True)
-
-
 def read_tile_batch(tiles, indices: np.ndarray) -> torch.Tensor:
     """uint8 tiles at `indices`, read in increasing order (h5py fancy indexing needs it)."""
     return torch.from_numpy(np.ascontiguousarray(tiles[np.sort(indices)]))
@@ -589,7 +512,7 @@ def train_clustering(
     backbone_checksum, fingerprint, n_tiles.
     """
     settings = clustering_settings(settings)
-    device = resolve_device(device)
+    device = training.resolve_device(device)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     n_tiles = len(tiles)
@@ -617,8 +540,16 @@ def train_clustering(
 
     history: list[dict] = []
     resumed_from = 0
-    remove_partial_checkpoints(checkpoint_dir)
-    resume_path = find_resumable_checkpoint(checkpoint_dir, fingerprint, settings["epochs"])
+    training.remove_partial_checkpoints(checkpoint_dir)
+    found = training.find_resumable_checkpoint(
+        checkpoint_dir, fingerprint, settings["epochs"], checkpoint_format=CHECKPOINT_FORMAT,
+        logger=log, mmap=True, kind="contrastive clustering",
+        other_inputs="other settings, tiles, seed or backbone weights: ignored (it will be "
+        "removed)",
+        too_many_epochs="is past the %d epochs asked for: ignored (it will be removed)",
+    )
+    resume_path = found[0] if found is not None else None
+    del found  # memory-mapped, only looked at: a checkpoint resumed from is read in full
     if resume_path is not None:
         checkpoint = torch.load(resume_path, map_location="cpu", weights_only=True)
         resumed_from = int(checkpoint["epoch"])
@@ -647,7 +578,7 @@ def train_clustering(
         history.append(row)
         run_tiles += row["n_tiles"]
         run_seconds += row["seconds"]
-        write_checkpoint(
+        training.write_checkpoint(
             checkpoint_dir,
             epoch,
             {
@@ -722,10 +653,7 @@ def train_epoch(
                 p_a, p_b, settings["cluster_temperature"], settings["entropy_weight"]
             )
             loss = instance_loss + cluster_loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            training.backward_step(loss, optimizer, scaler)
             totals += torch.stack(
                 [instance_loss.detach(), cluster_loss.detach(), parts["entropy"], loss.detach()]
             ).double() * len(batch)
@@ -815,10 +743,7 @@ def save_clustering_model(
         "history": json.loads(json.dumps(list(result["history"]))),
         "model": {key: value.detach().cpu() for key, value in result["model"].items()},
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return training.save_atomically(payload, path)
 
 
 def load_clustering_model(
@@ -832,7 +757,7 @@ def load_clustering_model(
     metadata: settings, provenance, seed, history, sha256 (of the model file), path.
     """
     path = Path(path)
-    device = resolve_device(device)
+    device = training.resolve_device(device)
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a contrastive clustering model ({MODEL_FORMAT})")
@@ -925,7 +850,7 @@ def assign_slide(
     """
     start = time.perf_counter()
     settings = clustering_settings(settings)
-    device = resolve_device(device)
+    device = training.resolve_device(device)
     num_workers = settings["num_workers"]
     if threads is not None:
         num_workers, torch_threads = cpu_budget(threads, num_workers, slide_id)

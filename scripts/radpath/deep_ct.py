@@ -30,8 +30,9 @@ fingerprint and resumes from it, ending with the weights an uninterrupted run ha
 bit for bit). Every random choice of an epoch derives from (seed, epoch), never from state
 that a kill would lose.
 
-The checkpoint helpers mirror radpath.contrastive's (it cannot be imported here: it pulls
-h5py, torchvision and openslide, which envs/deep.yaml does not have).
+The checkpoint helpers are radpath.training's, shared with radpath.contrastive (which
+cannot be imported here: it pulls h5py, torchvision and openslide, which envs/deep.yaml does
+not have).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import threading
 import zlib
@@ -71,13 +71,22 @@ from radpath.deep_ct_cohort import (  # noqa: F401 (assign_folds re-exported: on
 )
 from radpath.io import atomic_path
 from radpath.jobs import _exit_on_sigterm
+from radpath.training import (  # noqa: F401 (checkpoint_path, list_checkpoints re-exported)
+    backward_step,
+    checkpoint_path,
+    find_resumable_checkpoint,
+    list_checkpoints,
+    remove_partial_checkpoints,
+    resolve_device,
+    save_atomically,
+    state_checksum,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 MEMBER_FORMAT = "radpath-deep-ct-member/1"
 CHECKPOINT_FORMAT = "radpath-deep-ct-checkpoint/1"
-CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{4,})\.pt$")
-CHECKPOINTS_KEPT = 2
 MIN_LR_FRACTION = 0.01  # the cosine schedule ends at 1% of the learning rate
 EVAL_BATCH_SIZE = 32
 
@@ -162,16 +171,6 @@ def build_network(name: str, in_channels: int, width: int = 64, seed: int | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) % 2**63)
         return entry.builder(int(in_channels), int(width))
-
-
-def state_checksum(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of a state dict (names, shapes, dtypes and bytes)."""
-    digest = hashlib.sha256()
-    for key, value in state.items():
-        tensor = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}:{tuple(value.shape)}:{value.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -536,15 +535,6 @@ class TrainedMember:
         return (np.asarray(raw, dtype=np.float64) - self.mean) / self.sd
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
-    return device
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Training compute dtype: bf16 / fp16 autocast on CUDA only (bf16 falls back to fp16
     where the GPU lacks it); the CPU always computes in fp32."""
@@ -643,66 +633,6 @@ def training_fingerprint(settings: Mapping, network: str, channels: Sequence[str
         "init": init_checksum,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def checkpoint_path(checkpoint_dir: str | os.PathLike, epoch: int) -> Path:
-    return Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt"
-
-
-def list_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(epoch, path) of the checkpoint files in a folder, newest first."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_file()]
-    return sorted(found, reverse=True)
-
-
-def find_resumable_checkpoint(checkpoint_dir: str | os.PathLike, fingerprint: str,
-                              epochs: int) -> dict | None:
-    """The newest checkpoint (loaded) of this training; others are logged as ignored."""
-    for epoch, path in list_checkpoints(checkpoint_dir):
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated or foreign files fail in many ways
-            log.warning("checkpoint %s unreadable, ignored: %s", path,
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
-            continue
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            log.warning("checkpoint %s is not a deep CT checkpoint, ignored", path)
-        elif checkpoint.get("fingerprint") != fingerprint:
-            log.warning(
-                "checkpoint %s was made with other settings, patients, cubes, seed or initial "
-                "weights: not resumed, training starts over (it will be removed)", path,
-            )
-        elif epoch > epochs or int(checkpoint["epoch"]) != epoch:
-            log.warning("checkpoint %s does not fit %d epochs, ignored", path, epochs)
-        else:
-            return checkpoint
-    return None
-
-
-def write_checkpoint(checkpoint_dir: str | os.PathLike, epoch: int, checkpoint: dict) -> Path:
-    """Write epoch `epoch`'s checkpoint atomically; delete all others but the previous
-    epoch's (CHECKPOINTS_KEPT = 2)."""
-    path = checkpoint_path(checkpoint_dir, epoch)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-    kept = {checkpoint_path(checkpoint_dir, e)
-            for e in range(epoch - CHECKPOINTS_KEPT + 1, epoch + 1)}
-    for _, other in list_checkpoints(checkpoint_dir):
-        if other not in kept:
-            other.unlink(missing_ok=True)
-    return path
-
-
-def remove_partial_checkpoints(checkpoint_dir: str | os.PathLike) -> None:
-    """Delete the temporary files (radpath.io.atomic_path's) of a run killed mid-write."""
-    folder = Path(checkpoint_dir)
-    if folder.is_dir():
-        for path in folder.glob(".tmp-*-epoch_*.pt"):
-            path.unlink(missing_ok=True)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -819,8 +749,16 @@ def train_member(
     resumed_from = 0
     if checkpoint_dir is not None:
         remove_partial_checkpoints(checkpoint_dir)
-        checkpoint = find_resumable_checkpoint(checkpoint_dir, fingerprint, settings["epochs"])
-        if checkpoint is not None:
+        found = find_resumable_checkpoint(
+            checkpoint_dir, fingerprint, settings["epochs"], checkpoint_format=CHECKPOINT_FORMAT,
+            logger=log, kind="deep CT",
+            other_inputs="other settings, patients, cubes, seed or initial weights: not "
+            "resumed, training starts over (it will be removed)",
+            too_many_epochs="does not fit %d epochs, ignored",
+        )
+        if found is not None:
+            checkpoint = found[1]
+            del found
             resumed_from = int(checkpoint["epoch"])
             model.load_state_dict(checkpoint["model"], strict=True)
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -935,10 +873,7 @@ def _train_epoch(model, cubes, fit_idx, settings, augment, optimizer, scaler, ba
             with autocast:
                 output = model(x)
             loss = batch_loss(output.float().reshape(-1), rows)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            backward_step(loss, optimizer, scaler)
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
     model.eval()
@@ -1098,10 +1033,7 @@ def save_member(path: str | os.PathLike, trained: TrainedMember, meta: Mapping |
         "history": json.loads(trained.history.to_json(orient="records")),
         "meta": json.loads(json.dumps(dict(trained.meta) | dict(meta or {}))),
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return save_atomically(payload, path)
 
 
 def load_member(path: str | os.PathLike) -> TrainedMember:

@@ -36,6 +36,7 @@ from radpath.encoders import (  # noqa: F401 (re-exported: radpath.embed.Encoder
     encoder_spec,
 )
 from radpath.io import atomic_path
+from radpath.training import resolve_device
 from radpath.wsi import (
     Slide,
     SlideError,
@@ -179,15 +180,6 @@ def cpu_budget(threads: int, num_workers: int, slide_id: str = "") -> tuple[int,
         )
         workers = threads - 1
     return workers, max(1, threads - workers)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
-    return device
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
