@@ -224,8 +224,8 @@ def deep_ct_member_files(name):
         return expand(
             "results/deep_ct/{endpoint}/{member}/fold{fold}/{name}",
             endpoint=wildcards.endpoint,
-            member=configuration.deep_ct_members(config["deep_ct"]),
-            fold=range(1, config["deep_ct"]["folds"] + 1),
+            member=DEEP_CT_MEMBERS,  # rules/deep_ct.smk
+            fold=DEEP_CT_FOLDS,
             name=name,
         )
 

@@ -42,6 +42,20 @@ def optional_float(text: str) -> float | None:
     return float(text) if text.strip() else None
 
 
+def patient_images(args: argparse.Namespace, settings: dict) -> dict:
+    """The CT and mask arguments the per-patient CT commands share (see `add_patient_images`)."""
+    return {
+        "patient_id": args.patient,
+        "ct_path": args.ct,
+        "mask_path": args.mask,
+        "mask_label": args.mask_label,
+        "ct_cfg": settings["ct"],
+        "ct_series_uid": args.ct_series_uid,
+        "mask_roi": args.mask_roi,
+        "mask_segment": args.mask_segment,
+    }
+
+
 def radiomics(args: argparse.Namespace, settings: dict) -> None:
     from radpath.radiomics import extract_patient
 
@@ -49,17 +63,10 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
         args.patient,
         "patient_id",
         lambda: extract_patient(
-            patient_id=args.patient,
-            ct_path=args.ct,
-            mask_path=args.mask,
-            mask_label=args.mask_label,
-            ct_cfg=settings["ct"],
+            **patient_images(args, settings),
             params_path=args.params,
             features_out=args.features,
             qc_out=args.qc,
-            ct_series_uid=args.ct_series_uid,
-            mask_roi=args.mask_roi,
-            mask_segment=args.mask_segment,
         ),
         [args.features, args.qc],
         settings["on_error"],
@@ -85,16 +92,9 @@ def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
         args.patient,
         "patient_id",
         lambda: extract_cubes(
-            patient_id=args.patient,
-            ct_path=args.ct,
-            mask_path=args.mask,
-            mask_label=args.mask_label,
-            ct_cfg=settings["ct"],
+            **patient_images(args, settings),
             cube_cfg=settings["cubes"],
             out_path=args.cubes,
-            ct_series_uid=args.ct_series_uid,
-            mask_roi=args.mask_roi,
-            mask_segment=args.mask_segment,
             extra_images=extras,
         ),
         [args.cubes],
@@ -191,6 +191,19 @@ def export_slide(args: argparse.Namespace, settings: dict) -> None:
     log.info("export status: %s", status)
 
 
+def add_patient_images(sub: argparse.ArgumentParser) -> None:
+    """A per-patient CT command's patient, CT and mask options (read by `patient_images`)."""
+    sub.add_argument("--patient", required=True)
+    sub.add_argument("--ct", required=True)
+    sub.add_argument("--mask", required=True)
+    sub.add_argument("--mask-label", type=int, required=True)
+    sub.add_argument("--ct-series-uid", default="",
+                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
+    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
+    sub.add_argument("--mask-segment", default="",
+                     help="DICOM-SEG segment number or label ('' = the only segment)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m radpath.cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,30 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     sub = command("radiomics", radiomics, "CT + mask -> features.tsv and qc.tsv")
-    sub.add_argument("--patient", required=True)
-    sub.add_argument("--ct", required=True)
-    sub.add_argument("--mask", required=True)
-    sub.add_argument("--mask-label", type=int, required=True)
-    sub.add_argument("--ct-series-uid", default="",
-                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
-    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
-    sub.add_argument("--mask-segment", default="",
-                     help="DICOM-SEG segment number or label ('' = the only segment)")
+    add_patient_images(sub)
     sub.add_argument("--params", required=True, help="pyradiomics parameter file")
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
 
     sub = command("ct-cubes", ct_cubes,
                   "CT + mask (+ registered images) -> the patient's concentric cubes (.npz)")
-    sub.add_argument("--patient", required=True)
-    sub.add_argument("--ct", required=True)
-    sub.add_argument("--mask", required=True)
-    sub.add_argument("--mask-label", type=int, required=True)
-    sub.add_argument("--ct-series-uid", default="",
-                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
-    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
-    sub.add_argument("--mask-segment", default="",
-                     help="DICOM-SEG segment number or label ('' = the only segment)")
+    add_patient_images(sub)
     sub.add_argument("--extra", type=extra_image, action="append", default=[],
                      metavar="NAME=PATH",
                      help="an extra image registered to the CT (deep_ct.cubes.channels); repeatable")

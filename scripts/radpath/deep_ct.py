@@ -67,10 +67,10 @@ from radpath.deep_ct_cohort import (  # noqa: F401 (assign_folds re-exported: on
     LEFT_OUT,
     VALIDATION,
     assign_folds,
-    harrell_c,
 )
 from radpath.io import atomic_path
 from radpath.jobs import _exit_on_sigterm
+from radpath.survival import harrell_c
 from radpath.training import (  # noqa: F401 (checkpoint_path, list_checkpoints re-exported)
     backward_step,
     checkpoint_path,

@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from radpath.jobs import exclusion_reason
+from radpath.survival import harrell_c
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +133,6 @@ def block_scores(scores: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     block = pd.DataFrame({"risk": risk.to_numpy(float)}, index=risk.index)
     block.index.name = "patient_id"
     return block
-
-
-def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C of a risk score (higher = shorter survival); ties in risk count 1/2."""
-    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
-    comparable = (time[:, None] < time[None, :]) & (event[:, None] == 1)
-    if not comparable.any():
-        return float("nan")
-    diff = risk[:, None] - risk[None, :]
-    concordant = (diff > 0) + 0.5 * (diff == 0)
-    return float(concordant[comparable].sum() / comparable.sum())
 
 
 def training_summary(histories: pd.DataFrame, usage: pd.DataFrame, scores: pd.DataFrame,
