@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 PYTEST_ARGS ?=
-# Without a GPU the GPU rules (slide_embedding, pathosig_assign, deep_ct_train,
-# deep_ct_gradcam) run on the CPUs. The demo's slides and networks are small, so those jobs
+# Without a GPU the GPU rules (slide_embedding, pathosig_assign, deep_ct_pretrain,
+# deep_ct_train, deep_ct_gradcam) run on the CPUs. The demo's slides and networks are small, so those jobs
 # are mostly start-up: CORES of them at a time with one thread each finish sooner than one
 # at a time with every core.
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 ifeq ($(GPUS),0)
 DEMO_OPTIONS := --resources gpu=$(CORES) --set-threads slide_embedding=1 pathosig_assign=1 \
-	deep_ct_train=1 deep_ct_gradcam=1
+	deep_ct_pretrain=1 deep_ct_train=1 deep_ct_gradcam=1
 endif
 
 .PHONY: all venv demo demo-data test test-fast lint format clean

@@ -41,21 +41,27 @@ PATIENT_IDS = list(PATIENTS.index)
 # Plain dicts: input functions run once per job, thousands of times in a large cohort.
 PATIENT_CT = dict(zip(PATIENTS.index, PATIENTS["ct"]))
 PATIENT_MASK = dict(zip(PATIENTS.index, PATIENTS["mask"]))
-# Per patient, the radiomics job's options from the sheet (mask label, and the optional
-# DICOM columns when given): one lookup per job.
-PATIENT_OPTIONS = {
-    patient: [f"--mask-label={label}"]
-    + [
-        f"--{column.replace('_', '-')}={row[column]}"
-        for column in sheets.PATIENT_DICOM_COLUMNS
-        if row[column]
-    ]
-    for patient, label, row in zip(
-        PATIENTS.index,
-        PATIENTS["mask_label"].astype(int),
-        PATIENTS[list(sheets.PATIENT_DICOM_COLUMNS)].to_dict("records"),
-    )
-}
+
+
+def patient_sheet_options(patients):
+    """Per patient, the radiomics job's options from the sheet (mask label, and the optional
+    DICOM columns when given): one lookup per job."""
+    return {
+        patient: [f"--mask-label={label}"]
+        + [
+            f"--{column.replace('_', '-')}={row[column]}"
+            for column in sheets.PATIENT_DICOM_COLUMNS
+            if row[column]
+        ]
+        for patient, label, row in zip(
+            patients.index,
+            patients["mask_label"].astype(int),
+            patients[list(sheets.PATIENT_DICOM_COLUMNS)].to_dict("records"),
+        )
+    }
+
+
+PATIENT_OPTIONS = patient_sheet_options(PATIENTS)
 
 SLIDE_IDS = [] if SLIDES is None else list(SLIDES.index)
 SLIDE_PATIENTS = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["patient_id"]))
@@ -93,14 +99,28 @@ BLOCK_FILES = {
     "deep_ct": "results/cohort/deep_ct_{endpoint}.tsv",  # a score per endpoint
 }
 DEEP_CT_USED = any("deep_ct" in spec["blocks"] for spec in config["models"].values())
-# Per patient, the extra images of the cube job (deep_ct.cubes.channels: sheet columns).
+# The deep CT pretraining cohort (config deep_ct.pretrain), validated with the other sheets.
+PRETRAIN_PATIENTS = COHORT.pretrain_patients
+PRETRAIN_IDS = [] if PRETRAIN_PATIENTS is None else list(PRETRAIN_PATIENTS.index)
 CUBE_IMAGE_COLUMNS = config["deep_ct"]["cubes"]["channels"]
-PATIENT_CUBE_IMAGES = {
-    patient: dict(zip(CUBE_IMAGE_COLUMNS, paths))
-    for patient, *paths in zip(
-        PATIENTS.index, *(PATIENTS[column] for column in CUBE_IMAGE_COLUMNS)
-    )
-}
+
+
+def cube_job_images(patients):
+    """Per patient, the cube job's images: CT, mask and the extra channels (config
+    deep_ct.cubes.channels: sheet columns) by name."""
+    columns = ["ct", "mask", *CUBE_IMAGE_COLUMNS]
+    return {
+        patient: dict(zip(columns, paths))
+        for patient, *paths in zip(patients.index, *(patients[c] for c in columns))
+    }
+
+
+# Cube jobs by the folder they write to: the run's patients, the pretraining cohort's.
+CUBE_IMAGES = {"deep_ct": cube_job_images(PATIENTS)}
+CUBE_OPTIONS = {"deep_ct": PATIENT_OPTIONS}
+if PRETRAIN_PATIENTS is not None:
+    CUBE_IMAGES["deep_ct_pretrain"] = cube_job_images(PRETRAIN_PATIENTS)
+    CUBE_OPTIONS["deep_ct_pretrain"] = patient_sheet_options(PRETRAIN_PATIENTS)
 
 
 wildcard_constraints:
@@ -110,6 +130,7 @@ wildcard_constraints:
     model=sheets.ID_PATTERN,
     encoder="[A-Za-z0-9][A-Za-z0-9_.-]*",
     member="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    cube_set="deep_ct|deep_ct_pretrain",
 
 
 def patient_images(wildcards):
@@ -122,14 +143,14 @@ def patient_images(wildcards):
 
 def patient_cube_images(wildcards):
     """The cube job's images: CT, mask and the extra channels by column name."""
-    return {**patient_images(wildcards), **PATIENT_CUBE_IMAGES[wildcards.patient]}
+    return CUBE_IMAGES[wildcards.cube_set][wildcards.patient]
 
 
 def patient_cube_options(wildcards):
     """The radiomics job's sheet options plus --extra=NAME=PATH per extra channel."""
-    return PATIENT_OPTIONS[wildcards.patient] + [
-        f"--extra={name}={path}"
-        for name, path in PATIENT_CUBE_IMAGES[wildcards.patient].items()
+    images = CUBE_IMAGES[wildcards.cube_set][wildcards.patient]
+    return CUBE_OPTIONS[wildcards.cube_set][wildcards.patient] + [
+        f"--extra={name}={images[name]}" for name in CUBE_IMAGE_COLUMNS
     ]
 
 
@@ -217,19 +238,53 @@ def deep_ct_checkpoints(wildcards):
     )
 
 
-def deep_ct_member_files(name):
-    """An input function: `name` of every network x fold of the endpoint's deep CT model."""
+def deep_ct_member_files(name, members=None):
+    """An input function: `name` of every network x fold of the endpoint's deep CT model
+    (`members`: those members only; default all, random-start twins included)."""
 
     def files(wildcards):
         return expand(
             "results/deep_ct/{endpoint}/{member}/fold{fold}/{name}",
             endpoint=wildcards.endpoint,
-            member=DEEP_CT_MEMBERS,  # rules/deep_ct.smk
+            member=DEEP_CT_MEMBERS if members is None else members,  # rules/deep_ct.smk
             fold=DEEP_CT_FOLDS,
             name=name,
         )
 
     return files
+
+
+def deep_ct_start_file(wildcards):
+    """The weights a training job starts from: its endpoint's pretrained network, the
+    config's checkpoint, or none (a random start, also for the random-start twins)."""
+    start = DEEP_CT_MEMBERS[wildcards.member]["start"]
+    if start == "pretrain":
+        return [
+            f"results/deep_ct_pretrain/{wildcards.endpoint}/{wildcards.member}/model.pt"
+        ]
+    return [DEEP_CT["init"]] if start == "init" else []
+
+
+def deep_ct_pretrain_usage():
+    """Each pretrained network's usage.tsv (none without deep_ct.pretrain)."""
+    if not DEEP_CT_USED or PRETRAIN_PATIENTS is None:
+        return []
+    return expand(
+        "results/deep_ct_pretrain/{endpoint}/{member}/usage.tsv",
+        endpoint=ENDPOINTS,
+        member=DEEP_CT_BLOCK_MEMBERS,  # rules/deep_ct.smk
+    )
+
+
+def deep_ct_pretrain_checkpoints(wildcards):
+    """A pretraining job's checkpoint folder (removed when the job has finished)."""
+    return os.path.join(
+        "results",
+        "deep_ct_pretrain",
+        wildcards.endpoint,
+        wildcards.member,
+        "checkpoints",
+    )
 
 
 def all_model_risks():

@@ -1,20 +1,37 @@
 # Deep CT models (EMV-3D-CNN and PCNSL studies): 3D CNNs on concentric cubes around the
 # lesion, one risk score per endpoint, the block `deep_ct` of the Cox models.
 #
-# 1. ct_cubes (CPU, per patient): cubes centred on the mask centroid (radpath.ct_cubes).
+# 1. ct_cubes (CPU, per patient): cubes centred on the mask centroid (radpath.ct_cubes),
+#    for the run's patients and those of the pretraining cohort (deep_ct.pretrain).
 # 2. deep_ct_folds (per endpoint): k folds of the TRAINING patients, stratified on the event.
-# 3. deep_ct_train (GPU, per endpoint x network x fold): trains on the other folds, picks
+# 3. deep_ct_pretrain (GPU, per endpoint x network, with deep_ct.pretrain): trains on the
+#    whole pretraining cohort (the epoch chosen on an inner part of it); every fold starts
+#    from it.
+# 4. deep_ct_train (GPU, per endpoint x network x fold): trains on the other folds, picks
 #    the epoch on an inner part of them, scores its held-out fold and the validation
 #    patients; checkpoints every epoch, so a killed job resumes.
-# 4. deep_ct_block (per endpoint): out-of-fold scores for training patients, the mean of
-#    all fold models for validation patients -> results/cohort/deep_ct_{endpoint}.tsv.
-# 5. deep_ct_gradcam (GPU, per endpoint): Grad-CAM maps of validation patients.
+# 5. deep_ct_block (per endpoint): out-of-fold scores for training patients, the mean of
+#    all fold models for validation patients -> results/cohort/deep_ct_{endpoint}.tsv; and
+#    validation C of the pretrained start against the random-start twins.
+# 6. deep_ct_gradcam (GPU, per endpoint): Grad-CAM maps of validation patients.
 # Nothing here runs unless a model uses the block deep_ct.
 
 DEEP_CT = config["deep_ct"]
 DEEP_CT_MEMBERS = configuration.deep_ct_members(DEEP_CT)
+# What a training job's results depend on (not threads, Grad-CAM or the start's source).
+DEEP_CT_TRAINING = configuration.deep_ct_training_settings(DEEP_CT)
+# The members whose scores form the block (not the random-start twins).
+DEEP_CT_BLOCK_MEMBERS = [
+    m for m, spec in DEEP_CT_MEMBERS.items() if not spec["compares"]
+]
 DEEP_CT_FOLDS = list(range(1, DEEP_CT["folds"] + 1))
-DEEP_CT_INIT = [DEEP_CT["init"]] if DEEP_CT["init"] else []
+DEEP_CT_PRETRAIN = DEEP_CT["pretrain"]
+DEEP_CT_PRETRAIN_COLUMNS = (
+    configuration.pretrain_endpoints(config) if PRETRAIN_PATIENTS is not None else {}
+)
+DEEP_CT_PRETRAIN_SHEET = (
+    [] if PRETRAIN_PATIENTS is None else [DEEP_CT_PRETRAIN["clinical"]]
+)
 # Memory (MB, times `attempt`) of a training job: torch and MONAI, every patient's cubes in
 # memory (float16) and a batch of activations.
 DEEP_CT_MEM_MB = 4000
@@ -24,11 +41,11 @@ rule ct_cubes:
     input:
         unpack(patient_cube_images),
     output:
-        cubes="results/deep_ct/cubes/{patient}.npz",
+        cubes="results/{cube_set}/cubes/{patient}.npz",
     log:
-        "logs/deep_ct/cubes/{patient}.log",
+        "logs/{cube_set}/cubes/{patient}.log",
     benchmark:
-        "benchmarks/deep_ct/cubes/{patient}.tsv"
+        "benchmarks/{cube_set}/cubes/{patient}.tsv"
     group:
         "ct_cubes"
     conda:
@@ -67,12 +84,44 @@ rule deep_ct_folds:
         "../scripts/deep_ct_folds.py"
 
 
+rule deep_ct_pretrain:
+    input:
+        clinical=DEEP_CT_PRETRAIN_SHEET,
+        cubes=expand(
+            "results/deep_ct_pretrain/cubes/{patient}.npz", patient=PRETRAIN_IDS
+        ),
+    output:
+        model="results/deep_ct_pretrain/{endpoint}/{member}/model.pt",
+        history="results/deep_ct_pretrain/{endpoint}/{member}/history.tsv",
+        usage="results/deep_ct_pretrain/{endpoint}/{member}/usage.tsv",
+    log:
+        "logs/deep_ct_pretrain/{endpoint}/{member}.log",
+    benchmark:
+        "benchmarks/deep_ct_pretrain/{endpoint}/{member}.tsv"
+    conda:
+        "../envs/deep.yaml"
+    threads: DEEP_CT["threads"]
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        member=lambda wildcards: DEEP_CT_MEMBERS[wildcards.member],
+        settings=DEEP_CT_TRAINING,
+        epochs=DEEP_CT_PRETRAIN["epochs"],
+        seed=config["seed"],
+        columns=lambda wildcards: DEEP_CT_PRETRAIN_COLUMNS[wildcards.endpoint],
+        checkpoints=deep_ct_pretrain_checkpoints,
+    script:
+        "../scripts/deep_ct_pretrain.py"
+
+
 rule deep_ct_train:
     input:
         folds="results/deep_ct/{endpoint}/folds.tsv",
         outcomes="results/cohort/outcomes.tsv",
         cubes=expand("results/deep_ct/cubes/{patient}.npz", patient=PATIENT_IDS),
-        init=DEEP_CT_INIT,
+        init=deep_ct_start_file,
     output:
         model="results/deep_ct/{endpoint}/{member}/fold{fold}/model.pt",
         history="results/deep_ct/{endpoint}/{member}/fold{fold}/history.tsv",
@@ -93,7 +142,7 @@ rule deep_ct_train:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         member=lambda wildcards: DEEP_CT_MEMBERS[wildcards.member],
-        settings=DEEP_CT,
+        settings=DEEP_CT_TRAINING,
         seed=config["seed"],
         checkpoints=deep_ct_checkpoints,
     script:
@@ -110,14 +159,17 @@ rule deep_ct_block:
     output:
         matrix="results/cohort/deep_ct_{endpoint}.tsv",
         summary="results/deep_ct/{endpoint}/training_summary.tsv",
+        starts="results/deep_ct/{endpoint}/starts.tsv",
         curves="results/report/deep_ct/{endpoint}_training.png",
     log:
         "logs/deep_ct/{endpoint}/block.log",
     conda:
         "../envs/stats.yaml"
     params:
-        members=list(DEEP_CT_MEMBERS),
-        folds=DEEP_CT_FOLDS,
+        members=DEEP_CT_MEMBERS,
+        start=configuration.deep_ct_start(DEEP_CT),
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["seed"],
     script:
         "../scripts/deep_ct_block.py"
 
@@ -126,7 +178,7 @@ rule deep_ct_gradcam:
     input:
         folds="results/deep_ct/{endpoint}/folds.tsv",
         cubes=expand("results/deep_ct/cubes/{patient}.npz", patient=PATIENT_IDS),
-        models=deep_ct_member_files("model.pt"),
+        models=deep_ct_member_files("model.pt", DEEP_CT_BLOCK_MEMBERS),
     output:
         maps=directory("results/deep_ct/{endpoint}/gradcam"),
     log:

@@ -54,6 +54,12 @@ rule report:
             if DEEP_CT_USED
             else []
         ),
+        deep_ct_starts=(
+            expand("results/deep_ct/{endpoint}/starts.tsv", endpoint=ENDPOINTS)
+            if DEEP_CT_USED
+            else []
+        ),
+        deep_ct_pretrain_usage=deep_ct_pretrain_usage(),
         treatment_benefit=(
             ["results/report/treatment_benefit.tsv"] if TREATMENT["column"] else []
         ),

@@ -8,6 +8,7 @@ from radpath.deep_ct_cohort import (
     check_usage,
     plot_training_curves,
     read_folds,
+    start_comparison,
     training_summary,
 )
 from radpath.io import read_tsv, write_tsv
@@ -26,8 +27,12 @@ def gather(paths):
 scores, histories, usage = (
     gather(snakemake.input[name]) for name in ("scores", "history", "usage")
 )
+p = snakemake.params
 check_usage(usage, folds)
-write_tsv(block_scores(scores, folds), snakemake.output.matrix)
+block_members = [m for m, spec in p.members.items() if not spec["compares"]]
+write_tsv(block_scores(scores, folds, block_members), snakemake.output.matrix)
 write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
           snakemake.output.summary, index=False)
+write_tsv(start_comparison(scores, p.members, p.start, outcomes, endpoint, p.bootstrap, p.seed),
+          snakemake.output.starts, index=False)
 plot_training_curves(histories, endpoint, snakemake.output.curves)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import yaml
 
@@ -40,6 +41,15 @@ def main(argv: list[str] | None = None) -> None:
         f"demo cohort: {n_patients} patients (seed {seed}) in {out_dir} "
         f"({time.perf_counter() - started:.1f} s): {paths['patients']}, {paths['clinical']}"
     )
+    n_pretrain = demo.get("pretrain_patients", 0)
+    if n_pretrain:
+        # Another synthetic cohort, its own patients (IDs G001, ...) and seed, whose outcome
+        # depends on the lesion as the demo's does: deep_ct.pretrain starts from it.
+        started = time.perf_counter()
+        pretrain = generate_cohort(Path(out_dir) / "pretrain", n_pretrain,
+                                   demo.get("n_scanners", 3), seed + 1, id_prefix="G")
+        print(f"deep CT pretraining cohort: {n_pretrain} patients in "
+              f"{pretrain['patients'].parent} ({time.perf_counter() - started:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,14 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
-    """A 20-patient synthetic cohort (CT, masks, H&E slides, clinical), made once per session."""
+    """A 20-patient synthetic cohort (CT, masks, H&E slides, clinical), made once per session,
+    and in pretrain/ a 12-patient cohort (CT and clinical only, IDs G001...) for deep CT
+    pretraining."""
     from radpath.demo import SlideSettings, generate_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, n_patients=20, n_scanners=2, seed=7, slides=SlideSettings())
+    generate_cohort(out / "pretrain", n_patients=12, n_scanners=2, seed=8, id_prefix="G")
     return out
 
 

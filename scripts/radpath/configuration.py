@@ -155,11 +155,7 @@ def cross_key_problems(config: Mapping) -> list[str]:
     for name in sorted({n for n in covariate_names if covariate_names.count(n) > 1}):
         problems.append(f"config: covariates: '{name}' is listed more than once")
     problems += endpoint_problems(config)
-    deep_ct = config.get("deep_ct") or {}
-    init = deep_ct.get("init", "")
-    if init and any("deep_ct" in spec.get("blocks", []) for spec in models.values()):
-        if not os.path.isfile(init):
-            problems.append(f"config: deep_ct.init: checkpoint file {init} does not exist")
+    problems += deep_ct_problems(config)
     embedding = config.get("pathology", {}).get("embedding", {})
     threads = config.get("pathology", {}).get("threads", 1)
     workers = embedding.get("num_workers", 0)
@@ -234,10 +230,71 @@ def endpoint_problems(config: Mapping) -> list[str]:
     return problems
 
 
+def deep_ct_problems(config: Mapping) -> list[str]:
+    """The deep CT start (init checkpoint or pretraining cohort) checked against the rest."""
+    deep_ct = config.get("deep_ct") or {}
+    models = config.get("models") or {}
+    if not any("deep_ct" in spec.get("blocks", []) for spec in models.values()):
+        return []
+    problems = []
+    init = deep_ct.get("init", "")
+    pretrain = deep_ct.get("pretrain") or {}
+    if init and not os.path.isfile(init):
+        problems.append(f"config: deep_ct.init: checkpoint file {init} does not exist")
+    if init and pretrain.get("patients"):
+        problems.append("config: deep_ct.pretrain.patients: set together with deep_ct.init; "
+                        "choose one start (a checkpoint file or a pretraining cohort)")
+    if bool(pretrain.get("patients")) != bool(pretrain.get("clinical")):
+        problems.append("config: deep_ct.pretrain: patients and clinical sheets go together "
+                        "(set both, or neither)")
+    endpoints = declared_endpoints(config.get("endpoints") or {})
+    for name in pretrain.get("endpoints") or {}:
+        if name not in endpoints:
+            problems.append(f"config: deep_ct.pretrain.endpoints.{name}: '{name}' is not a "
+                            f"declared endpoint (declared: {', '.join(endpoints)})")
+    return problems
+
+
+def deep_ct_start(deep_ct: Mapping) -> str:
+    """Where the configured networks start: `pretrain` (a cohort), `init` (a checkpoint
+    file) or `random`."""
+    if (deep_ct.get("pretrain") or {}).get("patients"):
+        return "pretrain"
+    return "init" if deep_ct.get("init") else "random"
+
+
+def pretrain_endpoints(config: Mapping) -> dict[str, dict]:
+    """{endpoint: {time, event}}: each endpoint's columns in the pretraining clinical sheet
+    (deep_ct.pretrain.endpoints, else the endpoint's own columns)."""
+    chosen = config["deep_ct"]["pretrain"].get("endpoints") or {}
+    return {
+        name: {"time": (chosen.get(name) or spec)["time"],
+               "event": (chosen.get(name) or spec)["event"], "not_after": None}
+        for name, spec in declared_endpoints(config["endpoints"]).items()
+    }
+
+
+RANDOM_START_SUFFIX = "-random_start"
+# Keys of the config section deep_ct that do not change how one network trains: a training
+# job's settings leave them out, so changing them re-runs no training.
+DEEP_CT_CONFIG_ONLY_KEYS = ("cubes", "threads", "init", "pretrain", "compare_random_start",
+                            "gradcam_patients")
+
+
+def deep_ct_training_settings(deep_ct: Mapping) -> dict:
+    """The config section deep_ct without DEEP_CT_CONFIG_ONLY_KEYS."""
+    return {k: v for k, v in deep_ct.items() if k not in DEEP_CT_CONFIG_ONLY_KEYS}
+
+
 def deep_ct_members(deep_ct: Mapping) -> dict[str, dict]:
     """The networks trained per endpoint and fold, by name: each network on every scale
     stacked as channels (view `channels`), or one per network and scale (`per_scale`, e.g.
-    `resnet10-37.5mm`), soft-voted. {name: {network, edges_mm (None = all scales)}}."""
+    `resnet10-37.5mm`), soft-voted. {name: {network, edges_mm (None = all scales), start,
+    compares}}: `start` is deep_ct_start's; with a start other than random and
+    `compare_random_start`, each member has a twin `<name>-random_start` trained from a
+    random start (`compares`: the member it twins; None for the members that form the
+    block), so the report can show what the pretrained start changed."""
+    start = deep_ct_start(deep_ct)
     members = {}
     for network in deep_ct["networks"]:
         if deep_ct["view"] == "channels":
@@ -245,7 +302,12 @@ def deep_ct_members(deep_ct: Mapping) -> dict[str, dict]:
         else:
             for edge in deep_ct["cubes"]["edges_mm"]:
                 members[f"{network}-{edge:g}mm"] = {"network": network, "edges_mm": [edge]}
-    return members
+    primary = {name: {**spec, "start": start, "compares": None} for name, spec in members.items()}
+    if start == "random" or not deep_ct.get("compare_random_start", True):
+        return primary
+    twins = {f"{name}{RANDOM_START_SUFFIX}": {**spec, "start": "random", "compares": name}
+             for name, spec in members.items()}
+    return primary | twins
 
 
 def model_selection(config: Mapping, model: str) -> dict:

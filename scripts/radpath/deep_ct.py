@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radpath.configuration import DEEP_CT_CONFIG_ONLY_KEYS
 from radpath.cube_files import channel_indices  # noqa: F401 (one implementation)
 from radpath.deep_ct_cohort import (  # noqa: F401 (assign_folds re-exported: one implementation)
     FIT,
@@ -252,7 +253,7 @@ DEFAULTS: dict = {
     "precision": "bf16",  # autocast on CUDA; the CPU computes in fp32
 }
 # Keys of the config section deep_ct that are not training settings (ignored here).
-CONFIG_ONLY_KEYS = ("cubes", "threads", "init", "gradcam_patients")
+CONFIG_ONLY_KEYS = DEEP_CT_CONFIG_ONLY_KEYS
 # Settings that choose members or patients, not how one member trains (the fingerprint
 # holds the member's network and patient IDs instead).
 MEMBER_KEYS = ("networks", "view", "folds", "inner_fraction")
@@ -947,6 +948,7 @@ def train_fold(
     init_state: Mapping[str, torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[dict], None] | None = None,
+    seed_name: str | None = None,
 ) -> FoldResult:
     """Train the member of fold `fold` and score its held-out fold and the validation
     patients.
@@ -957,6 +959,8 @@ def train_fold(
     fold: every network of a fold uses the same split) into fit and inner parts. The
     member's seed derives from (seed, member, fold). Validation patients must have no fold.
     Under the landmark loss, fit patients censored before the landmark have role left_out.
+    `seed_name` (default `member`) names the member in its seed: a random-start twin of a
+    pretrained member draws the same batches and augmentations as the member it twins.
     """
     settings = training_settings(settings)
     ids = [str(p) for p in patient_ids]
@@ -981,7 +985,7 @@ def train_fold(
                                      settings["inner_fraction"], derive_seed(seed, "fold", fold))
     trained = train_member(
         cubes, time, event, [row_of[p] for p in fit_ids], [row_of[p] for p in inner_ids],
-        settings, derive_seed(seed, "member", member, fold), network=network,
+        settings, derive_seed(seed, "member", seed_name or member, fold), network=network,
         channels=channels, patient_ids=ids, checkpoint_dir=checkpoint_dir,
         init_state=init_state, device=device, progress=progress,
     )

@@ -118,10 +118,13 @@ def check_usage(usage: pd.DataFrame, folds: pd.DataFrame) -> None:
             )
 
 
-def block_scores(scores: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+def block_scores(scores: pd.DataFrame, folds: pd.DataFrame,
+                 members: Sequence[str] | None = None) -> pd.DataFrame:
     """The block `deep_ct` (one column, `risk`): training patients' out-of-fold scores and
-    validation patients' ensemble scores (see module doc). `scores`: patient_id, member,
-    fold, role, raw, score."""
+    validation patients' ensemble scores (see module doc) of `members` (default: all).
+    `scores`: patient_id, member, fold, role, raw, score."""
+    if members is not None:
+        scores = scores[scores["member"].isin(list(members))]
     heldout = scores[scores["role"] == HELDOUT]
     validation = scores[scores["role"] == VALIDATION]
     risk = pd.concat([
@@ -158,6 +161,69 @@ def training_summary(histories: pd.DataFrame, usage: pd.DataFrame, scores: pd.Da
                                         held["score"]),
         })
     return pd.DataFrame(rows)
+
+
+START_LABELS = {"pretrain": "pretrained on another cohort", "init": "checkpoint file",
+                "random": "random start"}
+
+
+def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start: str,
+                     outcomes: pd.DataFrame, endpoint: str, B: int, seed: int) -> pd.DataFrame:
+    """Validation C of the deep score by start: the configured start (the members that form
+    the block) and, when trained, their random-start twins (members whose `compares` is set),
+    with paired bootstrap CIs of both and of the difference (start - random start). Also the
+    out-of-fold C on the training patients. The start was chosen in the config before any
+    training: this table reports what it changed, it does not choose."""
+    from radpath.survival import bootstrap_cindex
+
+    groups = {START_LABELS[start]: [m for m, spec in members.items() if not spec["compares"]]}
+    twins = [m for m, spec in members.items() if spec["compares"]]
+    if twins:
+        groups[START_LABELS["random"]] = twins
+
+    def ensemble(role: str, group: list[str]) -> pd.Series:
+        rows = scores[(scores["role"] == role) & scores["member"].isin(group)]
+        return rows.groupby("patient_id")["score"].mean()
+
+    validation = {label: ensemble(VALIDATION, group) for label, group in groups.items()}
+    ids = sorted(set.intersection(*(set(v.index) for v in validation.values())))
+    time = outcomes.loc[ids, f"{endpoint}_time"].to_numpy(float)
+    event = outcomes.loc[ids, f"{endpoint}_event"].to_numpy(int)
+    reference = START_LABELS["random"] if twins else None
+    if ids and event.sum() > 0:
+        table = bootstrap_cindex(time, event, {k: v[ids].to_numpy(float)
+                                               for k, v in validation.items()},
+                                 B, seed, reference=reference)
+    else:
+        table = pd.DataFrame({"model": list(groups), "n": len(ids), "events": int(event.sum()),
+                              "harrell_c": np.nan, "harrell_lo": np.nan, "harrell_hi": np.nan})
+    for column in ("delta_harrell", "delta_lo", "delta_hi", "delta_p"):
+        if column not in table:
+            table[column] = np.nan
+    out = pd.DataFrame({
+        "start": table["model"],
+        "members": [", ".join(groups[label]) for label in table["model"]],
+        "n_validation": table["n"],
+        "events_validation": table["events"],
+        "validation_c": table["harrell_c"],
+        "validation_lo": table["harrell_lo"],
+        "validation_hi": table["harrell_hi"],
+        "difference": table["delta_harrell"],
+        "difference_lo": table["delta_lo"],
+        "difference_hi": table["delta_hi"],
+        "difference_p": table["delta_p"],
+    })
+    heldout = {label: ensemble(HELDOUT, group) for label, group in groups.items()}
+    out["training_oof_c"] = [
+        harrell_c(outcomes.loc[h.index, f"{endpoint}_time"],
+                  outcomes.loc[h.index, f"{endpoint}_event"], h.to_numpy(float))
+        if len(h) else np.nan
+        for h in (heldout[label] for label in out["start"])
+    ]
+    if twins:  # the difference of a start with itself says nothing
+        out.loc[out["start"] == reference, ["difference", "difference_lo", "difference_hi",
+                                            "difference_p"]] = np.nan
+    return out
 
 
 def plot_training_curves(histories: pd.DataFrame, endpoint: str, path: str) -> None:

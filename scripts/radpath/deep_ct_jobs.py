@@ -1,5 +1,5 @@
-"""The GPU jobs of the deep CT models (rules deep_ct_train, deep_ct_gradcam): read the cube
-files and the folds, call radpath.deep_ct, write the outputs."""
+"""The GPU jobs of the deep CT models (rules deep_ct_pretrain, deep_ct_train,
+deep_ct_gradcam): read the cube files and the folds, call radpath.deep_ct, write the outputs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from radpath import deep_ct
 from radpath.cube_files import channel_indices, cube_image, read_cubes
 from radpath.deep_ct_cohort import read_folds
 from radpath.io import atomic_path, read_tsv, write_tsv
+from radpath.jobs import exclusion_reason
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +61,68 @@ def train_fold_job(*, endpoint: str, member: str, fold: int, member_spec: Mappin
         if init_path else None
     )
     device = deep_ct.resolve_device(None)
-    log.info("%s %s fold %d: %d patients (%d validation), channels %s, on %s", endpoint,
-             member, fold, len(ids), len(validation), ", ".join(channels), device)
+    log.info("%s %s fold %d: %d patients (%d validation), channels %s, on %s, starting from "
+             "%s", endpoint, member, fold, len(ids), len(validation), ", ".join(channels),
+             device, init_path or "random weights")
     result = deep_ct.train_fold(
         cubes, ids, outcomes.loc[ids, f"{endpoint}_time"].to_numpy(float),
         outcomes.loc[ids, f"{endpoint}_event"].to_numpy(int),
         {pid: int(f) for pid, f in usable["fold"].items()}, fold,
         settings, deep_ct.derive_seed(seed, endpoint), member=member, network=network,
         channels=channels, validation_ids=validation, checkpoint_dir=checkpoint_dir,
-        init_state=init_state, device=device,
+        init_state=init_state, device=device, seed_name=member_spec.get("compares"),
     )
     deep_ct.save_member(outputs.model, result.trained,
                         {"endpoint": endpoint, "init": init_path or ""})
     write_tsv(result.history, outputs.history, index=False)
     write_tsv(result.scores, outputs.scores, index=False)
     write_tsv(result.usage, outputs.usage, index=False)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def pretrain_job(*, endpoint: str, member: str, member_spec: Mapping, settings: Mapping,
+                 epochs: int, seed: int, clinical_path: str, columns: Mapping[str, str],
+                 cube_paths: Sequence[str], checkpoint_dir: str, outputs,
+                 threads: int) -> None:
+    """Train one network on the whole pretraining cohort (deep_ct.pretrain): the epoch is
+    chosen on an inner part of that cohort, never on the run's patients. The member file it
+    writes is the start (`init_path`) of the endpoint's fold models; usage.tsv lists each
+    pretraining patient's role (fit, inner, left_out; excluded patients with the reason)."""
+    torch.set_num_threads(max(1, int(threads)))
+    clinical = read_tsv(clinical_path, index_col="patient_id")
+    paths = {patient_of(p): p for p in cube_paths}
+    reasons = {pid: exclusion_reason(path) for pid, path in paths.items()}
+    ids = sorted(pid for pid, reason in reasons.items() if not reason)
+    time = pd.to_numeric(clinical.loc[ids, columns["time"]]).to_numpy(float)
+    event = pd.to_numeric(clinical.loc[ids, columns["event"]]).to_numpy(int)
+    if len(ids) < 4 or event.sum() < 2:
+        raise ValueError(f"deep_ct.pretrain ({clinical_path}): {endpoint} needs at least 4 "
+                         f"usable patients and 2 events, got {len(ids)} and {int(event.sum())}")
+    cubes, channels = load_cube_array(paths, ids, member_spec["edges_mm"])
+    settings = deep_ct.training_settings({**settings, "epochs": int(epochs)})
+    member_seed = deep_ct.derive_seed(seed, "pretrain", endpoint, member)
+    fit_ids, inner_ids = deep_ct.inner_split(ids, event, settings["inner_fraction"], member_seed)
+    row_of = {pid: i for i, pid in enumerate(ids)}
+    device = deep_ct.resolve_device(None)
+    log.info("pretraining %s %s on %d patients of %s (%d events; %d fit, %d inner), on %s",
+             endpoint, member, len(ids), clinical_path, int(event.sum()), len(fit_ids),
+             len(inner_ids), device)
+    trained = deep_ct.train_member(
+        cubes, time, event, [row_of[p] for p in fit_ids], [row_of[p] for p in inner_ids],
+        settings, member_seed, network=member_spec["network"], channels=channels,
+        patient_ids=ids, checkpoint_dir=checkpoint_dir, device=device,
+    )
+    deep_ct.save_member(outputs.model, trained,
+                        {"endpoint": endpoint, "member": member, "pretrain": clinical_path})
+    history = trained.history.copy()
+    history.insert(0, "member", member)
+    write_tsv(history, outputs.history, index=False)
+    left_out = set(trained.landmark_left_out_ids)
+    usage = [(p, deep_ct.LEFT_OUT if p in left_out else deep_ct.FIT, "") for p in fit_ids]
+    usage += [(p, deep_ct.INNER, "") for p in inner_ids]
+    usage += [(p, "excluded", reason) for p, reason in sorted(reasons.items()) if reason]
+    write_tsv(pd.DataFrame(usage, columns=["patient_id", "role", "reason"]), outputs.usage,
+              index=False)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 

@@ -483,9 +483,9 @@ def _stage_from_score(score: np.ndarray) -> np.ndarray:
     return np.array(STAGES)[np.searchsorted(cuts, score)]
 
 
-def patient_ids(n: int) -> list[str]:
+def patient_ids(n: int, prefix: str = "P") -> list[str]:
     width = max(3, len(str(n)))
-    return [f"P{i + 1:0{width}d}" for i in range(n)]
+    return [f"{prefix}{i + 1:0{width}d}" for i in range(n)]
 
 
 def sample_cohort(
@@ -494,6 +494,7 @@ def sample_cohort(
     seed: int,
     risk_model: RiskModel = RiskModel(),
     survival_model: SurvivalModel = SurvivalModel(),
+    id_prefix: str = "P",
 ) -> DemoCohort:
     """Draw a whole cohort (no images): patients to render and the three tables."""
     if n_patients < 1:
@@ -503,7 +504,7 @@ def sample_cohort(
     # A fourth stream for the treatment keeps the first three's draws as they were.
     cohort_seq, shape_seq, image_seq, treatment_seq = np.random.SeedSequence(seed).spawn(4)
     rng = np.random.default_rng(cohort_seq)
-    ids = patient_ids(n_patients)
+    ids = patient_ids(n_patients, id_prefix)
     scanners = [SCANNERS[k] for k in rng.permutation(np.arange(n_patients) % n_scanners)]
     radius_z = rng.normal(size=n_patients)
     radius = np.clip(np.exp(LOG_RADIUS_MEAN + LOG_RADIUS_SD * radius_z), 5, 20)
@@ -596,11 +597,13 @@ def generate_cohort(
     n_scanners: int,
     seed: int,
     slides: SlideSettings | None = None,
+    id_prefix: str = "P",
 ) -> dict[str, Path]:
     """Write the demo cohort under out_dir; return paths keyed patients, clinical, truth, ct_dir
-    (and slides, slide_dir when `slides` is given)."""
+    (and slides, slide_dir when `slides` is given). `id_prefix` starts every patient ID (a
+    second cohort, e.g. deep CT pretraining, gets its own)."""
     out = Path(out_dir)
-    cohort = sample_cohort(n_patients, n_scanners, seed)
+    cohort = sample_cohort(n_patients, n_scanners, seed, id_prefix=id_prefix)
     for patient, ct_rel, mask_rel in zip(
         cohort.patients, cohort.patients_sheet["ct"], cohort.patients_sheet["mask"], strict=True
     ):

@@ -198,13 +198,44 @@ def treatment_section(table_path: str | Path, plots_dir: str | Path, column: str
     return {"column": column, "rows": rows}
 
 
+def start_rows(starts: str) -> list[dict]:
+    """The validation C of each start (starts.tsv of deep_ct_block), formatted."""
+    table = read_tsv(starts)
+    return [{
+        "start": r["start"], "members": r["members"],
+        "n": int(r["n_validation"]), "events": int(r["events_validation"]),
+        "c": fmt_ci(r["validation_c"], r["validation_lo"], r["validation_hi"]),
+        "difference": (fmt_ci(r["difference"], r["difference_lo"], r["difference_hi"])
+                       if r["difference"] == r["difference"] else "reference"),
+        "p": fmt_p(r["difference_p"]) if r["difference_p"] == r["difference_p"] else "",
+        "oof": f"{r['training_oof_c']:.2f}" if r["training_oof_c"] == r["training_oof_c"] else "",
+    } for r in table.to_dict("records")]
+
+
+def pretrain_rows(usage_paths: list[str]) -> list[dict]:
+    """Per pretrained network: how many pretraining patients fitted it, chose its epoch and
+    were excluded (usage.tsv of deep_ct_pretrain)."""
+    rows = []
+    for path in usage_paths:
+        usage = read_tsv(path)
+        counts = usage["role"].value_counts()
+        rows.append({"member": Path(path).parent.name,
+                     **{role: int(counts.get(role, 0))
+                        for role in ("fit", "inner", "left_out", "excluded")}})
+    return rows
+
+
 def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[str],
-                    endpoints: list[str]) -> dict:
+                    endpoints: list[str], starts: list[str] | None = None,
+                    pretrain_usage: list[str] | None = None) -> dict:
     """Per endpoint: how many patients trained, early-stopped and were scored by each fold
-    model, the held-out folds' C, the training curves and the Grad-CAM montages."""
+    model, the held-out folds' C, the training curves, the Grad-CAM montages and, when the
+    networks started from pretrained weights, validation C with and without them."""
+    starts = starts or [None] * len(endpoints)
+    pretrain_usage = pretrain_usage or []
     sections = []
-    for endpoint, summary, curve, maps in zip(endpoints, summaries, curves, gradcam_dirs,
-                                              strict=True):
+    for endpoint, summary, curve, maps, start in zip(endpoints, summaries, curves,
+                                                     gradcam_dirs, starts, strict=True):
         table = read_tsv(summary)
         cams = read_tsv(Path(maps) / "gradcam.tsv") if (Path(maps) / "gradcam.tsv").exists() \
             else pd.DataFrame(columns=["patient_id", "file", "mass_in_mask"])
@@ -217,6 +248,9 @@ def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[
             "gradcam": [
                 {**r, "img": embed_png(Path(maps) / r["file"])} for r in cams.to_dict("records")
             ],
+            "starts": start_rows(start) if start else [],
+            "pretrain": pretrain_rows([p for p in pretrain_usage
+                                       if Path(p).parts[-3] == endpoint]),
         })
     return {"endpoints": sections}
 
@@ -377,7 +411,9 @@ def render_report(
         ),
         "deep_ct": (
             deep_ct_section(inputs.deep_ct_summary, inputs.deep_ct_curves,
-                            inputs.deep_ct_gradcam, endpoints)
+                            inputs.deep_ct_gradcam, endpoints,
+                            getattr(inputs, "deep_ct_starts", None),
+                            getattr(inputs, "deep_ct_pretrain_usage", None))
             if getattr(inputs, "deep_ct_summary", None) else {}
         ),
         "performance": performance_rows(

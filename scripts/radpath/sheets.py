@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from radpath.configuration import pretrain_endpoints
+
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 PATIENT_DICOM_COLUMNS = ("ct_series_uid", "mask_roi", "mask_segment")
 EVENT_WORDS = {"alive", "dead", "deceased", "censored", "yes", "no", "true", "false", "event"}
@@ -499,11 +501,45 @@ def load_slides(
 
 @dataclass
 class Cohort:
-    """The validated sheets of one run."""
+    """The validated sheets of one run (pretrain_*: the deep CT pretraining cohort's, when
+    config deep_ct.pretrain names one)."""
 
     patients: pd.DataFrame
     clinical: pd.DataFrame
     slides: pd.DataFrame | None
+    pretrain_patients: pd.DataFrame | None = None
+    pretrain_clinical: pd.DataFrame | None = None
+
+
+def load_pretrain_cohort(config: dict, schemas_dir: str | os.PathLike, patients: pd.DataFrame,
+                         problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The deep CT pretraining cohort's sheets (config deep_ct.pretrain): the same patients
+    sheet columns as the run's (CT, mask, the cube channels), a clinical sheet with each
+    endpoint's pretraining columns. A CT or mask file that is also one of the run's patients'
+    is a problem: those patients would train the start of every fold, validation included."""
+    pretrain = (config.get("deep_ct") or {}).get("pretrain") or {}
+    if not pretrain.get("patients") or not pretrain.get("clinical"):
+        return None
+    if not any("deep_ct" in spec["blocks"] for spec in config["models"].values()):
+        return None
+    schemas = Path(schemas_dir)
+    found: list[str] = []
+    sheet = load_patients(pretrain["patients"], schemas / "patients.schema.yaml", found,
+                          image_columns=config["deep_ct"]["cubes"]["channels"])
+    clinical = load_clinical(pretrain["clinical"], schemas / "clinical.schema.yaml",
+                             list(sheet.index), [], problems=found,
+                             endpoints=pretrain_endpoints(config))
+    name = Path(pretrain["patients"]).name
+    for column in ("ct", "mask"):
+        ours = {os.path.realpath(p): pid for pid, p in patients[column].items()}
+        for pid, path in sheet[column].items():
+            twin = ours.get(os.path.realpath(path))
+            if twin is not None:
+                found.append(f"{name}: pretraining patient {pid}'s {column} {path} is also "
+                             f"patient {twin}'s in the run's own sheet (a patient cannot be in "
+                             "both cohorts)")
+    problems += [f"deep_ct.pretrain: {line}" for line in found]
+    return sheet, clinical
 
 
 def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
@@ -545,6 +581,7 @@ def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
         slides = load_slides(
             config["slides"], schemas / "slides.schema.yaml", list(patients.index), problems
         )
+    pretrain = load_pretrain_cohort(config, schemas, patients, problems)
     if problems:
         raise SheetError("\n".join(problems))
-    return Cohort(patients, clinical, slides)
+    return Cohort(patients, clinical, slides, *(pretrain or (None, None)))

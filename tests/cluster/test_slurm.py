@@ -98,9 +98,9 @@ def group_submissions(snakemake_output: str, group: str) -> list[str]:
 
 
 # Rules that ask for a GPU: tile embedding, PathoSig's clustering training and assignment,
-# deep CT training and Grad-CAM.
-GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign", "deep_ct_train",
-             "deep_ct_gradcam"}
+# deep CT pretraining, training and Grad-CAM.
+GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign", "deep_ct_pretrain",
+             "deep_ct_train", "deep_ct_gradcam"}
 
 
 def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
@@ -165,8 +165,10 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
         by_rule.setdefault(rule, []).append(record)
     assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
     assert len(by_rule["pathosig_assign"]) == planned["pathosig_assign"] > 0
-    # One deep CT training job per endpoint x network x fold (2 x 1 x 3).
-    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 6
+    # One deep CT training job per endpoint x network x fold (2 x 1 x 3), twice: from the
+    # pretrained start and from a random start; one pretraining job per endpoint x network.
+    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 12
+    assert len(by_rule["deep_ct_pretrain"]) == planned["deep_ct_pretrain"] == 2
     for rule, rule_records in by_rule.items():
         for record in rule_records:
             assert gpus_requested(record) == (1 if rule in GPU_RULES else 0), (rule, record)

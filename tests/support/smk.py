@@ -44,6 +44,14 @@ def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False, **ove
             if not any(block.startswith("pathomics") for block in spec["blocks"])
         }
     config["radiomics"]["params"] = str(REPO / "config" / "pyradiomics_ct.yaml")
+    # The deep CT pretraining cohort: the cohort folder's pretrain/ sheets when it has them.
+    pretrain = cohort_dir / "pretrain"
+    has_pretrain = with_deep_ct and (pretrain / "patients.tsv").exists()
+    config["deep_ct"]["pretrain"] = {
+        **config["deep_ct"]["pretrain"],
+        "patients": str(pretrain / "patients.tsv") if has_pretrain else "",
+        "clinical": str(pretrain / "clinical.tsv") if has_pretrain else "",
+    }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key].update(value)

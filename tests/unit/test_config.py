@@ -18,14 +18,15 @@ SCHEMA_PATH = REPO / "config" / "schemas" / "config.schema.yaml"
 SCHEMA = configuration.load_schema(SCHEMA_PATH)
 # Keys whose config.yaml value is the demo cohort's, not a default for every cohort.
 COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
-                   "harmonization.covariates", "treatment.column", "treatment.treated"}
+                   "harmonization.covariates", "treatment.column", "treatment.treated",
+                   "deep_ct.pretrain.patients", "deep_ct.pretrain.clinical"}
 # PathoSig's network and sample sizes: config.yaml has the demo's tiny values (2 CPUs, ~15
 # minutes), the schema the study's (K = 50, 224 px, ...), so a config that leaves them out
 # gets the study's.
 DEMO_SIZED = {f"pathology.pathosig.{key}" for key in (
     "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")} | {
     f"deep_ct.{key}" for key in ("cubes.grid", "networks", "width", "folds", "epochs",
-                                 "batch_size")}
+                                 "batch_size", "pretrain.epochs")}
 
 
 def schema_defaults(schema: dict, prefix: str = ""):
@@ -69,7 +70,7 @@ def test_minimal_config_gets_every_default():
                "models": {"clinical": {"clinical": True, "blocks": []}}}
     config = configuration.load_config(copy.deepcopy(minimal), SCHEMA_PATH)
     shipped = default_config()
-    for key in DEMO_SIZED:
+    for key in DEMO_SIZED | {"deep_ct.pretrain.patients", "deep_ct.pretrain.clinical"}:
         *parents, leaf = key.split(".")
         for tree in (shipped, config):
             functools.reduce(dict.__getitem__, parents, tree).pop(leaf)
@@ -233,3 +234,63 @@ def with_endpoints(endpoints, **evaluation):
 ])
 def test_endpoint_problems_name_the_key(change, expected):
     assert_problem(change, expected)
+
+
+def set_deep_ct(**values):
+    def change(config):
+        config["deep_ct"].update(values)
+    return change
+
+
+@pytest.mark.parametrize("change, expected", [
+    (set_deep_ct(init=__file__),
+     "config: deep_ct.pretrain.patients: set together with deep_ct.init; choose one start"),
+    (set_deep_ct(pretrain={"patients": "p.tsv", "clinical": ""}),
+     "config: deep_ct.pretrain: patients and clinical sheets go together"),
+    (set_deep_ct(pretrain={"patients": "p.tsv", "clinical": "c.tsv",
+                           "endpoints": {"dfs": {"time": "t", "event": "e"}}}),
+     "config: deep_ct.pretrain.endpoints.dfs: 'dfs' is not a declared endpoint (declared: "
+     "os, pfs)"),
+    (set_deep_ct(init="no/such/weights.pt", pretrain={"patients": "", "clinical": ""}),
+     "config: deep_ct.init: checkpoint file no/such/weights.pt does not exist"),
+])
+def test_deep_ct_start_problems_name_the_key(change, expected):
+    assert_problem(change, expected)
+
+
+def test_a_pretrained_start_trains_a_random_start_twin_of_every_network():
+    deep_ct = default_config()["deep_ct"] | {"networks": ["resnet10", "densenet121"]}
+    assert configuration.deep_ct_start(deep_ct) == "pretrain"
+    members = configuration.deep_ct_members(deep_ct)
+    assert members == {
+        "resnet10": {"network": "resnet10", "edges_mm": None, "start": "pretrain",
+                     "compares": None},
+        "densenet121": {"network": "densenet121", "edges_mm": None, "start": "pretrain",
+                        "compares": None},
+        "resnet10-random_start": {"network": "resnet10", "edges_mm": None, "start": "random",
+                                  "compares": "resnet10"},
+        "densenet121-random_start": {"network": "densenet121", "edges_mm": None,
+                                     "start": "random", "compares": "densenet121"},
+    }
+    alone = configuration.deep_ct_members(deep_ct | {"compare_random_start": False})
+    assert list(alone) == ["resnet10", "densenet121"]
+    random = deep_ct | {"pretrain": {**deep_ct["pretrain"], "patients": "", "clinical": ""}}
+    assert configuration.deep_ct_start(random) == "random"
+    assert [spec["start"] for spec in configuration.deep_ct_members(random).values()] == [
+        "random", "random"]
+    init = random | {"init": "weights.pt"}
+    assert set(configuration.deep_ct_members(init)) == set(members)
+    # What a training job depends on leaves the start's source and the report's keys out.
+    settings = configuration.deep_ct_training_settings(deep_ct)
+    assert not set(settings) & set(configuration.DEEP_CT_CONFIG_ONLY_KEYS)
+    assert settings["epochs"] == deep_ct["epochs"]
+
+
+def test_pretraining_endpoint_columns_default_to_the_runs():
+    config = default_config()
+    config["deep_ct"]["pretrain"]["endpoints"] = {"os": {"time": "months", "event": "died"}}
+    config = configuration.load_config(config, SCHEMA_PATH)
+    assert configuration.pretrain_endpoints(config) == {
+        "os": {"time": "months", "event": "died", "not_after": None},
+        "pfs": {"time": "pfs_time", "event": "pfs_event", "not_after": None},
+    }

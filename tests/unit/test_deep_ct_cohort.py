@@ -15,6 +15,7 @@ from radpath.deep_ct_cohort import (
     fold_table,
     harrell_c,
     read_folds,
+    start_comparison,
 )
 from radpath.io import write_tsv
 from radpath.jobs import write_exclusion
@@ -130,3 +131,43 @@ def test_harrell_c_matches_lifelines():
     time, event, risk = rng.uniform(1, 10, 50), rng.integers(0, 2, 50), rng.normal(size=50)
     risk[:5] = risk[5]
     assert harrell_c(time, event, risk) == pytest.approx(concordance_index(time, -risk, event))
+
+
+def test_the_block_leaves_the_random_start_twins_out(folds):
+    _, scores = usage_and_scores(folds)
+    twin = scores.assign(member="net-random_start", score=-scores["score"])
+    block = block_scores(pd.concat([scores, twin]), folds, ["net"])
+    assert block.equals(block_scores(scores, folds))
+
+
+def test_start_comparison_reports_both_starts_on_the_same_validation_patients(tmp_path):
+    """The pretrained start scores validation patients by their outcome, its random-start
+    twin at random: the table shows the first clearly better, paired against the second."""
+    out = outcomes(n=150)
+    cubes = {pid: str(tmp_path / f"{pid}.npz") for pid in out.index}
+    for path in cubes.values():
+        np.savez(path, cube=np.zeros(1))
+    _, scores = usage_and_scores(fold_table(out, "os", cubes, 3, seed=1))
+    rng = np.random.default_rng(3)
+    good = -out.loc[scores["patient_id"], "os_time"].to_numpy()  # risk = minus the time
+    pretrained = scores.assign(score=good)
+    twin = scores.assign(member="net-random_start", score=rng.normal(size=len(scores)))
+    members = {"net": {"compares": None}, "net-random_start": {"compares": "net"}}
+    table = start_comparison(pd.concat([pretrained, twin]), members, "pretrain", out, "os",
+                             B=200, seed=1)
+    assert list(table["start"]) == ["pretrained on another cohort", "random start"]
+    validation = out[out["split"] == "validation"]
+    assert (table["n_validation"] == len(validation)).all()
+    assert (table["events_validation"] == validation["os_event"].sum()).all()
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["validation_c"] == pytest.approx(
+        harrell_c(validation["os_time"], validation["os_event"], -validation["os_time"]))
+    assert first["validation_lo"] <= first["validation_c"] <= first["validation_hi"]
+    assert first["difference"] == pytest.approx(first["validation_c"] - second["validation_c"])
+    assert first["difference_lo"] > 0
+    assert np.isnan(second["difference"])  # the reference
+    assert first["training_oof_c"] > 0.9 and first["members"] == "net"
+    # Without twins (compare_random_start off): one row, no difference.
+    alone = start_comparison(pretrained, {"net": {"compares": None}}, "pretrain", out, "os",
+                             B=50, seed=1)
+    assert len(alone) == 1 and np.isnan(alone["difference"].iloc[0])

@@ -378,3 +378,60 @@ def test_treatment_column_is_checked_when_declared(tmp_path):
                                              {"column": "crt", "treated": "yes"})
     assert only_treated == ["clinical.tsv: treatment column 'crt' needs treated ('yes', "
                             "config treatment.treated) and untreated patients; its values: yes"]
+
+
+def pretrain_config(patients_sheet, tmp_path, pretrain_patients):
+    """A run (P1, P2) with deep CT models and a pretraining cohort (G1, G2) whose clinical
+    sheet names OS by other columns."""
+    write(tmp_path / "clinical.tsv", clinical_rows(["P1", "60", "I", "30", "1", "10", "1"],
+                                                   ["P2", "70", "II", "20", "0", "5", "0"]))
+    (tmp_path / "pretrain").mkdir()
+    write(tmp_path / "pretrain" / "clinical.tsv", [
+        ["patient_id", "survival_months", "died", "pfs_time", "pfs_event"],
+        ["G1", "12.5", "1", "6", "1"], ["G2", "40", "0", "30", "0"]])
+    write(tmp_path / "pretrain" / "patients.tsv",
+          [["patient_id", "ct", "mask"], *pretrain_patients])
+    return {
+        "patients": str(patients_sheet), "clinical": str(tmp_path / "clinical.tsv"),
+        "slides": "", "covariates": COVARIATES,
+        "harmonization": {"covariates": [], "batch_column": "scanner"},
+        "missing_covariates": "error", "endpoints": ENDPOINTS,
+        "models": {"deep_ct": {"blocks": ["deep_ct"]}},
+        "deep_ct": {"cubes": {"channels": []}, "pretrain": {
+            "patients": str(tmp_path / "pretrain" / "patients.tsv"),
+            "clinical": str(tmp_path / "pretrain" / "clinical.tsv"),
+            "endpoints": {"os": {"time": "survival_months", "event": "died"}}}},
+    }
+
+
+def test_the_pretraining_cohort_is_loaded_with_its_own_endpoint_columns(patients_sheet,
+                                                                        tmp_path):
+    for pid in ("G1", "G2"):
+        (tmp_path / "ct" / f"{pid}.nii.gz").write_bytes(b"x")
+        (tmp_path / "ct" / f"{pid}_mask.nii.gz").write_bytes(b"x")
+    config = pretrain_config(patients_sheet, tmp_path, [
+        ["G1", "../ct/G1.nii.gz", "../ct/G1_mask.nii.gz"],
+        ["G2", "../ct/G2.nii.gz", "../ct/G2_mask.nii.gz"]])
+    cohort = sheets.load_cohort(config, SCHEMAS)
+    assert list(cohort.pretrain_patients.index) == ["G1", "G2"]
+    assert cohort.pretrain_patients.at["G1", "ct"] == str(tmp_path / "ct" / "G1.nii.gz")
+    assert list(cohort.pretrain_clinical["survival_months"]) == [12.5, 40.0]
+    assert list(cohort.pretrain_clinical["pfs_event"]) == [1, 0]
+    # Without a model that uses deep_ct, the pretraining sheets are not read.
+    config["models"] = {"clinical": {"blocks": []}}
+    assert sheets.load_cohort(config, SCHEMAS).pretrain_patients is None
+
+
+def test_a_pretraining_patient_with_a_run_patients_scan_is_an_error(patients_sheet, tmp_path):
+    (tmp_path / "ct" / "G2.nii.gz").write_bytes(b"x")
+    config = pretrain_config(patients_sheet, tmp_path, [
+        ["G1", "../ct/P1.nii.gz", "../ct/P1_mask.nii.gz"],
+        ["G2", "../ct/G2.nii.gz", "../ct/missing_mask.nii.gz"]])
+    with pytest.raises(sheets.SheetError) as info:
+        sheets.load_cohort(config, SCHEMAS)
+    lines = str(info.value).splitlines()
+    assert ("deep_ct.pretrain: patients.tsv: pretraining patient G1's ct "
+            f"{tmp_path}/ct/P1.nii.gz is also patient P1's in the run's own sheet "
+            "(a patient cannot be in both cohorts)") in lines
+    assert any(line.startswith("deep_ct.pretrain: patients.tsv line 3 (G2): mask file")
+               for line in lines), lines

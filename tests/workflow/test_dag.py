@@ -370,3 +370,45 @@ def test_without_deep_ct_models_nothing_of_deep_ct_is_planned(cohort):
     workdir, config = cohort
     files = dry_run(workdir, config)
     assert not [f for f in files if "deep_ct" in f]
+
+
+@pytest.fixture()
+def pretrain_cohort(tmp_path):
+    write_placeholder_cohort(tmp_path / "data", n_patients=12, slides_per_patient=1)
+    # Its own files; IDs may repeat the run's (another cohort), its outputs are apart.
+    write_placeholder_cohort(tmp_path / "data" / "pretrain", n_patients=8, seed=1)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", with_deep_ct=True)
+    return tmp_path, config
+
+
+def pretrain_jobs(files: list[str]) -> set[str]:
+    return {f.removeprefix("results/deep_ct_pretrain/") for f in files
+            if f.startswith("results/deep_ct_pretrain/") and f.endswith("/model.pt")}
+
+
+def test_pretraining_plans_its_cubes_one_job_per_network_and_random_start_twins(
+        pretrain_cohort):
+    workdir, config = pretrain_cohort
+    files = dry_run(workdir, config)
+    assert {f.split("/")[3] for f in files if f.startswith("results/deep_ct_pretrain/cubes/")
+            } == {f"P{i:05d}.npz" for i in range(1, 9)}
+    assert pretrain_jobs(files) == {"os/resnet10/model.pt", "pfs/resnet10/model.pt"}
+    assert trained_members(files) == {(endpoint, member, f"fold{k}")
+                                      for endpoint in ("os", "pfs") for k in (1, 2, 3)
+                                      for member in ("resnet10", "resnet10-random_start")}
+    assert "results/deep_ct/os/starts.tsv" in files
+
+
+def test_a_changed_pretraining_mask_reruns_the_pretrained_members_not_their_twins(
+        pretrain_cohort):
+    workdir, config = pretrain_cohort
+    touch_all(workdir, config)
+    assert dry_run(workdir, config) == []
+    time.sleep(0.01)
+    os.utime(workdir / "data" / "pretrain" / "ct" / "P00003_mask.nii.gz")
+    files = dry_run(workdir, config)
+    assert [f for f in files if "/cubes/" in f] == ["results/deep_ct_pretrain/cubes/P00003.npz"]
+    assert pretrain_jobs(files) == {"os/resnet10/model.pt", "pfs/resnet10/model.pt"}
+    assert trained_members(files) == {(endpoint, "resnet10", f"fold{k}")
+                                      for endpoint in ("os", "pfs") for k in (1, 2, 3)}
+    assert radiomics_patients(files) == set()

@@ -104,7 +104,9 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
         assert list(block.columns) == ["risk"] and block["risk"].notna().all()
         assert set(block.index) == set(split.index)
         summary = pd.read_csv(base / "training_summary.tsv", sep="\t")
-        assert list(summary["fold"]) == [1, 2, 3] and (summary["best_epoch"] >= 1).all()
+        assert sorted(zip(summary["member"], summary["fold"], strict=True)) == [
+            (member, k) for member in ("resnet10", "resnet10-random_start") for k in (1, 2, 3)]
+        assert (summary["best_epoch"] >= 1).all()
         assert not list(base.glob("*/fold*/checkpoints"))  # removed once a job finished
         cams = pd.read_csv(base / "gradcam/gradcam.tsv", sep="\t")
         assert len(cams) > 0 and set(cams["patient_id"]) <= validation
@@ -117,6 +119,35 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
     assert "Deep CT models: 3D CNNs on the lesion" in html
     assert "Validation patients never influenced training or the choice of checkpoint" in html
     assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
+
+
+def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(finished_run):
+    """The pretraining cohort (IDs G...) trains each endpoint's start; the fold models start
+    from it and their random-start twins train on exactly the same patients; the block is the
+    pretrained members' only; the report shows validation C of both starts."""
+    workdir, _ = finished_run
+    split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
+    for endpoint in ("os", "pfs"):
+        usage = read_tsv(workdir / f"results/deep_ct_pretrain/{endpoint}/resnet10/usage.tsv")
+        assert len(usage) == 12 and all(p.startswith("G") for p in usage["patient_id"])
+        assert set(usage["role"]) <= {"fit", "inner", "left_out", "excluded"}
+        assert not (workdir / f"results/deep_ct_pretrain/{endpoint}/resnet10/checkpoints"
+                    ).exists()
+        base = workdir / "results/deep_ct" / endpoint
+        for k in (1, 2, 3):
+            pretrained = read_tsv(base / f"resnet10/fold{k}/usage.tsv")
+            twin = read_tsv(base / f"resnet10-random_start/fold{k}/usage.tsv")
+            assert pretrained[["patient_id", "role"]].equals(twin[["patient_id", "role"]])
+        starts = read_tsv(base / "starts.tsv")
+        assert list(starts["start"]) == ["pretrained on another cohort", "random start"]
+        validation = (split == "validation").sum()
+        assert (starts["n_validation"] == validation).all()
+        assert starts["validation_c"].between(0, 1).all()
+        assert starts["difference"].iloc[0] == pytest.approx(
+            starts["validation_c"].iloc[0] - starts["validation_c"].iloc[1])
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "started from networks pretrained on the cohort" in html
+    assert "What the start changed." in html and "fitted on" in html
 
 
 def test_treatment_benefit_for_every_model(finished_run):
