@@ -4,6 +4,7 @@ audit, with a per-fold training summary and the training curves."""
 import pandas as pd
 
 from radpath.deep_ct_cohort import (
+    block_members,
     block_scores,
     check_usage,
     plot_training_curves,
@@ -29,8 +30,7 @@ scores, histories, usage = (
 )
 p = snakemake.params
 check_usage(usage, folds)
-block_members = [m for m, spec in p.members.items() if not spec["compares"]]
-write_tsv(block_scores(scores, folds, block_members), snakemake.output.matrix)
+write_tsv(block_scores(scores, folds, block_members(p.members)), snakemake.output.matrix)
 write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
           snakemake.output.summary, index=False)
 write_tsv(start_comparison(scores, p.members, p.start, outcomes, endpoint, p.bootstrap, p.seed),

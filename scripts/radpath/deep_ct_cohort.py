@@ -167,6 +167,12 @@ START_LABELS = {"pretrain": "pretrained on another cohort", "init": "checkpoint 
                 "random": "random start"}
 
 
+def block_members(members: Mapping[str, Mapping]) -> list[str]:
+    """The members whose scores form the block: all but the random-start twins (members
+    whose `compares` names the member they twin)."""
+    return [m for m, spec in members.items() if not spec["compares"]]
+
+
 def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start: str,
                      outcomes: pd.DataFrame, endpoint: str, B: int, seed: int) -> pd.DataFrame:
     """Validation C of the deep score by start: the configured start (the members that form
@@ -176,8 +182,9 @@ def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start
     training: this table reports what it changed, it does not choose."""
     from radpath.survival import bootstrap_cindex
 
-    groups = {START_LABELS[start]: [m for m, spec in members.items() if not spec["compares"]]}
-    twins = [m for m, spec in members.items() if spec["compares"]]
+    primary = block_members(members)
+    groups = {START_LABELS[start]: primary}
+    twins = [m for m in members if m not in primary]
     if twins:
         groups[START_LABELS["random"]] = twins
 
