@@ -6,6 +6,9 @@ rule report:
         cindex="results/report/cindex.tsv",
         forest="results/report/forest.png",
         km="results/report/km",
+        accuracy="results/report/accuracy.tsv",
+        calibration_plots="results/report/calibration",
+        decision_plots="results/report/decision_curve",
         outcomes="results/cohort/outcomes.tsv",
         imputation="results/cohort/imputation.tsv",
         excluded="results/cohort/radiomics_excluded.tsv",
@@ -13,6 +16,11 @@ rule report:
         pca="results/cohort/harmonization/radiomics_pca.png",
         coefficients=expand(
             "results/models/{endpoint}/{model}/coefficients.tsv",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
+        models=expand(
+            "results/models/{endpoint}/{model}/model.json",
             endpoint=ENDPOINTS,
             model=MODELS,
         ),

@@ -33,6 +33,7 @@ rule fit_model:
         ),
         cox=config["cox"],
         optimism_bootstrap=config["evaluation"]["optimism_bootstrap"],
+        horizons=config["evaluation"]["horizons"],
         seed=config["seed"],
     script:
         "../scripts/fit_model.py"
@@ -78,6 +79,48 @@ rule evaluate:
         time_unit=config["time_unit"],
     script:
         "../scripts/evaluate.py"
+
+
+# Absolute risk on validation patients: time-dependent AUC, Brier scores, calibration, net
+# benefit at the configured horizons, from each model's risk and Breslow baseline hazard.
+rule accuracy:
+    input:
+        risks=all_model_risks(),
+        models=expand(
+            "results/models/{endpoint}/{model}/model.json",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
+    output:
+        accuracy="results/report/accuracy.tsv",
+        calibration="results/report/calibration.tsv",
+        decision_curve="results/report/decision_curve.tsv",
+        calibration_plots=report(
+            directory("results/report/calibration"),
+            patterns=["{endpoint}_{model}.png"],
+            caption="../resources/report/calibration.rst",
+            category="Calibration",
+        ),
+        decision_plots=report(
+            directory("results/report/decision_curve"),
+            patterns=["{endpoint}.png"],
+            caption="../resources/report/decision_curve.rst",
+            category="Decision curves",
+        ),
+    log:
+        "logs/report/accuracy.log",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        endpoints=ENDPOINTS,
+        models=MODELS,
+        evaluation=config["evaluation"],
+        seed=config["seed"],
+        time_unit=config["time_unit"],
+    script:
+        "../scripts/accuracy.py"
 
 
 # Who benefits from treatment (config `treatment`): each model's risk groups x treatment.

@@ -7,7 +7,7 @@ from radpath import sheets
 from radpath.cohort import impute_covariates, outcomes_table
 from radpath.io import write_tsv
 from radpath.jobs import setup_logging
-from radpath.modeling import encode_clinical
+from radpath.modeling import categorical_levels, encode_clinical
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -25,7 +25,10 @@ clinical, imputation = impute_covariates(
     clinical, p.covariates, p.harmonization_covariates, train_ids
 )
 write_tsv(imputation, snakemake.output.imputation, index=False)
-encoded = encode_clinical(clinical, p.covariates)
+# Category levels come from the training patients only; a level that no training patient has
+# is an error naming the patient (encode_clinical).
+levels = categorical_levels(clinical.loc[train_ids], p.covariates)
+encoded = encode_clinical(clinical, p.covariates, levels)
 encoded.index.name = "patient_id"
 write_tsv(encoded, snakemake.output.clinical)
 # ComBat covariates stay raw: the harmonization module encodes them itself.

@@ -16,6 +16,7 @@ outcomes, design, forced, candidates = load_design(
 model, risk, optimism = train_and_predict(
     outcomes, design, forced, candidates, snakemake.wildcards.endpoint,
     p.selection, p.cox, p.optimism_bootstrap, p.seed, threads=snakemake.threads,
+    horizons=p.horizons,
 )
 write_json(model.to_dict(), snakemake.output.model)
 write_tsv(model.coefficients, snakemake.output.coefficients, index=False)

@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 SPLIT_PARTS = ("train", "validation")
 
 
+def level_label(value) -> str:
+    """Category label as text; 2.0 read from a TSV becomes '2'."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def split_draw(patient_id: str, seed: int) -> float:
     """A uniform number in [0, 1) that depends only on the seed and the patient's ID."""
     digest = hashlib.sha256(f"radpath-split:{seed}:{patient_id}".encode()).digest()
@@ -90,6 +97,37 @@ def make_split(
     return split.rename("split")
 
 
+def check_training_levels(clinical: pd.DataFrame, split: pd.Series, covariates_cfg) -> None:
+    """Categorical covariates are encoded with the levels the training patients have (their
+    coefficients are learnt from them only): a reference level without training patients, or
+    a validation patient's level that no training patient has, is an error naming them."""
+    train = (split.loc[clinical.index] == "train").to_numpy()
+    problems = []
+    for cov in covariates_cfg:
+        name = cov["name"]
+        if cov["type"] != "categorical" or name not in clinical.columns:
+            continue
+        labels = clinical[name].map(
+            lambda v: None if pd.isna(v) or str(v).strip() == "" else level_label(v)
+        )
+        known = sorted(set(labels[train].dropna()))
+        if level_label(cov["reference"]) not in known:
+            problems.append(f"covariate '{name}': reference level {level_label(cov['reference'])!r} "
+                            f"has no training patient (training levels: {', '.join(known)})")
+        unseen = labels[~train & labels.notna() & ~labels.isin(known)]
+        problems += [
+            f"patient {pid}: level {level!r} of covariate '{name}' occurs in no training patient "
+            f"(training levels: {', '.join(known)})"
+            for pid, level in unseen.items()
+        ]
+    if problems:
+        raise ValueError(
+            "; ".join(problems) + ". Coefficients are learnt from training patients only: merge "
+            "rare levels in the clinical sheet, or move a patient with the level to the training "
+            "split (split column or split.file)"
+        )
+
+
 def split_changes(previous: pd.Series, current: pd.Series) -> pd.DataFrame:
     """Patients present in both whose split differs (columns: previous, current)."""
     common = previous.index.intersection(current.index)
@@ -122,6 +160,7 @@ def split_for_run(
         clinical, config["split"]["validation_fraction"], config["seed"], frozen,
         [spec["event"] for spec in config.get("endpoints", {}).values()],
     )
+    check_training_levels(clinical, split, config.get("covariates", []))
     previous = _recorded_split(recorded)
     if previous is not None:
         moved = split_changes(previous, split)

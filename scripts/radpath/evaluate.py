@@ -65,11 +65,20 @@ def evaluate_endpoint(
             row = table.loc[model].to_dict() if model in table.index else table.iloc[0].to_dict()
             row.update(endpoint=endpoint, model=model, cohort=cohort, tau=tau)
             if cohort == "train":
-                row.update({f"optimism_{k}": v for k, v in optimism[model].items()})
+                row.update(optimism_columns(optimism[model]))
             rows.append(row)
     table = pd.DataFrame(rows)
     first = ["endpoint", "model", "cohort"]
     return table[first + [c for c in table.columns if c not in first]]
+
+
+def optimism_columns(optimism: dict) -> dict:
+    """The optimism bootstrap's result as cindex.tsv columns; why resamples failed as one
+    text cell ("reason: count; ...")."""
+    columns = {f"optimism_{k}": v for k, v in optimism.items() if k != "failures"}
+    failures = optimism.get("failures") or {}
+    columns["optimism_failures"] = "; ".join(f"{why}: {n}" for why, n in failures.items())
+    return columns
 
 
 def km_validation(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from radpath.cohort import level_label
 from radpath.selection import select_features
 from radpath.survival import check_outcome, harrell_c
 
@@ -84,6 +86,10 @@ class FittedModel:
     selection_log: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOG_COLUMNS))
     alpha: float | None = None
     forced: list[str] = field(default_factory=list)
+    baseline_time: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    baseline_cumhaz: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    follow_up: float = float("nan")
+    checks: dict = field(default_factory=dict)
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """Model features of X imputed with train medians and standardized with train mean/SD."""
@@ -99,6 +105,22 @@ class FittedModel:
             return np.zeros(len(X))
         return self.transform(X) @ self.coef
 
+    def set_baseline(self, X_train: pd.DataFrame, time, event) -> None:
+        """Store the Breslow baseline cumulative hazard of the training patients (at linear
+        predictor 0, the training mean) and their longest follow-up."""
+        time, event = check_outcome(time, event)
+        self.baseline_time, self.baseline_cumhaz = breslow_cumulative_hazard(
+            time, event, self.predict(X_train)
+        )
+        self.follow_up = float(time.max())
+
+    def predict_survival(self, X: pd.DataFrame, times) -> np.ndarray:
+        """(patients x times) predicted survival probability S(t | x) = exp(-H0(t) exp(lp));
+        NaN at times after the longest training follow-up (the model knows nothing there)."""
+        return survival_from_lp(
+            self.predict(X), self.baseline_time, self.baseline_cumhaz, times, self.follow_up
+        )
+
     def to_dict(self) -> dict:
         """JSON-serializable form (NaN becomes None)."""
         return _jsonable(
@@ -112,11 +134,18 @@ class FittedModel:
                 "selection_log": self.selection_log.to_dict(orient="records"),
                 "alpha": self.alpha,
                 "forced": list(self.forced),
+                "baseline": {
+                    "time": [float(t) for t in self.baseline_time],
+                    "cumulative_hazard": [float(h) for h in self.baseline_cumhaz],
+                    "follow_up": self.follow_up,
+                },
+                "checks": self.checks,
             }
         )
 
     @classmethod
     def from_dict(cls, data: dict) -> FittedModel:
+        baseline = data.get("baseline") or {}
         coefficients = pd.DataFrame(data["coefficients"], columns=COEFFICIENT_COLUMNS)
         return cls(
             features=list(data["features"]),
@@ -130,7 +159,47 @@ class FittedModel:
             selection_log=pd.DataFrame(data["selection_log"], columns=LOG_COLUMNS),
             alpha=None if data.get("alpha") is None else float(data["alpha"]),
             forced=list(data.get("forced", [])),
+            baseline_time=np.array(baseline.get("time", []), dtype=float),
+            baseline_cumhaz=np.array(baseline.get("cumulative_hazard", []), dtype=float),
+            follow_up=float("nan") if baseline.get("follow_up") is None else baseline["follow_up"],
+            checks=data.get("checks") or {},
         )
+
+
+def breslow_cumulative_hazard(time, event, lp) -> tuple[np.ndarray, np.ndarray]:
+    """Breslow's estimate of the baseline cumulative hazard H0 at each distinct event time:
+    H0(t) = sum over event times s <= t of d(s) / sum_{j: T_j >= s} exp(lp_j).
+
+    The estimator lifelines' CoxPHFitter stores (``baseline_cumulative_hazard_``, at the
+    training mean of the covariates). Without events: empty arrays (H0 = 0 everywhere).
+    """
+    time, event = check_outcome(time, event)
+    lp = np.asarray(lp, dtype=float)
+    order = np.argsort(time, kind="stable")
+    time, event, partial_hazard = time[order], event[order], np.exp(lp[order])
+    unique_time, first = np.unique(time, return_index=True)
+    # Risk set sum at each unique time: every patient whose time is at or after it.
+    at_risk = np.cumsum(partial_hazard[::-1])[::-1][first]
+    deaths = np.add.reduceat(event, first)
+    has_event = deaths > 0
+    return unique_time[has_event], np.cumsum(deaths[has_event] / at_risk[has_event])
+
+
+def baseline_cumulative_hazard_at(baseline_time, baseline_cumhaz, times) -> np.ndarray:
+    """H0 at each time: the step function of :func:`breslow_cumulative_hazard` (0 before the
+    first event, constant after the last)."""
+    steps = np.searchsorted(np.asarray(baseline_time, dtype=float), times, side="right")
+    return np.r_[0.0, np.asarray(baseline_cumhaz, dtype=float)][steps]
+
+
+def survival_from_lp(lp, baseline_time, baseline_cumhaz, times, follow_up: float) -> np.ndarray:
+    """exp(-H0(t) exp(lp)) for each patient (rows) and time (columns), H0 a right-continuous
+    step function; NaN for times after ``follow_up``."""
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    cumhaz = baseline_cumulative_hazard_at(baseline_time, baseline_cumhaz, times)
+    survival = np.exp(-np.outer(np.exp(np.asarray(lp, dtype=float)), cumhaz))
+    survival[:, ~(times <= follow_up)] = np.nan
+    return survival
 
 
 def _jsonable(value):
@@ -298,8 +367,14 @@ def fit_model(
         alpha=selection.alpha,
         forced=[f for f in forced if f in features],
     )
-    if table is None:
-        return model
+    if table is not None:
+        _set_coefficients(model, table, values, means, sds)
+    model.set_baseline(X_train, time, event)
+    return model
+
+
+def _set_coefficients(model: FittedModel, table: pd.DataFrame, values, means, sds) -> None:
+    features = model.features
     table["train_mean"] = means[features].to_numpy()
     table["train_sd"] = sds[features].to_numpy()
     table["coef_per_unit"] = table["coef"] / table["train_sd"]
@@ -307,7 +382,6 @@ def fit_model(
     table["binary"] = [bool(set(np.unique(values[f].dropna())) <= {0.0, 1.0}) for f in features]
     model.coef = table["coef"].to_numpy()
     model.coefficients = table[COEFFICIENT_COLUMNS]
-    return model
 
 
 # --------------------------------------------------------------------------- optimism
@@ -327,17 +401,19 @@ def one_blas_thread():
     return threadpool_limits(limits=1)
 
 
-def _resample_optimism(X_train: pd.DataFrame, time, event, fit_fn, idx) -> float | None:
+def _resample_optimism(X_train: pd.DataFrame, time, event, fit_fn, idx) -> float | str:
     """Optimism of one resample (rows idx): C of its refit on the resample minus on the
-    original data; None when the refit fails to converge or either C is undefined."""
+    original data; or why there is none: the refit's error, or that a C is undefined."""
     Xb = X_train.iloc[idx].reset_index(drop=True)
     try:
         model_b = fit_fn(Xb, time[idx], event[idx])
-    except _refit_failures():
-        return None
+    except _refit_failures() as exc:
+        return f"refit failed: {type(exc).__name__}: {_first_sentence(exc)}"
     c_boot = harrell_c(time[idx], event[idx], model_b.predict(Xb))
     c_orig = harrell_c(time, event, model_b.predict(X_train))
-    return c_boot - c_orig if np.isfinite(c_boot) and np.isfinite(c_orig) else None
+    if not (np.isfinite(c_boot) and np.isfinite(c_orig)):
+        return "C undefined (no comparable pair)"
+    return c_boot - c_orig
 
 
 def _resample_optimisms(X_train, time, event, fit_fn, resamples, threads: int) -> list:
@@ -370,7 +446,9 @@ def optimism_corrected_c(
 
     For each of B resamples the whole pipeline is refitted with ``fit_fn(Xb, tb, eb)``;
     optimism_b = C(model_b on resample) - C(model_b on the original training data). Resamples
-    whose refit fails to converge or whose C is undefined are skipped (B_used counts the rest).
+    whose refit fails or whose C is undefined are skipped, never silently: B_used counts the
+    rest, B_failed the skipped ones and ``failures`` says why (reason -> count), because
+    dropping them biases the estimate toward resamples that fit easily.
 
     ``model``: the apparent model, ``fit_fn(X_train, time, event)``, when the caller has fitted
     it already (otherwise it is fitted here). The resamples are drawn up front from one
@@ -385,24 +463,21 @@ def optimism_corrected_c(
     rng = np.random.default_rng(seed)
     resamples = [rng.integers(0, time.size, time.size) for _ in range(B)]
     results = _resample_optimisms(X_train, time, event, fit_fn, resamples, threads)
-    optimism = [value for value in results if value is not None]
+    optimism = [value for value in results if not isinstance(value, str)]
+    failures = Counter(value for value in results if isinstance(value, str))
     mean_optimism = float(np.mean(optimism)) if optimism else float("nan")
     return {
         "apparent_c": apparent,
         "optimism": mean_optimism,
         "corrected_c": apparent - mean_optimism,
+        "B": B,
         "B_used": len(optimism),
+        "B_failed": B - len(optimism),
+        "failures": dict(sorted(failures.items())),
     }
 
 
 # --------------------------------------------------------------------------- clinical covariates
-
-
-def _level(value) -> str:
-    """Category label as text; 2.0 read from a TSV becomes '2'."""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def categorical_levels(df: pd.DataFrame, covariates_cfg: list[dict]) -> dict[str, list[str]]:
@@ -412,10 +487,10 @@ def categorical_levels(df: pd.DataFrame, covariates_cfg: list[dict]) -> dict[str
     for cov in covariates_cfg:
         if cov["type"] != "categorical":
             continue
-        name, reference = cov["name"], _level(cov["reference"])
+        name, reference = cov["name"], level_label(cov["reference"])
         if name not in df.columns:
             raise ModelInputError(f"clinical table has no column {name!r}")
-        present = sorted({_level(v) for v in df[name].dropna()})
+        present = sorted({level_label(v) for v in df[name].dropna()})
         if reference not in present:
             raise ModelInputError(
                 f"reference level {reference!r} of {name!r} does not occur in the training "
@@ -458,13 +533,14 @@ def encode_clinical(
             raise ModelInputError(f"covariate {name!r}: type must be numeric or categorical")
         if name not in df.columns:
             raise ModelInputError(f"clinical table has no column {name!r}")
-        labels = df[name].map(lambda v: None if pd.isna(v) else _level(v))
+        labels = df[name].map(lambda v: None if pd.isna(v) else level_label(v))
         unknown = labels.notna() & ~labels.isin(levels[name])
         if unknown.any():
             i = np.flatnonzero(unknown.to_numpy())[0]
             raise ModelInputError(
                 f"patient {ids[i]}: level {labels.iloc[i]!r} of {name!r} was not seen in the "
-                f"training patients (levels: {levels[name]})"
+                f"training patients (levels: {levels[name]}); merge it with another level in "
+                "the clinical sheet, or move a patient with it to the training split"
             )
         for level in levels[name][1:]:
             out[f"{name}[{level}]"] = (labels == level).astype(float).where(labels.notna())

@@ -51,3 +51,48 @@ def plot_forest(cindex: pd.DataFrame, path, title: str) -> None:
     ax.set_xlabel("Harrell's C (validation, 95% bootstrap CI)")
     ax.set_title(title)
     save_figure(fig, path)
+
+
+def plot_calibration(groups: pd.DataFrame, accuracy: pd.DataFrame, time_unit: str, title: str,
+                     path) -> None:
+    """One panel per horizon: mean predicted vs Kaplan-Meier observed risk per risk group."""
+    horizons = list(accuracy["horizon"])
+    fig, axes = plt.subplots(1, len(horizons), figsize=(3.2 * len(horizons), 3.4), squeeze=False)
+    for ax, (_, row) in zip(axes[0], accuracy.iterrows(), strict=True):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        at = groups[groups["horizon"] == row["horizon"]]
+        if row["note"] or at.empty:
+            ax.text(0.5, 0.5, "not evaluable:\n" + str(row["note"]), ha="center", va="center",
+                    fontsize=7, wrap=True)
+        else:
+            ax.plot(at["predicted_risk"], at["observed_risk"], "o-", color="black")
+            ax.set_title(f"{row['horizon']:g} {time_unit}: slope {row['slope']:.2f}, "
+                         f"log O/E {row['log_oe']:+.2f}", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("Predicted risk")
+    axes[0][0].set_ylabel("Observed risk (Kaplan-Meier)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path) -> None:
+    """Net benefit by threshold for every model, and for treating all or none."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["-", "--", "-.", ":"]
+    models = [m for m in dict.fromkeys(curve["model"]) if m not in ("treat all", "treat none")]
+    for k, model in enumerate(models):
+        part = curve[curve["model"] == model]
+        ax.plot(part["threshold"], part["net_benefit"], styles[k % 4], label=model, linewidth=1.2)
+    for model, color in (("treat all", "grey"), ("treat none", "black")):
+        part = curve[curve["model"] == model]
+        ax.plot(part["threshold"], part["net_benefit"], color=color, linewidth=2, label=model)
+    prevalence = curve.loc[curve["model"] == "treat all", "net_benefit"].max()
+    ax.set_ylim(-0.05, max(0.05, 1.1 * prevalence))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Risk threshold for treatment")
+    ax.set_ylabel("Net benefit")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)

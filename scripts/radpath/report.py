@@ -124,6 +124,12 @@ def performance_rows(
             )
         if r["cohort"] == "train" and np.isfinite(r.get("optimism_corrected_c", np.nan)):
             row["corrected"] = f"{r['optimism_corrected_c']:.3f}"
+            failed = int(r.get("optimism_B_failed") or 0)
+            if failed:
+                row["corrected"] += (
+                    f" ({failed} of {int(r['optimism_B'])} refits failed: "
+                    f"{r.get('optimism_failures', '')})"
+                )
         rows.append(row)
     return rows
 
@@ -258,6 +264,65 @@ def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[
 SMALL_VALIDATION_EVENTS = 30  # fewer validation events than this: CIs are wide
 
 
+def accuracy_section(accuracy_path, calibration_dir, decision_dir, keys, endpoints) -> dict:
+    """Validation accuracy at the horizons (one row per endpoint x model x horizon), the
+    calibration plots and the decision curves."""
+    rows = []
+    for r in read_tsv(accuracy_path).to_dict("records"):
+        note = r["note"] if isinstance(r["note"], str) else ""
+        row = {"endpoint": r["endpoint"].upper(), "model": r["model"],
+               "horizon": f"{r['horizon']:g}", "events": int(r["events_by_horizon"]),
+               "note": note}  # fmt: skip
+        if not note:
+            row.update(
+                risk=f"{r['predicted_risk']:.2f} / {r['observed_risk']:.2f}",
+                auc=fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]),
+                brier=fmt_ci(r["brier"], r["brier_lo"], r["brier_hi"]),
+                brier_null=f"{r['brier_null']:.3f}",
+                ipa=fmt_ci(r["ipa"], r["ipa_lo"], r["ipa_hi"]),
+                ibs=fmt_ci(r["ibs"], r["ibs_lo"], r["ibs_hi"]),
+                slope=fmt_ci(r["slope"], r["slope_lo"], r["slope_hi"]),
+                log_oe=fmt_ci(r["log_oe"], r["log_oe_lo"], r["log_oe_hi"]),
+            )
+        rows.append(row)
+    return {
+        "rows": rows,
+        "calibration": [
+            {"endpoint": e.upper(), "model": m,
+             "img": embed_png(Path(calibration_dir) / f"{e}_{m}.png")}
+            for e, m in keys
+        ],  # fmt: skip
+        "decision": [
+            {"endpoint": e.upper(), "img": embed_png(Path(decision_dir) / f"{e}.png")}
+            for e in endpoints
+        ],
+    }
+
+
+def model_check_rows(model_files: dict[tuple[str, str], str]) -> list[dict]:
+    """Per endpoint x model: events per variable and the proportional-hazards test."""
+    rows = []
+    for (endpoint, model), path in model_files.items():
+        checks = read_json(path).get("checks") or {}
+        if not checks:
+            continue
+        tests = checks.get("proportional_hazards") or []
+        violated = [f"{t['feature']} (p={fmt_p(t['p'])})" for t in tests if t["p"] < 0.05]
+        if checks.get("proportional_hazards_note"):
+            ph = checks["proportional_hazards_note"]
+        elif not tests:
+            ph = "no feature"
+        else:
+            ph = "; ".join(violated) if violated else f"none of {len(tests)} (all p >= 0.05)"
+        rows.append({
+            "endpoint": endpoint.upper(), "model": model,
+            "events": checks["training_events"], "candidates": checks["candidate_variables"],
+            "epv": f"{checks['events_per_candidate']:.1f}", "final": checks["final_variables"],
+            "epv_final": f"{checks['events_per_final_variable']:.1f}", "ph": ph,
+        })  # fmt: skip
+    return rows
+
+
 def caveats(cindex: pd.DataFrame, reference: str) -> dict:
     """Plain statements of how far the validation numbers can be trusted."""
     validation = cindex[cindex["cohort"] == "validation"]
@@ -339,6 +404,38 @@ def cohort_summary(outcomes: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def patient_flow(outcomes: pd.DataFrame, radiomics_excluded: pd.DataFrame,
+                 pathomics_excluded: pd.DataFrame | None,
+                 slide_patients: dict[str, str]) -> list[dict]:
+    """From the sheets to the patients each kind of model analyses, per split with events:
+    who was excluded and why (CT/mask input errors), who lacks a usable slide."""
+    endpoints = outcome_endpoints(outcomes)
+
+    def step(label: str, ids) -> dict:
+        part = outcomes.loc[outcomes.index.intersection(list(ids))]
+        row = {"step": label}
+        for split in ("train", "validation"):
+            in_split = part[part["split"] == split]
+            events = ", ".join(f"{e.upper()} {int(in_split[f'{e}_event'].sum())}"
+                               for e in endpoints)  # fmt: skip
+            row[split] = f"{len(in_split)} ({events} events)"
+        return row
+
+    everyone = outcomes.index
+    rows = [step("in the sheets (the clinical model analyses all of them)", everyone)]
+    excluded = radiomics_excluded.astype({"patient_id": str})
+    for reason, part in excluded.groupby("reason", sort=True):
+        rows.append(step(f"excluded from the CT models: {reason}", part["patient_id"]))
+    ct_patients = everyone.difference(excluded["patient_id"])
+    rows.append(step("analysed by the CT models (radiomics, deep CT)", ct_patients))
+    if slide_patients:
+        bad = set(pathomics_excluded["slide_id"]) if pathomics_excluded is not None else set()
+        usable = {patient for slide, patient in slide_patients.items() if slide not in bad}
+        rows.append(step("without a usable slide", everyone.difference(list(usable))))
+        rows.append(step("analysed by the pathomics models", usable))
+    return rows
+
+
 def batch_summary(tests: pd.DataFrame) -> dict:
     """Share of features whose distribution differs by batch (p < 0.05) before and after."""
     summary = {}
@@ -381,6 +478,11 @@ def render_report(
     context = {
         "config": config,
         "cohort": cohort_summary(outcomes),
+        "flow": patient_flow(
+            outcomes, excluded,
+            read_tsv(inputs.pathomics_excluded[0]) if slides else None,
+            {s: slide_patients[s] for s in slides} if slides else {},
+        ),
         "excluded": excluded.to_dict("records"),
         "imputation": [
             r for r in read_tsv(inputs.imputation).to_dict("records")
@@ -416,6 +518,9 @@ def render_report(
                             getattr(inputs, "deep_ct_pretrain_usage", None))
             if getattr(inputs, "deep_ct_summary", None) else {}
         ),
+        "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,
+                                     inputs.decision_plots, keys, endpoints),
+        "checks": model_check_rows(dict(zip(keys, inputs.models, strict=True))),
         "performance": performance_rows(
             cindex, config["reference_model"],
             model_notes(dict(zip(keys, inputs.coefficients, strict=True)), config["models"]),

@@ -365,35 +365,31 @@ def _at_risk(n_leaving: np.ndarray) -> np.ndarray:
 
 
 def kaplan_meier(time, event) -> pd.DataFrame:
-    """Kaplan-Meier estimate: one row per unique time plus a first row at time 0.
+    """Kaplan-Meier estimate (lifelines' KaplanMeierFitter): one row per unique time plus a
+    first row at time 0. Columns: time, survival (after the time), at_risk (just before),
+    events, censored."""
+    from lifelines import KaplanMeierFitter
 
-    Columns: time, survival (after the time), at_risk (just before), events, censored.
-    """
     time, event = check_outcome(time, event)
-    unique_time, n_event, n_censored = _counts_at_unique_times(time, event)
-    at_risk = _at_risk(n_event + n_censored)
-    survival = np.cumprod(1.0 - n_event / at_risk)
-    table = pd.DataFrame(
+    fitter = KaplanMeierFitter().fit(time, event)
+    table = fitter.event_table
+    return pd.DataFrame(
         {
-            "time": unique_time,
-            "survival": survival,
-            "at_risk": at_risk,
-            "events": n_event,
-            "censored": n_censored,
+            "time": table.index.to_numpy(float),
+            "survival": fitter.survival_function_.iloc[:, 0].loc[table.index].to_numpy(),
+            "at_risk": table["at_risk"].to_numpy(int),
+            "events": table["observed"].to_numpy(int),
+            "censored": table["censored"].to_numpy(int),
         }
     )
-    if unique_time.size == 0 or unique_time[0] > 0:
-        start = pd.DataFrame(
-            {
-                "time": [0.0],
-                "survival": [1.0],
-                "at_risk": [time.size],
-                "events": [0],
-                "censored": [0],
-            }
-        )
-        table = pd.concat([start, table], ignore_index=True)
-    return table
+
+
+def km_survival_at(time, event, at: float) -> float:
+    """Kaplan-Meier survival at one time (lifelines; a right-continuous step function)."""
+    from lifelines import KaplanMeierFitter
+
+    time, event = check_outcome(time, event)
+    return float(KaplanMeierFitter().fit(time, event).predict(float(at)))
 
 
 def logrank_test(time, event, group) -> tuple[float, float]:

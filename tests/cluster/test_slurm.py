@@ -137,7 +137,11 @@ def cluster_run(slurm_cluster, local_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     profile = site_profile(workdir / "profile", slurm_cluster)
     config = workdir / "config.yaml"
-    config.write_text(local_config.read_text(encoding="utf-8"), encoding="utf-8")
+    # The random-start twins of the deep CT networks are the same jobs again (the local run
+    # tests them); left out here to keep the suite within CI's time.
+    settings = yaml.safe_load(local_config.read_text(encoding="utf-8"))
+    settings["deep_ct"]["compare_random_start"] = False
+    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     started = time.monotonic()
     result = run_on_cluster(slurm_cluster, workdir, config, profile=profile)
     print(f"shipped-profile run on SLURM: {time.monotonic() - started:.0f} s")
@@ -167,9 +171,9 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
         by_rule.setdefault(rule, []).append(record)
     assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
     assert len(by_rule["pathosig_assign"]) == planned["pathosig_assign"] > 0
-    # One deep CT training job per endpoint x network x fold (2 x 1 x 3), twice: from the
-    # pretrained start and from a random start; one pretraining job per endpoint x network.
-    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 12
+    # One deep CT training job per endpoint x network x fold (2 x 1 x 3), from the pretrained
+    # start (no random-start twins here); one pretraining job per endpoint x network.
+    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 6
     assert len(by_rule["deep_ct_pretrain"]) == planned["deep_ct_pretrain"] == 2
     for rule, rule_records in by_rule.items():
         for record in rule_records:

@@ -100,6 +100,9 @@ def run(workdir: Path, configfile: Path, *extra: str, cores: int = 2, check=True
 
 RESULT_TABLES = (
     "results/report/cindex.tsv",
+    "results/report/accuracy.tsv",
+    "results/report/calibration.tsv",
+    "results/report/decision_curve.tsv",
     "results/cohort/radiomics.tsv",
     "results/cohort/pathomics_embedding.tsv",
     "results/cohort/pathomics_morphology.tsv",

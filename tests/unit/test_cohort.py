@@ -160,6 +160,21 @@ def test_every_declared_event_column_needs_events_in_each_part(tmp_path):
         split_for_run(config, table, tmp_path / "none.tsv")
 
 
+def test_categorical_levels_must_occur_among_training_patients(tmp_path):
+    table = clinical(40, seed=3).assign(stage="I")
+    config = {"split": {"file": "", "validation_fraction": 0.3}, "seed": 1, "endpoints": {},
+              "covariates": [{"name": "stage", "type": "categorical", "reference": "I"}]}
+    split, _ = split_for_run(config, table, tmp_path / "none.tsv")
+    validation = [pid for pid, part in split.items() if part == "validation"]
+    table.loc[validation[0], "stage"] = "IV"
+    with pytest.raises(ValueError, match=rf"^patient {validation[0]}: level 'IV' of covariate "
+                       r"'stage' occurs in no training patient \(training levels: I\)"):
+        split_for_run(config, table, tmp_path / "none.tsv")
+    table["stage"] = ["II" if split[pid] == "train" else "I" for pid in table.index]
+    with pytest.raises(ValueError, match=r"reference level 'I' has no training patient"):
+        split_for_run(config, table, tmp_path / "none.tsv")
+
+
 def test_outcomes_take_standard_names_from_the_declared_columns():
     sheet = pd.DataFrame(
         {"os_time": [12.5, 30.0], "os_event": [1, 0], "dfs_months": [6.0, 30.0],

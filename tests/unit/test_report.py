@@ -7,6 +7,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from radpath import report
 from radpath.io import write_tsv
 from radpath.report import caveats, cohort_summary, hazard_ratio_row, model_notes, provenance
 from smk import REPO
@@ -98,3 +99,26 @@ def test_cohort_summary_lists_every_declared_endpoint():
             "<th>median DFS follow-up</th>") in html
     assert "<td>train</td><td>2</td><td>1</td><td>15.0</td><td>2</td><td>6.0</td>" in html
     assert "PFS" not in html
+
+
+def test_patient_flow_counts_patients_and_events_per_split():
+    outcomes = pd.DataFrame(
+        {"split": ["train", "train", "train", "validation", "validation"],
+         "os_time": [5.0, 8.0, 9.0, 3.0, 7.0], "os_event": [1, 0, 1, 1, 0]},
+        index=pd.Index(["P1", "P2", "P3", "P4", "P5"], name="patient_id"),
+    )  # fmt: skip
+    radiomics_excluded = pd.DataFrame({"patient_id": ["P2", "P4"],
+                                       "reason": ["mask is empty", "mask is empty"]})
+    pathomics_excluded = pd.DataFrame({"slide_id": ["S3"], "patient_id": ["P3"],
+                                       "reason": ["no tissue"]})
+    slides = {"S1": "P1", "S3": "P3", "S5": "P5"}
+    rows = report.patient_flow(outcomes, radiomics_excluded, pathomics_excluded, slides)
+    table = {r["step"]: (r["train"], r["validation"]) for r in rows}
+    assert table["in the sheets (the clinical model analyses all of them)"] == (
+        "3 (OS 2 events)", "2 (OS 1 events)")
+    assert table["excluded from the CT models: mask is empty"] == (
+        "1 (OS 0 events)", "1 (OS 1 events)")
+    assert table["analysed by the CT models (radiomics, deep CT)"] == (
+        "2 (OS 2 events)", "1 (OS 0 events)")
+    assert table["without a usable slide"] == ("2 (OS 1 events)", "1 (OS 1 events)")
+    assert table["analysed by the pathomics models"] == ("1 (OS 1 events)", "1 (OS 0 events)")

@@ -18,6 +18,7 @@ COHORT_STEPS = {
     "results/cohort/radiomics_raw.tsv",
     "results/cohort/radiomics.tsv",
     "results/report/cindex.tsv",
+    "results/report/accuracy.tsv",
     "results/report/report.html",
 }
 

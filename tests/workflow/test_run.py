@@ -51,6 +51,47 @@ def test_report_and_tables(finished_run):
     assert (validation["harrell_lo"] <= validation["harrell_c"]).all()
     assert (validation["harrell_c"] <= validation["harrell_hi"]).all()
     assert validation["n"].sum() > 0
+    train = cindex[cindex["cohort"] == "train"]
+    assert (train["optimism_B"] == FAST_STATS["evaluation"]["optimism_bootstrap"]).all()
+    assert (train["optimism_B_used"] + train["optimism_B_failed"] == train["optimism_B"]).all()
+
+
+def test_absolute_risk_accuracy_and_model_checks(finished_run):
+    """Every model predicts survival at the horizons from its Breslow baseline; the accuracy
+    job evaluates every model x endpoint x horizon (or says why it cannot); the report shows
+    it with the model checks."""
+    workdir, _ = finished_run
+    horizons = [12, 24, 36]
+    for endpoint in ("os", "pfs"):
+        model = json.loads((workdir / f"results/models/{endpoint}/clinical/model.json").read_text())
+        assert len(model["baseline"]["time"]) == len(model["baseline"]["cumulative_hazard"]) > 0
+        assert model["checks"]["training_events"] > 0 and model["checks"]["final_variables"] > 0
+        risk = read_tsv(workdir / f"results/models/{endpoint}/clinical/risk.tsv",
+                        index_col="patient_id")
+        survival = risk[[f"survival_{h}" for h in horizons]]
+        known = survival.dropna(axis=1, how="all")
+        assert known.shape[1] >= 1 and known.stack().between(0, 1).all()
+        assert (known.diff(axis=1).fillna(0) <= 0).all().all()  # never rises with time
+        # Higher risk, lower survival, at every horizon.
+        by_risk = known.loc[risk["risk"].sort_values().index]
+        assert (by_risk.diff().fillna(0) <= 1e-12).all().all()
+    accuracy = pd.read_csv(workdir / "results/report/accuracy.tsv", sep="\t")
+    assert len(accuracy) == 2 * len(MODELS) * len(horizons)
+    evaluable = accuracy[accuracy["note"].isna()]
+    assert len(evaluable) > 0
+    for metric in ("auc", "brier", "ibs"):
+        assert evaluable[metric].between(0, 1).all()
+        assert (evaluable[f"{metric}_lo"] <= evaluable[metric] + 1e-12).all()
+        assert (evaluable[metric] <= evaluable[f"{metric}_hi"] + 1e-12).all()
+    assert accuracy.loc[accuracy["note"].notna(), "auc"].isna().all()
+    curve = pd.read_csv(workdir / "results/report/decision_curve.tsv", sep="\t")
+    assert {"treat all", "treat none", *MODELS} == set(curve["model"])
+    assert (workdir / "results/report/decision_curve/os.png").stat().st_size > 0
+    assert (workdir / "results/report/calibration/pfs_clinical.png").stat().st_size > 0
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "Absolute risk: time-dependent accuracy and calibration" in html
+    assert "Decision curves" in html and "Calibration plots" in html
+    assert "Model checks (training patients)" in html and "events per candidate" in html
 
 
 def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(finished_run):
