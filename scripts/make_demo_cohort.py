@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     n_patients = args.n_patients if args.n_patients is not None else demo.get("n_patients", 40)
     seed = args.seed if args.seed is not None else config.get("seed", 42)
     started = time.perf_counter()
-    slides = SlideSettings() if demo.get("slides", True) else None
+    slides = (SlideSettings(fraction_with_slides=demo.get("slide_fraction", 0.6))
+              if demo.get("slides", True) else None)
     paths = generate_cohort(out_dir, n_patients, demo.get("n_scanners", 3), seed, slides=slides)
     print(
         f"demo cohort: {n_patients} patients (seed {seed}) in {out_dir} "

@@ -68,8 +68,8 @@ def plot_calibration(groups: pd.DataFrame, accuracy: pd.DataFrame, time_unit: st
             ax.plot(at["predicted_risk"], at["observed_risk"], "o-", color="black")
             ax.set_title(f"{row['horizon']:g} {time_unit}: slope {row['slope']:.2f}, "
                          f"log O/E {row['log_oe']:+.2f}", fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("Predicted risk")
     axes[0][0].set_ylabel("Observed risk (Kaplan-Meier)")
     fig.suptitle(title, fontsize=10)

@@ -299,6 +299,10 @@ def accuracy_section(accuracy_path, calibration_dir, decision_dir, keys, endpoin
     }
 
 
+def _per_variable(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
 def model_check_rows(model_files: dict[tuple[str, str], str]) -> list[dict]:
     """Per endpoint x model: events per variable and the proportional-hazards test."""
     rows = []
@@ -317,8 +321,9 @@ def model_check_rows(model_files: dict[tuple[str, str], str]) -> list[dict]:
         rows.append({
             "endpoint": endpoint.upper(), "model": model,
             "events": checks["training_events"], "candidates": checks["candidate_variables"],
-            "epv": f"{checks['events_per_candidate']:.1f}", "final": checks["final_variables"],
-            "epv_final": f"{checks['events_per_final_variable']:.1f}", "ph": ph,
+            "epv": _per_variable(checks["events_per_candidate"]),
+            "final": checks["final_variables"],
+            "epv_final": _per_variable(checks["events_per_final_variable"]), "ph": ph,
         })  # fmt: skip
     return rows
 

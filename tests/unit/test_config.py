@@ -26,7 +26,7 @@ COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
 DEMO_SIZED = {f"pathology.pathosig.{key}" for key in (
     "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")} | {
     f"deep_ct.{key}" for key in ("cubes.grid", "networks", "width", "folds", "epochs",
-                                 "batch_size", "pretrain.epochs")}
+                                 "batch_size", "pretrain.epochs")} | {"evaluation.optimism_bootstrap"}
 
 
 def schema_defaults(schema: dict, prefix: str = ""):

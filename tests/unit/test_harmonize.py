@@ -128,7 +128,13 @@ def test_feature_constant_within_a_batch_matches_neurocombat(
         covariates = None
     reference = neurocombat_result(features, batch, covariates, parametric, mean_only=False)
     batch_pos, column_pos = sorted(BATCH_SIZES).index(site), list(features.columns).index(column)
-    assert reference["estimates"]["delta_hat"][batch_pos][column_pos] == 1.0, (
+    fired = reference["estimates"]["delta_hat"][batch_pos][column_pos] == 1.0
+    if with_covariates and not fired:
+        # With covariates the residual comes from a BLAS regression whose last bits depend on
+        # the CPU's kernels: on some machines neuroCombat's exact zero does not fire. The
+        # tolerant-zero test below checks this case on every machine.
+        pytest.skip("neuroCombat's exact zero test does not fire with this CPU's BLAS rounding")
+    assert fired, (
         "precondition: neuroCombat's exact zero test must fire for this constant"
     )
 
