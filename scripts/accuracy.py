@@ -3,12 +3,12 @@
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from radpath.accuracy import accuracy_table, calibration_table, decision_curve_table
 from radpath.io import read_json, read_tsv, write_tsv
 from radpath.jobs import setup_logging
+from radpath.modeling import FittedModel
 from radpath.plots import plot_calibration, plot_decision_curve
 
 setup_logging(snakemake.log[0])
@@ -25,11 +25,8 @@ decision_dir.mkdir(parents=True, exist_ok=True)
 tables = {"accuracy": [], "calibration": [], "decision_curve": []}
 for endpoint in p.endpoints:
     risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in p.models}
-    baselines = {}
-    for m in p.models:
-        baseline = read_json(model_files[endpoint, m])["baseline"]
-        baselines[m] = (np.array(baseline["time"], float),
-                        np.array(baseline["cumulative_hazard"], float))
+    fitted = {m: FittedModel.from_dict(read_json(model_files[endpoint, m])) for m in p.models}
+    baselines = {m: (f.baseline_time, f.baseline_cumhaz) for m, f in fitted.items()}
     accuracy = accuracy_table(endpoint, risks, baselines, ev["horizons"], ev["bootstrap"], p.seed)
     calibration = calibration_table(endpoint, risks, baselines, ev["horizons"],
                                     ev["calibration_groups"])

@@ -22,6 +22,7 @@ from radpath.survival import (
     concordance_scores,
     km_survival_at,
     last_positive_censoring_time,
+    percentile_ci,
 )
 
 IBS_GRID_POINTS = 101
@@ -53,22 +54,21 @@ def horizon_problem(time, event, horizon: float, train_time, train_event) -> str
 
 
 def _inverse_censoring(time, event, horizon: float, train_time, train_event):
-    """(case indicator, 1/G(T_i) for cases and 0 otherwise, 1/G(horizon), control indicator)."""
+    """(1/G(T_i) for a case, an event by the horizon, and 0 otherwise; 1/G(horizon); control
+    indicator, still followed after the horizon)."""
     case = (time <= horizon) & (event == 1)
     weight = np.zeros(time.size)
     if case.any():
         weight[case] = 1.0 / censoring_survival(train_time, train_event, time[case])
     g_horizon = float(censoring_survival(train_time, train_event, [horizon])[0])
-    return case, weight, 1.0 / g_horizon, time > horizon
+    return weight, 1.0 / g_horizon, time > horizon
 
 
 def brier_terms(time, event, survival, horizon: float, train_time, train_event) -> np.ndarray:
     """Each patient's IPCW-weighted squared error at the horizon (Graf et al.): S_i(t)^2 / G(T_i)
     for an event by t, (1 - S_i(t))^2 / G(t) for a patient still followed after t, 0 for one
     censored before t. Their mean is the Brier score."""
-    case, weight, inverse_g, control = _inverse_censoring(
-        time, event, horizon, train_time, train_event
-    )
+    weight, inverse_g, control = _inverse_censoring(time, event, horizon, train_time, train_event)
     survival = np.asarray(survival, dtype=float)
     return np.square(survival) * weight + np.square(1.0 - survival) * control * inverse_g
 
@@ -96,7 +96,7 @@ def auc_pairs(time, event, risk, horizon, train_time, train_event):
     """Cumulative/dynamic AUC at the horizon as pair weights: cases (event by t, weight
     1/G(T_i)) against controls (followed beyond t); score 1 when the case has the higher risk,
     0.5 for a tie. Returns (case weights, control indicator, score matrix)."""
-    case, weight, _, control = _inverse_censoring(time, event, horizon, train_time, train_event)
+    weight, _, control = _inverse_censoring(time, event, horizon, train_time, train_event)
     return weight, control.astype(float), concordance_scores(risk, SKSURV_TIED_TOL)
 
 
@@ -199,15 +199,6 @@ def net_benefit(time, event, risk_at_horizon, horizon: float, thresholds) -> np.
 # --------------------------------------------------------------------------- cohort tables
 
 
-def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(np.shape(numerator), np.nan)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
@@ -254,7 +245,7 @@ def horizon_row(risk: pd.DataFrame, baseline, horizon: float, counts: np.ndarray
     }
     for name, value in point.items():
         row[name] = value
-        row[f"{name}_lo"], row[f"{name}_hi"] = _ci(resampled[name])
+        row[f"{name}_lo"], row[f"{name}_hi"] = percentile_ci(resampled[name])
     row["brier_null"] = float(brier_null.mean())
     row["predicted_risk"] = float(np.mean(1.0 - survival))
     row["observed_risk"] = 1.0 - km_survival_at(time, event, horizon)

@@ -248,7 +248,9 @@ def bootstrap_uno(time, event, risk, counts, train_time, train_event, tau) -> np
     return _resampled_ratio(counts, pairs, concordance_scores(risk, SKSURV_TIED_TOL))
 
 
-def _percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the finite values (NaN, NaN when there are none)."""
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
     tail = 100 * (1 - level) / 2
@@ -311,10 +313,10 @@ def bootstrap_cindex(
             "events": int(event.sum()),
             "harrell_c": harrell_c(time, event, risk),
         }
-        row["harrell_lo"], row["harrell_hi"] = _percentile_ci(boot_harrell[name], level)
+        row["harrell_lo"], row["harrell_hi"] = percentile_ci(boot_harrell[name], level)
         if with_uno:
             row["uno_c"] = uno_c(time, event, risk, train_time, train_event, tau)
-            row["uno_lo"], row["uno_hi"] = _percentile_ci(boot_uno[name], level)
+            row["uno_lo"], row["uno_hi"] = percentile_ci(boot_uno[name], level)
         else:
             row["uno_c"] = row["uno_lo"] = row["uno_hi"] = float("nan")
         row["n_boot"] = int(valid.sum())
@@ -338,12 +340,12 @@ def _add_deltas(table, boot_harrell, boot_uno, reference, level) -> pd.DataFrame
     ref = table.set_index("model").loc[reference]
     for i, name in enumerate(table["model"]):
         d = boot_harrell[name] - boot_harrell[reference]
-        lo, hi = _percentile_ci(d, level)
+        lo, hi = percentile_ci(d, level)
         point = table.at[i, "harrell_c"] - ref["harrell_c"]
         table.loc[i, columns[:4]] = [point, lo, hi, _two_sided_p(d)]
         if boot_uno:
             d = boot_uno[name] - boot_uno[reference]
-            lo, hi = _percentile_ci(d, level)
+            lo, hi = percentile_ci(d, level)
             point = table.at[i, "uno_c"] - ref["uno_c"]
             table.loc[i, columns[4:]] = [point, lo, hi, _two_sided_p(d)]
     return table
