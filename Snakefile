@@ -23,6 +23,7 @@ include: "rules/deep_ct.smk"
 include: "rules/survival.smk"
 include: "rules/report.smk"
 include: "rules/export.smk"
+include: "rules/score.smk"
 
 
 report: "resources/report/workflow.rst"

@@ -66,14 +66,19 @@ PATIENT_OPTIONS = patient_sheet_options(PATIENTS)
 SLIDE_IDS = [] if SLIDES is None else list(SLIDES.index)
 SLIDE_PATIENTS = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["patient_id"]))
 SLIDE_PATH = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["path"]))
-SLIDE_MPP = (
-    {}
-    if SLIDES is None
-    else {
+
+
+def slide_mpp_texts(slides):
+    """Per slide, the sheet's MPP override as text for the job ('' = read it from the slide)."""
+    if slides is None:
+        return {}
+    return {
         slide: "" if mpp is None or mpp != mpp else repr(float(mpp))
-        for slide, mpp in zip(SLIDES.index, SLIDES["mpp"])
+        for slide, mpp in zip(slides.index, slides["mpp"])
     }
-)
+
+
+SLIDE_MPP = slide_mpp_texts(SLIDES)
 
 # The train/validation split is decided here, before any job, so a change is announced
 # before anything runs (see radpath.cohort.make_split); rule cohort_tables records it.
@@ -300,3 +305,142 @@ radpath_slurm.keep_slurm_conf()
 
 onstart:
     radpath_slurm.check_status_command(workflow)
+
+
+# External cohorts of `snakemake score` (rules/score.smk): their sheets, checked like the
+# run's, and per cohort the lookups of its per-patient and per-slide jobs.
+SCORE = config["score"]
+SCORE_COHORTS = sheets.load_external_cohorts(config, SCHEMAS)
+_overlap = [
+    problem
+    for name, external in SCORE_COHORTS.items()
+    for problem in sheets.training_overlap(external.patients, PATIENTS, SPLIT, name)
+]
+if _overlap:
+    raise sheets.SheetError("\n".join(_overlap))
+SCORE_PATIENT_IDS = {c: list(e.patients.index) for c, e in SCORE_COHORTS.items()}
+SCORE_CT = {
+    c: dict(zip(e.patients.index, e.patients["ct"])) for c, e in SCORE_COHORTS.items()
+}
+SCORE_MASK = {
+    c: dict(zip(e.patients.index, e.patients["mask"])) for c, e in SCORE_COHORTS.items()
+}
+SCORE_OPTIONS = {c: patient_sheet_options(e.patients) for c, e in SCORE_COHORTS.items()}
+SCORE_CUBES = {c: cube_job_images(e.patients) for c, e in SCORE_COHORTS.items()}
+SCORE_SLIDES = {
+    c: {} if e.slides is None else dict(zip(e.slides.index, e.slides["patient_id"]))
+    for c, e in SCORE_COHORTS.items()
+}
+SCORE_SLIDE_PATH = {
+    c: {} if e.slides is None else dict(zip(e.slides.index, e.slides["path"]))
+    for c, e in SCORE_COHORTS.items()
+}
+SCORE_SLIDE_MPP = {c: slide_mpp_texts(e.slides) for c, e in SCORE_COHORTS.items()}
+# Per cohort: the models it is scored with, and why the others are not.
+SCORE_MODELS, SCORE_UNSCORED = {}, {}
+for _name, _external in SCORE_COHORTS.items():
+    SCORE_MODELS[_name], SCORE_UNSCORED[_name] = configuration.scorable_models(
+        {m: config["models"][m] for m in MODELS}, _external.slides is not None
+    )
+    if config["reference_model"] not in SCORE_MODELS[_name]:
+        raise sheets.SheetError(
+            f"score.cohorts.{_name}: the reference model {config['reference_model']} "
+            f"cannot be scored ({SCORE_UNSCORED[_name].get(config['reference_model'])})"
+        )
+SCORE_BLOCK_FILES = {
+    block: path.replace("results/cohort/", "results/score/{cohort}/cohort/")
+    for block, path in BLOCK_FILES.items()
+}
+
+
+wildcard_constraints:
+    cohort="|".join(SCORE_COHORTS) or "(?!)",
+
+
+def score_patient_images(wildcards):
+    return {
+        "ct": SCORE_CT[wildcards.cohort][wildcards.patient],
+        "mask": SCORE_MASK[wildcards.cohort][wildcards.patient],
+    }
+
+
+def score_patient_options(wildcards):
+    return SCORE_OPTIONS[wildcards.cohort][wildcards.patient]
+
+
+def score_cube_images(wildcards):
+    return SCORE_CUBES[wildcards.cohort][wildcards.patient]
+
+
+def score_cube_options(wildcards):
+    images = SCORE_CUBES[wildcards.cohort][wildcards.patient]
+    return SCORE_OPTIONS[wildcards.cohort][wildcards.patient] + [
+        f"--extra={name}={images[name]}" for name in CUBE_IMAGE_COLUMNS
+    ]
+
+
+def score_slide_path(wildcards):
+    return SCORE_SLIDE_PATH[wildcards.cohort][wildcards.slide]
+
+
+def score_slide_mpp(wildcards):
+    return SCORE_SLIDE_MPP[wildcards.cohort][wildcards.slide]
+
+
+def score_cohort_files(pattern):
+    """An input function: `pattern` for every patient or slide of the cohort."""
+
+    def files(wildcards):
+        key = "slide" if "{slide}" in pattern else "patient"
+        items = (SCORE_SLIDES if key == "slide" else SCORE_PATIENT_IDS)[
+            wildcards.cohort
+        ]
+        return expand(pattern, cohort=wildcards.cohort, **{key: list(items)})
+
+    return files
+
+
+def score_model_block_files(wildcards):
+    return [
+        SCORE_BLOCK_FILES[block].format(
+            cohort=wildcards.cohort, endpoint=wildcards.endpoint
+        )
+        for block in config["models"][wildcards.model]["blocks"]
+    ]
+
+
+def score_cohort_models(name):
+    """An input function: `name` of every model the cohort is scored with (endpoints outer)."""
+
+    def files(wildcards):
+        return expand(
+            name,
+            cohort=wildcards.cohort,
+            endpoint=ENDPOINTS,
+            model=SCORE_MODELS[wildcards.cohort],
+        )
+
+    return files
+
+
+def score_cohort_block_outputs(blocks, path):
+    """An input function: [path] when a model the cohort is scored with uses one of
+    `blocks`."""
+
+    def files(wildcards):
+        used = any(
+            set(blocks) & set(config["models"][m]["blocks"])
+            for m in SCORE_MODELS[wildcards.cohort]
+        )
+        return [path.format(cohort=wildcards.cohort)] if used else []
+
+    return files
+
+
+def score_reports(wildcards):
+    if not SCORE_COHORTS:
+        raise ValueError(
+            "radpath: config score.cohorts is empty: name the external cohorts to score, "
+            "e.g. score: {cohorts: {hospital_b: {patients: ..., clinical: ...}}}"
+        )
+    return expand("results/score/{cohort}/report.html", cohort=SCORE_COHORTS)

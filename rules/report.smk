@@ -90,6 +90,7 @@ rule report:
         models=MODELS,
         slide_ids=SLIDE_IDS,
         slide_patients=SLIDE_PATIENTS,
-        config=config,
+        # Not `score`: scoring external cohorts leaves the run's own report as it is.
+        config={key: value for key, value in config.items() if key != "score"},
     script:
         "../scripts/make_report.py"

@@ -1,10 +1,17 @@
-"""Rule `pathomics_matrices`: slide embeddings and morphology -> patient matrices."""
+"""Rules `pathomics_matrices` and `score_pathomics_matrices`: slide embeddings and
+morphology -> patient matrices; the embedding PCA is fitted on the training patients, or
+(external cohorts, input `frozen_pca`) the run's PCA is applied."""
 
 import pandas as pd
 
-from radpath.io import read_tsv, write_json, write_tsv
+from radpath.io import read_json, read_tsv, write_json, write_tsv
 from radpath.jobs import setup_logging, usable_slides
-from radpath.pathomics import embedding_matrix, encoder_provenance, morphology_matrix
+from radpath.pathomics import (
+    embedding_matrix,
+    encoder_provenance,
+    frozen_embedding_matrix,
+    morphology_matrix,
+)
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -20,12 +27,16 @@ excluded = pd.concat([
 ]).drop_duplicates("slide_id")
 excluded.insert(1, "patient_id", [p.slide_patients[s] for s in excluded["slide_id"]])
 
-outcomes = read_tsv(snakemake.input.outcomes, index_col="patient_id")
-embedding, pca_info = embedding_matrix(
-    features, p.slide_patients, p.pooling, outcomes["split"], p.pca_components
-)
+if hasattr(snakemake.input, "frozen_pca"):
+    embedding = frozen_embedding_matrix(features, p.slide_patients,
+                                        read_json(snakemake.input.frozen_pca))
+else:
+    outcomes = read_tsv(snakemake.input.outcomes, index_col="patient_id")
+    embedding, pca_info = embedding_matrix(
+        features, p.slide_patients, p.pooling, outcomes["split"], p.pca_components
+    )
+    write_json(pca_info, snakemake.output.pca)
 write_tsv(embedding, snakemake.output.embedding)
-write_json(pca_info, snakemake.output.pca)
 write_json(encoder_provenance(features), snakemake.output.encoder)
 write_tsv(morphology_matrix(morph_ok, p.slide_patients), snakemake.output.morphology)
 write_tsv(excluded, snakemake.output.excluded, index=False)

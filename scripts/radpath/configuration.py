@@ -334,3 +334,19 @@ def load_config(config: dict, schema_path: str | os.PathLike) -> dict:
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+# Blocks made from slides: an external cohort without a slides sheet cannot give them.
+SLIDE_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology", "pathomics_hpc"})
+
+
+def scorable_models(models: dict[str, dict], has_slides: bool) -> tuple[list[str], dict[str, str]]:
+    """The models an external cohort (`snakemake score`) is scored with (those needing
+    slides only when it has a slides sheet), and why the others are not."""
+    scored, unscored = [], {}
+    for name, spec in models.items():
+        if not has_slides and SLIDE_BLOCKS & set(spec["blocks"]):
+            unscored[name] = "needs slides; the cohort has no slides sheet"
+        else:
+            scored.append(name)
+    return scored, unscored

@@ -126,6 +126,33 @@ def pretrain_job(*, endpoint: str, member: str, member_spec: Mapping, settings: 
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
+def score_external_job(*, members: Mapping[str, Mapping], model_paths: Sequence[str],
+                       cube_paths: Sequence[str], output: str, threads: int) -> None:
+    """An external cohort's deep CT block (`snakemake score`): every patient with cubes gets
+    the mean standardised score of all the block's fold models, as the run's validation
+    patients do (radpath.deep_ct_cohort.block_scores); nothing is trained."""
+    torch.set_num_threads(max(1, int(threads)))
+    paths = {patient_of(p): p for p in cube_paths}
+    usable = [pid for pid, path in paths.items() if exclusion_reason(path) is None]
+    left_out = sorted(set(paths) - set(usable))
+    if left_out:
+        log.info("no cubes (excluded) for %d patient(s): %s", len(left_out), ", ".join(left_out))
+    scores = []
+    cubes_by_scales: dict[tuple, np.ndarray] = {}
+    for path in model_paths:
+        member = deep_ct.load_member(path)
+        spec = members[member.meta["member"]]
+        key = tuple(spec["edges_mm"] or ())
+        if key not in cubes_by_scales:
+            cubes_by_scales[key] = load_cube_array(paths, usable, spec["edges_mm"])[0]
+        scores.append(deep_ct.standardised_score(member, cubes_by_scales[key]))
+        log.info("%s fold %s scored %d patients", member.meta["member"],
+                 member.meta.get("fold"), len(usable))
+    block = pd.DataFrame({"risk": np.mean(scores, axis=0) if usable else []},
+                         index=pd.Index(usable, name="patient_id"))
+    write_tsv(block, output)
+
+
 def member_scale(cubes, channels: Sequence[str]) -> int:
     """The cube a network sees when it sees one (view per_scale); the largest otherwise."""
     labels = {c.rpartition("@")[2] for c in channels}

@@ -82,9 +82,11 @@ def optimism_columns(optimism: dict) -> dict:
 
 
 def km_validation(
-    endpoint: str, model: str, risk: pd.DataFrame, time_unit: str, path: str | Path
+    endpoint: str, model: str, risk: pd.DataFrame, time_unit: str, path: str | Path,
+    label: str = "validation",
 ) -> float:
-    """KM of validation patients split at the training median risk; returns log-rank p."""
+    """KM of validation patients split at the training median risk; returns log-rank p.
+    `label` names the validation patients in the title (an external cohort's name)."""
     threshold = float(np.median(risk.loc[risk["split"] == "train", "risk"]))
     validation = risk[risk["split"] == "validation"]
     groups = risk_groups(validation["risk"].to_numpy(), threshold)
@@ -94,7 +96,7 @@ def km_validation(
         _, p_value = logrank_test(time, event, groups)
     plot_km_by_group(
         time, event, groups,
-        title=f"{endpoint.upper()} - {model} (validation; split at training median)",
+        title=f"{endpoint.upper()} - {model} ({label}; split at training median)",
         path=path, xlabel=f"Time ({time_unit})",
     )
     return float(p_value)

@@ -524,6 +524,71 @@ def apply_combat(
     return pd.DataFrame(harmonized, index=index, columns=features.columns)
 
 
+def unseen_batches(model: ComBatModel, batch: pd.Series) -> list[str]:
+    """The batches of `batch` that the model was not fitted on (after its merges)."""
+    labels = _map_merged(_batch_labels(batch, batch.index), model.batch_merges)
+    return sorted(set(labels) - set(model.batches))
+
+
+def with_estimated_batches(
+    model: ComBatModel,
+    features: pd.DataFrame,
+    batch: pd.Series,
+    covariates: pd.DataFrame | None = None,
+) -> tuple[ComBatModel, dict[str, int]]:
+    """The model plus batch effects of the batches of `batch` it never saw, estimated from
+    those patients alone; returns it and {new batch: patients}.
+
+    Everything the training fitted stays frozen: the grand mean, covariate effects and
+    pooled variance standardize the new patients, and each new batch's location and scale
+    get ComBat's empirical Bayes estimates from its own patients (the priors pool that
+    batch's features, as they do for every training batch). Only features are used, never
+    outcomes. A new batch needs at least 2 patients (its variance); its estimates rest on
+    its own patients only, so they are noisy below about 10.
+    """
+    labels = _map_merged(_batch_labels(batch, features.index), model.batch_merges)
+    new = sorted(set(labels) - set(model.batches))
+    if not new:
+        return model, {}
+    sizes = {b: int((labels == b).sum()) for b in new}
+    small = [b for b, n in sizes.items() if n < 2]
+    if small:
+        patients = features.index[np.isin(labels, small)]
+        raise HarmonizationError(
+            f"batch(es) {_format_ids(small)} never seen in ComBat training have one patient "
+            f"each ({_format_ids(patients)}): a batch effect cannot be estimated from one patient"
+        )
+    rows = np.isin(labels, new)
+    part = features.loc[rows]
+    values = _feature_matrix(part)[:, [list(map(str, part.columns)).index(f)
+                                       for f in model.harmonized_features]]
+    if model.covariate_levels:
+        if covariates is None:
+            raise HarmonizationError(
+                f"this ComBat model preserves covariates {_format_ids(list(model.covariate_levels))}; pass them"
+            )
+        aligned = _aligned_covariates(covariates, part.index, list(model.covariate_levels))
+        covariate_design = _covariate_design(aligned, model.covariate_levels)
+    else:
+        covariate_design = np.zeros((len(part), 0))
+    preserved = model.grand_mean + covariate_design @ model.covariate_coefs
+    s_data = (values - preserved) / np.sqrt(model.var_pooled)
+    new_index = np.searchsorted(np.asarray(new), labels[rows])
+    rms = np.sqrt((values**2).mean(axis=0))
+    gamma_star, delta_star = _empirical_bayes(
+        s_data, new_index, len(new), model.parametric, model.mean_only,
+        _zero_within_batch_variance(rms, model.var_pooled),
+    )
+    order = np.argsort(np.array(model.batches + new, dtype=object).astype(str), kind="stable")
+    batches = [(model.batches + new)[i] for i in order]
+    extended = ComBatModel.from_dict(model.to_dict())
+    extended.batches = batches
+    extended.batch_sizes = {**model.batch_sizes, **sizes}
+    extended.gamma_star = np.vstack([model.gamma_star, gamma_star])[order]
+    extended.delta_star = np.vstack([model.delta_star, delta_star])[order]
+    return extended, sizes
+
+
 def fit_apply_combat(
     features: pd.DataFrame,
     batch: pd.Series,

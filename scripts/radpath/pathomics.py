@@ -62,16 +62,48 @@ def embedding_matrix(
         raise ValueError("pathomics: fewer than 2 training patients have slides")
     k = min(n_components, len(train) - 1, pooled.shape[1])
     pca = PCA(n_components=k, random_state=seed).fit(pooled.loc[train].to_numpy())
-    scores = pca.transform(pooled.to_numpy())
-    table = pd.DataFrame(scores, index=pooled.index,
-                         columns=[f"pc{i + 1:02d}" for i in range(k)])
+    table = project_embedding(pooled, pca.mean_, pca.components_)
     info = {
         "n_components": k,
         "fitted_on": len(train),
         "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
         "pooling": list(pooling),
+        "features": list(pooled.columns),
+        "mean": pca.mean_.tolist(),
+        "components": pca.components_.tolist(),
     }
     return table, info
+
+
+def frozen_embedding_matrix(
+    feature_files: dict[str, str], slide_patients: dict[str, str], info: dict
+) -> pd.DataFrame:
+    """Pool each patient's tiles and project them on the training PCA (`info` as written by
+    :func:`embedding_matrix`), nothing refitted: the external cohorts of `snakemake score`."""
+    if "components" not in info:
+        raise ValueError("pathomics: the run's pathomics_embedding_pca.json has no PCA "
+                         "components (written by an older radpath): re-run its "
+                         "pathomics_matrices job (snakemake -R pathomics_matrices)")
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    for slide_id, path in feature_files.items():
+        by_patient[slide_patients[slide_id]].append(path)
+    pooled = patient_embedding_table(by_patient, info["pooling"]).sort_index()
+    if list(pooled.columns) != list(info["features"]):
+        raise ValueError(f"pathomics: slide features have {pooled.shape[1]} pooled dimensions, "
+                         f"the run's PCA was fitted on {len(info['features'])}: embed the "
+                         "external slides with the run's encoder and pooling")
+    return project_embedding(pooled, info["mean"], info["components"])
+
+
+def project_embedding(pooled: pd.DataFrame, mean, components) -> pd.DataFrame:
+    """Pooled embeddings projected on PCA components (pc01, pc02, ...), in float64 and one
+    patient at a time (einsum, not a BLAS product whose rounding depends on how many rows
+    it is given), so an external cohort's patients get what the run gave them."""
+    values = pooled.to_numpy(dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    components = np.asarray(components, dtype=np.float64)
+    scores = np.einsum("ij,kj->ik", values, components)
+    return pd.DataFrame(scores, index=pooled.index,
+                        columns=[f"pc{i + 1:02d}" for i in range(len(components))])
 
 
 def morphology_matrix(files: dict[str, str], slide_patients: dict[str, str]) -> pd.DataFrame:

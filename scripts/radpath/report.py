@@ -551,3 +551,52 @@ def render_report(
     template = jinja2.Template(Path(inputs.template).read_text(encoding="utf-8"), autoescape=True)
     with atomic_write(out_path) as handle:
         handle.write(template.render(**context))
+
+
+def render_external_report(
+    cohort: str,
+    inputs,
+    endpoints: list[str],
+    models: list[str],
+    unscored: dict[str, str],
+    config: dict,
+    out_path,
+) -> None:
+    """The external-validation report of one cohort (`snakemake score`): who was scored,
+    how each scanner was harmonized, and the run's metrics on this cohort."""
+    keys = list(itertools.product(endpoints, models))
+    cindex = read_tsv(inputs.cindex)
+    outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
+    excluded = [
+        {"block": block, "slide_id": "", **row}
+        for block, paths in (("CT", inputs.radiomics_excluded), ("slides", inputs.pathomics_excluded))
+        for path in paths
+        for row in read_tsv(path).fillna("").to_dict("records")
+    ]
+    spec = config["score"]["cohorts"][cohort]
+    context = {
+        "name": cohort,
+        "config": config,
+        "cohort": cohort_summary(outcomes),
+        "excluded": excluded,
+        "imputation": [r for r in read_tsv(inputs.imputation).to_dict("records") if r["n_filled"]],
+        "batches": (read_tsv(inputs.batches[0]).to_dict("records") if inputs.batches else []),
+        "unscored": unscored,
+        "performance": performance_rows(cindex, config["reference_model"]),
+        "caveats": caveats(cindex.assign(cohort="validation"), config["reference_model"]),
+        "forest": embed_png(inputs.forest),
+        "km": [{"endpoint": e.upper(), "model": m,
+                "img": embed_png(Path(inputs.km) / f"{e}_{m}.png")} for e, m in keys],
+        "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,
+                                     inputs.decision_plots, keys, endpoints),
+        "provenance": provenance(
+            Path(inputs.template).parents[2],
+            {"patients": spec["patients"], "clinical": spec["clinical"],
+             "slides": spec.get("slides", "")},
+        ),
+        "models": [{"name": m, "description": MODEL_DESCRIPTIONS.get(m, ""),
+                    **config["models"][m]} for m in models],
+    }
+    template = jinja2.Template(Path(inputs.template).read_text(encoding="utf-8"), autoescape=True)
+    with atomic_write(out_path) as handle:
+        handle.write(template.render(**context))

@@ -248,7 +248,9 @@ def resolve_paths(df: pd.DataFrame, columns: list[str], sheet_path: str | os.Pat
     base = Path(sheet_path).parent
     df = df.copy()
     for col in columns:
-        df[col] = [p if os.path.isabs(p) else os.path.normpath(base / p) for p in df[col]]
+        # A cell that is not text (a sheet without a header row) is reported by the schema.
+        df[col] = [p if not isinstance(p, str) or os.path.isabs(p) else os.path.normpath(base / p)
+                   for p in df[col]]
     return df
 
 
@@ -257,7 +259,7 @@ def check_files_exist(df: pd.DataFrame, columns: list[str], id_column: str, name
     ids = df[id_column].tolist()
     for col in columns:
         for i, path in enumerate(df[col].tolist()):
-            if not os.path.exists(path):
+            if isinstance(path, str) and not os.path.exists(path):
                 problems.append(f"{_where(name, i, ids[i])}{col} file {path} does not exist")
     return problems
 
@@ -542,17 +544,17 @@ def load_pretrain_cohort(config: dict, schemas_dir: str | os.PathLike, patients:
     return sheet, clinical
 
 
-def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
-    """Every sheet named in the (validated) config, with every problem of every sheet
-    reported together in one SheetError."""
-    schemas = Path(schemas_dir)
-    problems: list[str] = []
+def _cohort_sheets(config: dict, schemas: Path, patients_path: str, clinical_path: str,
+                   slides_path: str, problems: list[str]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """A cohort's patients, clinical and (optional) slides sheets checked against the run's
+    config: image columns, endpoints, covariates, the harmonization batch column."""
     patients = load_patients(
-        config["patients"], schemas / "patients.schema.yaml", problems,
+        patients_path, schemas / "patients.schema.yaml", problems,
         image_columns=config.get("deep_ct", {}).get("cubes", {}).get("channels", []),
     )
     clinical = load_clinical(
-        config["clinical"],
+        clinical_path,
         schemas / "clinical.schema.yaml",
         list(patients.index),
         config["covariates"],
@@ -561,27 +563,69 @@ def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
         problems,
         endpoints=config["endpoints"],
     )
-    problems += treatment_problems(clinical, Path(config["clinical"]).name,
-                                   config.get("treatment") or {})
     batch_column = config["harmonization"]["batch_column"]
     if batch_column not in patients.columns:
         problems.append(
-            f"{Path(config['patients']).name}: harmonization batch column '{batch_column}' "
+            f"{Path(patients_path).name}: harmonization batch column '{batch_column}' "
             "(config harmonization.batch_column) is not a column of the patients sheet"
         )
     else:
         blank = patients.index[patients[batch_column] == ""]
         if len(blank):
             problems.append(
-                f"{Path(config['patients']).name}: batch column '{batch_column}' is blank for "
+                f"{Path(patients_path).name}: batch column '{batch_column}' is blank for "
                 f"patient(s) {', '.join(blank)}"
             )
     slides = None
-    if config["slides"]:
+    if slides_path:
         slides = load_slides(
-            config["slides"], schemas / "slides.schema.yaml", list(patients.index), problems
+            slides_path, schemas / "slides.schema.yaml", list(patients.index), problems
         )
+    return patients, clinical, slides
+
+
+def load_cohort(config: dict, schemas_dir: str | os.PathLike) -> Cohort:
+    """Every sheet named in the (validated) config, with every problem of every sheet
+    reported together in one SheetError."""
+    schemas = Path(schemas_dir)
+    problems: list[str] = []
+    patients, clinical, slides = _cohort_sheets(
+        config, schemas, config["patients"], config["clinical"], config["slides"], problems
+    )
+    problems += treatment_problems(clinical, Path(config["clinical"]).name,
+                                   config.get("treatment") or {})
     pretrain = load_pretrain_cohort(config, schemas, patients, problems)
     if problems:
         raise SheetError("\n".join(problems))
     return Cohort(patients, clinical, slides, *(pretrain or (None, None)))
+
+
+def load_external_cohorts(config: dict, schemas_dir: str | os.PathLike) -> dict[str, Cohort]:
+    """The external cohorts of `snakemake score` (config score.cohorts), each checked like
+    the run's own sheets; every problem of every cohort in one SheetError."""
+    problems: list[str] = []
+    cohorts = {}
+    for name, spec in (config.get("score") or {}).get("cohorts", {}).items():
+        found: list[str] = []
+        cohorts[name] = Cohort(*_cohort_sheets(config, Path(schemas_dir), spec["patients"],
+                                               spec["clinical"], spec.get("slides", ""), found))
+        problems += [f"score.cohorts.{name}: {line}" for line in found]
+    if problems:
+        raise SheetError("\n".join(problems))
+    return cohorts
+
+
+def training_overlap(external: pd.DataFrame, run_patients: pd.DataFrame,
+                     split: Mapping[str, str], name: str) -> list[str]:
+    """External patients (`snakemake score`) whose CT or mask file is a training patient's
+    of the run: their scores would be fitted ones, not an external validation."""
+    problems = []
+    for column in ("ct", "mask"):
+        train = {os.path.realpath(path): pid for pid, path in run_patients[column].items()
+                 if split.get(pid) == "train"}
+        for pid, path in external[column].items():
+            twin = train.get(os.path.realpath(path))
+            if twin is not None:
+                problems.append(f"score.cohorts.{name}: patient {pid}'s {column} {path} is "
+                                f"training patient {twin}'s: the models were fitted on it")
+    return problems

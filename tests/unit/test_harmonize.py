@@ -16,6 +16,8 @@ from radpath.harmonize import (
     fit_apply_combat,
     fit_combat,
     pca_by_batch,
+    unseen_batches,
+    with_estimated_batches,
 )
 
 N_FEATURES = 20
@@ -217,6 +219,45 @@ def test_unseen_batch_names_batch_and_patients(cohort):
 
     with pytest.raises(HarmonizationError, match=r"siteZ.*P001, P002"):
         apply_combat(model, features, new_batch, covariates)
+
+
+@pytest.mark.parametrize("parametric", [True, False])
+def test_estimated_new_batch_of_training_patients_equals_their_training_estimates(
+        cohort, parametric):
+    """ComBat's batch effects and their empirical Bayes priors come from each batch's own
+    patients: a training batch presented under a new name gets its training estimates back,
+    so the estimate for a scanner the run never saw is ComBat's own estimator, nothing else."""
+    features, batch, covariates = cohort
+    model = fit_combat(features, batch, covariates, parametric=parametric)
+    site_c = batch.index[batch == "siteC"]
+    renamed = batch.loc[site_c].replace({"siteC": "siteZ"})
+    assert unseen_batches(model, renamed) == ["siteZ"]
+
+    extended, sizes = with_estimated_batches(model, features.loc[site_c], renamed,
+                                             covariates.loc[site_c])
+
+    assert sizes == {"siteZ": len(site_c)}
+    assert extended.batches == ["siteA", "siteB", "siteC", "siteZ"]
+    np.testing.assert_allclose(extended.gamma_star[3], model.gamma_star[2], rtol=1e-10)
+    np.testing.assert_allclose(extended.delta_star[3], model.delta_star[2], rtol=1e-10)
+    pd.testing.assert_frame_equal(
+        apply_combat(extended, features.loc[site_c], renamed, covariates.loc[site_c]),
+        apply_combat(model, features.loc[site_c], batch.loc[site_c], covariates.loc[site_c]),
+        rtol=1e-10,
+    )
+    # The training batches are untouched; the model itself is not changed.
+    np.testing.assert_array_equal(extended.gamma_star[:3], model.gamma_star)
+    assert model.batches == ["siteA", "siteB", "siteC"]
+
+
+def test_estimated_new_batch_needs_two_patients(cohort):
+    features, batch, covariates = cohort
+    model = fit_combat(features, batch, covariates)
+    new_batch = batch.copy()
+    new_batch.loc["P003"] = "siteZ"
+
+    with pytest.raises(HarmonizationError, match=r"siteZ.*one patient.*P003"):
+        with_estimated_batches(model, features, new_batch, covariates)
 
 
 def test_unseen_covariate_level_is_an_error(cohort):

@@ -5,9 +5,14 @@ import pandas as pd
 import pytest
 
 from radpath.embed import write_features_h5
-from radpath.io import write_tsv
+from radpath.io import read_json, write_json, write_tsv
 from radpath.jobs import usable_slides, write_exclusion
-from radpath.pathomics import embedding_matrix, encoder_provenance, morphology_matrix
+from radpath.pathomics import (
+    embedding_matrix,
+    encoder_provenance,
+    frozen_embedding_matrix,
+    morphology_matrix,
+)
 
 
 def write_slide(path, tiles: np.ndarray):
@@ -39,6 +44,23 @@ def test_embedding_pca_is_fitted_on_training_patients_only(slides, tmp_path):
     train = split.index[split == "train"]
     np.testing.assert_allclose(moved.loc[train], table.loc[train], atol=1e-5)
     assert not np.allclose(moved.loc["P7"], table.loc["P7"])
+
+
+def test_frozen_pca_gives_external_slides_the_runs_scores(slides, tmp_path):
+    """`snakemake score`: the PCA of the run (its JSON) applied to slides as an external
+    cohort gives the validation patients exactly the run's scores."""
+    files, patients, split = slides
+    table, info = embedding_matrix(files, patients, ["mean", "std"], split, n_components=3)
+    write_json(info, tmp_path / "pca.json")
+    external = {s: f for s, f in files.items() if patients[s] in ("P6", "P7")}
+
+    frozen = frozen_embedding_matrix(external, patients, read_json(tmp_path / "pca.json"))
+
+    pd.testing.assert_frame_equal(frozen, table.loc[["P6", "P7"]], check_exact=True,
+                                  check_names=False)
+    del info["components"]
+    with pytest.raises(ValueError, match="re-run its pathomics_matrices"):
+        frozen_embedding_matrix(external, patients, info)
 
 
 def test_components_capped_by_training_size(slides):

@@ -413,3 +413,47 @@ def test_a_changed_pretraining_mask_reruns_the_pretrained_members_not_their_twin
     assert trained_members(files) == {(endpoint, "resnet10", f"fold{k}")
                                       for endpoint in ("os", "pfs") for k in (1, 2, 3)}
     assert radiomics_patients(files) == set()
+
+
+def test_score_plans_only_the_external_cohorts_jobs(cohort):
+    """`snakemake score` on a finished run: the external cohort's per-patient and per-slide
+    jobs, matrices, model risks and report, and nothing of the run; a cohort without slides
+    gets the models that need none; a training patient's CT in an external cohort stops the
+    run before any job."""
+    import yaml
+
+    workdir, config = cohort
+    touch_all(workdir, config)
+    # Another hospital's IDs may be the run's (P00001...): its files are its own.
+    write_placeholder_cohort(workdir / "ext", n_patients=5, slides_per_patient=1, seed=1)
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    ext = {sheet: str(workdir / "ext" / f"{sheet}.tsv") for sheet in ("patients", "clinical")}
+    cfg["score"] = {"cohorts": {"hosp_b": {**ext, "slides": str(workdir / "ext/slides.tsv")},
+                                "hosp_c": ext}}
+    score_config = workdir / "score.yaml"
+    score_config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+
+    assert dry_run(workdir, score_config) == []  # the run itself is untouched
+    files = dry_run(workdir, score_config, targets=["score"])
+    assert files and all(f.startswith("results/score/hosp_") for f in files)
+    external = {f"P{i:05d}" for i in range(1, 6)}
+    for name in ("hosp_b", "hosp_c"):
+        assert {f.split("/")[4] for f in files
+                if f.startswith(f"results/score/{name}/radiomics/")} == external
+        assert f"results/score/{name}/report.html" in files
+        assert f"results/score/{name}/models/pfs/clinical_radiomics/risk.tsv" in files
+    assert {f.split("/")[5] for f in files if f.startswith("results/score/hosp_b/pathology/")
+            and f.endswith("features.h5")} == {f"{p}_S0" for p in external}
+    assert "results/score/hosp_b/models/os/clinical_radiomics_pathomics/risk.tsv" in files
+    assert not [f for f in files if f.startswith("results/score/hosp_c/pathology/")]
+    assert "results/score/hosp_c/models/os/clinical_radiomics_pathomics/risk.tsv" not in files
+
+    patients = (workdir / "ext/patients.tsv").read_text(encoding="utf-8")
+    (workdir / "ext/patients.tsv").write_text(
+        patients.replace("ct/P00002_ct.nii.gz", str(workdir / "data/ct/P00001_ct.nii.gz")),
+        encoding="utf-8")
+    from radpath.cohort import split_draw
+
+    assert split_draw("P00001", 42) >= 0.3  # P00001 is one of the run's training patients
+    with pytest.raises(Exception, match="P00002's ct .* is training patient P00001's"):
+        dry_run(workdir, score_config, targets=["score"])

@@ -6,16 +6,18 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from radpath.io import read_tsv
 from radpath.survival import harrell_c
 from radpath.train import train_and_predict
-from smk import FAST_STATS, SNAKEFILE, assert_same_results, run, write_config
+from smk import FAST_STATS, SNAKEFILE, assert_same_results, dry_run, run, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -215,6 +217,106 @@ def test_features_exclude_diagnostics_and_are_harmonized(finished_run):
     assert any(c.startswith("diagnostics_") for c in qc.columns)
     tests = pd.read_csv(workdir / "results/cohort/harmonization/radiomics_batch_tests.tsv", sep="\t")
     assert tests["kruskal_p_after"].median() > tests["kruskal_p_before"].median()
+
+
+def external_sheets(cohort_dir: Path, out: Path, patient_ids, scanner: str | None = None,
+                    slides: bool = True) -> dict:
+    """The run's sheets cut to `patient_ids`, with absolute paths, as an external cohort in
+    `out` (`scanner`: every patient's scanner renamed to it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {}
+    for sheet, columns in (("patients", ["ct", "mask"]), ("clinical", []),
+                           ("slides", ["path"] if slides else None)):
+        if columns is None:
+            continue
+        table = pd.read_csv(cohort_dir / f"{sheet}.tsv", sep="\t", dtype=str)
+        table = table[table["patient_id"].isin(list(patient_ids))]
+        for column in columns:
+            table[column] = [str(cohort_dir / path) for path in table[column]]
+        if sheet == "patients" and scanner:
+            table["scanner"] = scanner
+        table.to_csv(out / f"{sheet}.tsv", sep="\t", index=False)
+        spec[sheet] = str(out / f"{sheet}.tsv")
+    return spec
+
+
+def test_score_applies_the_frozen_run_to_external_cohorts(finished_run, tmp_path):
+    """`snakemake score`: the run's own validation patients given as an external cohort get
+    exactly the risks the run gave them, through their own per-patient jobs and the frozen
+    matrices, ComBat, PCA, deep CT networks and Cox models; nothing of the run is rebuilt. A
+    scanner ComBat never saw is an error unless its effect is estimated on request; a cohort
+    without slides is scored with the models that need none."""
+    workdir, config = finished_run
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cohort_dir = Path(cfg["patients"]).parent
+    split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
+    validation = list(split.index[split == "validation"])
+    cfg["score"] = {"cohorts": {
+        "internal": external_sheets(cohort_dir, tmp_path / "internal", validation),
+        "new_scanner": external_sheets(cohort_dir, tmp_path / "new", validation,
+                                       scanner="scanner_Z", slides=False),
+    }, "unseen_batches": "error"}
+    score_config = tmp_path / "score.yaml"
+    score_config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    assert dry_run(workdir, score_config) == []  # the score section changes nothing of the run
+
+    failed = run(workdir, score_config, "results/score/new_scanner/cohort/radiomics.tsv",
+                 check=False)
+    assert failed.returncode != 0
+    log = (workdir / "logs/score/new_scanner/radiomics_matrix.log").read_text(encoding="utf-8")
+    assert "scanner_Z" in log and "score.unseen_batches: estimate" in log
+
+    cfg["score"]["unseen_batches"] = "estimate"
+    score_config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    run(workdir, score_config, "score")
+    assert dry_run(workdir, score_config) == []
+    assert dry_run(workdir, score_config, targets=["score"]) == []
+
+    internal = workdir / "results/score/internal"
+    for endpoint in ("os", "pfs"):
+        for model in MODELS:
+            run_risk = read_tsv(workdir / f"results/models/{endpoint}/{model}/risk.tsv",
+                                index_col="patient_id")
+            theirs = read_tsv(internal / f"models/{endpoint}/{model}/risk.tsv",
+                              index_col="patient_id")
+            ours = run_risk.loc[theirs.index]
+            assert sorted(theirs.index) == sorted(set(validation) & set(run_risk.index))
+            assert (theirs["split"] == "external").all()
+            # Deep CT networks score the patients in other batches than in training: float32
+            # rounding; every other model: the same numbers.
+            tolerance = 1e-6 if "deep_ct" in model else 1e-12
+            survival = [c for c in ours.columns if c.startswith("survival_")]
+            np.testing.assert_allclose(theirs[["risk", *survival]], ours[["risk", *survival]],
+                                       rtol=tolerance, atol=tolerance, err_msg=model)
+            cut_off = np.median(run_risk.loc[run_risk["split"] == "train", "risk"])
+            assert (theirs["risk_group"] == np.where(theirs["risk"] > cut_off, "high", "low")).all()
+    run_cindex = pd.read_csv(workdir / "results/report/cindex.tsv", sep="\t")
+    run_cindex = run_cindex[run_cindex["cohort"] == "validation"].set_index(["endpoint", "model"])
+    cindex = pd.read_csv(internal / "cindex.tsv", sep="\t").set_index(["endpoint", "model"])
+    assert (cindex["cohort"] == "internal").all() and len(cindex) == 2 * len(MODELS)
+    plain = [key for key in cindex.index if "deep_ct" not in key[1]]
+    for column in ("n", "events", "harrell_c", "harrell_lo", "harrell_hi", "uno_c", "tau"):
+        np.testing.assert_allclose(cindex.loc[plain, column], run_cindex.loc[plain, column],
+                                   rtol=1e-9, err_msg=column)
+    html = (internal / "report.html").read_text(encoding="utf-8")
+    assert "external validation on internal" in html and "data:image/png;base64," in html
+    assert "training estimates" in html  # both scanners were seen in training
+
+    new = workdir / "results/score/new_scanner"
+    batches = pd.read_csv(new / "cohort/harmonization_batches.tsv", sep="\t")
+    assert batches.to_dict("records") == [{
+        "batch": "scanner_Z", "n_patients": len(validation),
+        "treatment": f"estimated from this cohort's {len(validation)} patients"}]
+    new_cindex = pd.read_csv(new / "cindex.tsv", sep="\t")
+    assert not any(model.startswith(("pathomics", "pathosig", "clinical_path"))
+                   for model in new_cindex["model"])
+    assert {"clinical", "radiomics", "deep_ct"} <= set(new_cindex["model"])
+    # The clinical model does not see the scanner: the same risks as the run's.
+    clinical = read_tsv(new / "models/os/clinical/risk.tsv", index_col="patient_id")
+    np.testing.assert_allclose(clinical["risk"], read_tsv(
+        internal / "models/os/clinical/risk.tsv", index_col="patient_id").loc[clinical.index,
+                                                                              "risk"])
+    assert "needs slides" in (new / "report.html").read_text(encoding="utf-8")
 
 
 def test_same_seed_same_report(finished_run, tmp_path):

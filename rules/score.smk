@@ -1,0 +1,263 @@
+# `snakemake score`: this run's frozen pipeline applied to external cohorts (config
+# score.cohorts: their own patients, clinical and slides sheets), nothing refitted. Per
+# cohort, in results/score/{cohort}/: the per-patient/per-slide jobs of the run (radiomics,
+# cubes, tiles, embeddings, PathoSig clusters) on its images; its clinical table, radiomics
+# (training medians, the run's ComBat) and pathomics (the run's PCA) matrices and deep CT
+# scores (the run's fold networks); every model's risk.tsv; an external-validation report.
+# The run's own outputs are inputs: a run that is up to date is not touched.
+
+
+rule score:
+    input:
+        score_reports,
+    localrule: True
+
+
+use rule radiomics as score_radiomics with:
+    input:
+        unpack(score_patient_images),
+        params=RADIOMICS_PARAMS,
+    output:
+        features="results/score/{cohort}/radiomics/{patient}/features.tsv",
+        qc="results/score/{cohort}/radiomics/{patient}/qc.tsv",
+    log:
+        "logs/score/{cohort}/radiomics/{patient}.log",
+    benchmark:
+        "benchmarks/score/{cohort}/radiomics/{patient}.tsv"
+    params:
+        patient=score_patient_options,
+
+
+use rule ct_cubes as score_ct_cubes with:
+    input:
+        unpack(score_cube_images),
+    output:
+        cubes="results/score/{cohort}/deep_ct/cubes/{patient}.npz",
+    log:
+        "logs/score/{cohort}/deep_ct/cubes/{patient}.log",
+    benchmark:
+        "benchmarks/score/{cohort}/deep_ct/cubes/{patient}.tsv"
+    params:
+        patient=score_cube_options,
+
+
+use rule slide_tiles as score_slide_tiles with:
+    input:
+        slide=score_slide_path,
+    output:
+        coords="results/score/{cohort}/pathology/{slide}/coords.h5",
+        thumbnail="results/score/{cohort}/pathology/{slide}/thumbnail.png",
+        morphology="results/score/{cohort}/pathology/{slide}/morphology.tsv",
+    log:
+        "logs/score/{cohort}/pathology/{slide}.tiles.log",
+    benchmark:
+        "benchmarks/score/{cohort}/pathology/{slide}.tiles.tsv"
+    params:
+        mpp=score_slide_mpp,
+
+
+use rule slide_embedding as score_slide_embedding with:
+    input:
+        slide=score_slide_path,
+        coords="results/score/{cohort}/pathology/{slide}/coords.h5",
+        weights=ENCODER_WEIGHTS,
+    output:
+        features=f"results/score/{{cohort}}/pathology/{ENCODER}/{{slide}}/features.h5",
+    log:
+        f"logs/score/{{cohort}}/pathology/{ENCODER}/{{slide}}.log",
+    benchmark:
+        f"benchmarks/score/{{cohort}}/pathology/{ENCODER}/{{slide}}.tsv"
+    params:
+        mpp=score_slide_mpp,
+
+
+use rule pathosig_assign as score_pathosig_assign with:
+    input:
+        slide=score_slide_path,
+        coords="results/score/{cohort}/pathology/{slide}/coords.h5",
+        model="results/pathosig/model.pt",
+        weights=PATHOSIG_WEIGHTS,
+    output:
+        clusters="results/score/{cohort}/pathosig/{slide}/clusters.h5",
+    log:
+        "logs/score/{cohort}/pathosig/{slide}.assign.log",
+    benchmark:
+        "benchmarks/score/{cohort}/pathosig/{slide}.assign.tsv"
+    params:
+        mpp=score_slide_mpp,
+
+
+rule score_clinical:
+    input:
+        clinical=lambda wildcards: SCORE["cohorts"][wildcards.cohort]["clinical"],
+        imputation="results/cohort/imputation.tsv",
+        run_clinical="results/cohort/clinical.tsv",
+    output:
+        outcomes="results/score/{cohort}/cohort/outcomes.tsv",
+        clinical="results/score/{cohort}/cohort/clinical.tsv",
+        batch_covariates="results/score/{cohort}/cohort/harmonization_covariates.tsv",
+        imputation="results/score/{cohort}/cohort/imputation.tsv",
+    log:
+        "logs/score/{cohort}/clinical.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        patient_ids=lambda wildcards: SCORE_PATIENT_IDS[wildcards.cohort],
+        covariates=config["covariates"],
+        harmonization_covariates=config["harmonization"]["covariates"],
+        missing_covariates=config["missing_covariates"],
+        endpoints=config["endpoints"],
+        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+    script:
+        "../scripts/score_clinical.py"
+
+
+rule score_radiomics_matrix:
+    input:
+        features=score_cohort_files(
+            "results/score/{cohort}/radiomics/{patient}/features.tsv"
+        ),
+        run_matrix="results/cohort/radiomics_raw.tsv",
+        run_split="results/cohort/split.tsv",
+        combat="results/cohort/harmonization/radiomics_combat.json",
+        batch_covariates="results/score/{cohort}/cohort/harmonization_covariates.tsv",
+        patients=lambda wildcards: SCORE["cohorts"][wildcards.cohort]["patients"],
+    output:
+        raw="results/score/{cohort}/cohort/radiomics_raw.tsv",
+        harmonized="results/score/{cohort}/cohort/radiomics.tsv",
+        excluded="results/score/{cohort}/cohort/radiomics_excluded.tsv",
+        batches="results/score/{cohort}/cohort/harmonization_batches.tsv",
+    log:
+        "logs/score/{cohort}/radiomics_matrix.log",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+    params:
+        batch_column=config["harmonization"]["batch_column"],
+        unseen_batches=SCORE["unseen_batches"],
+    script:
+        "../scripts/score_radiomics.py"
+
+
+use rule pathomics_matrices as score_pathomics_matrices with:
+    input:
+        features=score_cohort_files(
+            f"results/score/{{cohort}}/pathology/{ENCODER}/{{slide}}/features.h5"
+        ),
+        morphology=score_cohort_files(
+            "results/score/{cohort}/pathology/{slide}/morphology.tsv"
+        ),
+        frozen_pca="results/cohort/pathomics_embedding_pca.json",
+    output:
+        embedding="results/score/{cohort}/cohort/pathomics_embedding.tsv",
+        morphology="results/score/{cohort}/cohort/pathomics_morphology.tsv",
+        excluded="results/score/{cohort}/cohort/pathomics_excluded.tsv",
+        encoder="results/score/{cohort}/cohort/pathomics_encoder.json",
+    log:
+        "logs/score/{cohort}/pathomics_matrices.log",
+    params:
+        slide_patients=lambda wildcards: SCORE_SLIDES[wildcards.cohort],
+
+
+use rule pathomics_hpc as score_pathomics_hpc with:
+    input:
+        clusters=score_cohort_files(
+            "results/score/{cohort}/pathosig/{slide}/clusters.h5"
+        ),
+    output:
+        matrix="results/score/{cohort}/cohort/pathomics_hpc.tsv",
+        slides="results/score/{cohort}/cohort/pathomics_hpc_slides.tsv",
+        excluded="results/score/{cohort}/cohort/pathomics_hpc_excluded.tsv",
+    log:
+        "logs/score/{cohort}/pathomics_hpc.log",
+    params:
+        slide_patients=lambda wildcards: SCORE_SLIDES[wildcards.cohort],
+
+
+rule score_deep_ct:
+    input:
+        cubes=score_cohort_files("results/score/{cohort}/deep_ct/cubes/{patient}.npz"),
+        models=deep_ct_member_files("model.pt", DEEP_CT_BLOCK_MEMBERS),
+    output:
+        matrix="results/score/{cohort}/cohort/deep_ct_{endpoint}.tsv",
+    log:
+        "logs/score/{cohort}/deep_ct_{endpoint}.log",
+    conda:
+        "../envs/deep.yaml"
+    threads: DEEP_CT["threads"]
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        members=DEEP_CT_MEMBERS,
+    script:
+        "../scripts/score_deep_ct.py"
+
+
+rule score_model:
+    input:
+        outcomes="results/score/{cohort}/cohort/outcomes.tsv",
+        clinical="results/score/{cohort}/cohort/clinical.tsv",
+        blocks=score_model_block_files,
+        model="results/models/{endpoint}/{model}/model.json",
+        run_risk="results/models/{endpoint}/{model}/risk.tsv",
+    output:
+        risk="results/score/{cohort}/models/{endpoint}/{model}/risk.tsv",
+    log:
+        "logs/score/{cohort}/models/{endpoint}_{model}.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+        horizons=config["evaluation"]["horizons"],
+    script:
+        "../scripts/score_model.py"
+
+
+rule score_report:
+    input:
+        risks=score_cohort_models(
+            "results/score/{cohort}/models/{endpoint}/{model}/risk.tsv"
+        ),
+        run_risks=score_cohort_models("results/models/{endpoint}/{model}/risk.tsv"),
+        models=score_cohort_models("results/models/{endpoint}/{model}/model.json"),
+        outcomes="results/score/{cohort}/cohort/outcomes.tsv",
+        imputation="results/score/{cohort}/cohort/imputation.tsv",
+        batches=score_cohort_block_outputs(
+            ["radiomics"], "results/score/{cohort}/cohort/harmonization_batches.tsv"
+        ),
+        radiomics_excluded=score_cohort_block_outputs(
+            ["radiomics", "radiomics_raw"],
+            "results/score/{cohort}/cohort/radiomics_excluded.tsv",
+        ),
+        pathomics_excluded=score_cohort_block_outputs(
+            ["pathomics_embedding", "pathomics_morphology"],
+            "results/score/{cohort}/cohort/pathomics_excluded.tsv",
+        ),
+        template=os.path.join(workflow.basedir, "resources", "report", "score.html.j2"),
+    output:
+        html="results/score/{cohort}/report.html",
+        cindex="results/score/{cohort}/cindex.tsv",
+        accuracy="results/score/{cohort}/accuracy.tsv",
+        calibration="results/score/{cohort}/calibration.tsv",
+        decision_curve="results/score/{cohort}/decision_curve.tsv",
+        forest="results/score/{cohort}/forest.png",
+        km=directory("results/score/{cohort}/km"),
+        calibration_plots=directory("results/score/{cohort}/calibration"),
+        decision_plots=directory("results/score/{cohort}/decision_curve"),
+    log:
+        "logs/score/{cohort}/report.log",
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        cohort=lambda wildcards: wildcards.cohort,
+        endpoints=ENDPOINTS,
+        models=lambda wildcards: SCORE_MODELS[wildcards.cohort],
+        unscored=lambda wildcards: SCORE_UNSCORED[wildcards.cohort],
+        config=config,
+    script:
+        "../scripts/score_report.py"
