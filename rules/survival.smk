@@ -116,6 +116,7 @@ rule accuracy:
     params:
         endpoints=ENDPOINTS,
         models=MODELS,
+        reference=config["reference_model"],
         evaluation=config["evaluation"],
         seed=config["seed"],
         time_unit=config["time_unit"],

@@ -38,7 +38,7 @@ for endpoint in p.endpoints:
                          calibration_dir / f"{endpoint}_{m}.png")
     plot_decision_curve(decision, p.time_unit,
                         f"{endpoint.upper()} (validation, {ev['decision_horizon']:g} {p.time_unit})",
-                        decision_dir / f"{endpoint}.png")
+                        decision_dir / f"{endpoint}.png", p.reference)
     tables["accuracy"].append(accuracy)
     tables["calibration"].append(calibration)
     tables["decision_curve"].append(decision)

@@ -77,22 +77,42 @@ def plot_calibration(groups: pd.DataFrame, accuracy: pd.DataFrame, time_unit: st
     save_figure(fig, path)
 
 
-def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path) -> None:
-    """Net benefit by threshold for every model, and for treating all or none."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = ["-", "--", "-.", ":"]
+def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path,
+                        reference: str | None = None) -> None:
+    """Net benefit by threshold: one small panel per model (beside the reference model,
+    treating all and treating none), so that a dozen models stay readable."""
     models = [m for m in dict.fromkeys(curve["model"]) if m not in ("treat all", "treat none")]
-    for k, model in enumerate(models):
-        part = curve[curve["model"] == model]
-        ax.plot(part["threshold"], part["net_benefit"], styles[k % 4], label=model, linewidth=1.2)
-    for model, color in (("treat all", "grey"), ("treat none", "black")):
-        part = curve[curve["model"] == model]
-        ax.plot(part["threshold"], part["net_benefit"], color=color, linewidth=2, label=model)
+    columns = min(4, max(1, len(models)))
+    rows = -(-len(models) // columns) if models else 1
+    height = 2.2 * rows + 1.2  # inches; the bottom 0.75 hold the x label and the legend
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 1.0, height),
+                             sharex=True, sharey=True, squeeze=False)
     prevalence = curve.loc[curve["model"] == "treat all", "net_benefit"].max()
-    ax.set_ylim(-0.05, max(0.05, 1.1 * prevalence))
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("Risk threshold for treatment")
-    ax.set_ylabel("Net benefit")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+
+    def line(ax, model, **style):
+        part = curve[curve["model"] == model]
+        ax.plot(part["threshold"], part["net_benefit"], **style)
+
+    for ax, model in zip(axes.flat, models, strict=False):
+        line(ax, "treat all", color="grey", linewidth=1.5, label="treat all")
+        line(ax, "treat none", color="black", linewidth=1.5, label="treat none")
+        if reference in models and model != reference:
+            line(ax, reference, color="tab:orange", linestyle="--", linewidth=1.2,
+                 label=reference)
+        line(ax, model, color="tab:blue", linewidth=1.6, label="this model")
+        ax.set_title(model, fontsize=8)
+        ax.set_ylim(-0.05, max(0.05, 1.1 * prevalence))
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    for k in range(len(models), rows * columns):  # empty panels: the one above gets x labels
+        axes.flat[k].axis("off")
+        axes.flat[k - columns].tick_params(labelbottom=True)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(),
+                                                                    strict=True)}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               fontsize=8, frameon=False)
+    fig.supxlabel("Risk threshold for treatment", fontsize=9, y=0.4 / height)
+    fig.supylabel("Net benefit", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
     save_figure(fig, path)

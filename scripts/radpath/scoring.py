@@ -236,7 +236,8 @@ def external_evaluation(
                              plot_dirs["calibration"] / f"{endpoint}_{m}.png")
         plot_decision_curve(decision, time_unit,
                             f"{endpoint.upper()} ({title}, {eval_cfg['decision_horizon']:g} "
-                            f"{time_unit})", plot_dirs["decision_curve"] / f"{endpoint}.png")
+                            f"{time_unit})", plot_dirs["decision_curve"] / f"{endpoint}.png",
+                            reference)
         for name, table in (("cindex", cindex), ("accuracy", accuracy),
                             ("calibration", calibration), ("decision_curve", decision)):
             tables[name].append(table)

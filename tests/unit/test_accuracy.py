@@ -150,3 +150,24 @@ def test_accuracy_table_names_horizons_that_cannot_be_evaluated():
     assert set(curve["model"]) == {"m", "null", "treat all", "treat none"}
     best = curve.groupby("model")["net_benefit"].max()
     assert best["m"] >= best["treat all"]
+
+
+def test_decision_curve_plot_has_one_panel_per_model(tmp_path):
+    """Small multiples: each model in its own panel beside the reference, so a dozen models
+    stay readable (the issue: one crowded plot)."""
+    import matplotlib.image as mpimg
+
+    from radpath.plots import plot_decision_curve
+
+    thresholds = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    models = [f"model_{k}" for k in range(6)] + ["treat all", "treat none"]
+    curve = pd.DataFrame([
+        {"endpoint": "os", "horizon": 12.0, "model": m, "threshold": t,
+         "net_benefit": 0.3 - t if m == "treat all" else (0.0 if m == "treat none" else 0.1 - t / 10)}
+        for m in models for t in thresholds
+    ])  # fmt: skip
+    plot_decision_curve(curve, "months", "OS", tmp_path / "six.png", "model_0")
+    plot_decision_curve(curve[curve["model"].isin(["model_0", "treat all", "treat none"])],
+                        "months", "OS", tmp_path / "one.png", "model_0")
+    six, one = mpimg.imread(tmp_path / "six.png"), mpimg.imread(tmp_path / "one.png")
+    assert six.shape[0] > 1.5 * one.shape[0] and six.shape[1] > 3 * one.shape[1]
