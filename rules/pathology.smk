@@ -136,6 +136,7 @@ rule pathomics_matrices:
         excluded="results/cohort/pathomics_excluded.tsv",
         pca="results/cohort/pathomics_embedding_pca.json",
         encoder="results/cohort/pathomics_encoder.json",
+        pooled="results/cohort/pathomics_pooled.tsv",
     log:
         "logs/cohort/pathomics_matrices.log",
     conda:

@@ -74,6 +74,11 @@ rule report:
         treatment_plots=(
             ["results/report/treatment_benefit"] if TREATMENT["column"] else []
         ),
+        repeated_cv=(
+            ["results/report/repeated_cv.tsv", "results/report/repeated_cv.png"]
+            if VALIDATION["method"] == "repeated_cv"
+            else []
+        ),
         template=REPORT_TEMPLATE,
     output:
         html=report(

@@ -147,3 +147,78 @@ rule treatment_benefit:
         time_unit=config["time_unit"],
     script:
         "../scripts/treatment_benefit.py"
+
+
+# validation.method: repeated_cv: every model's whole pipeline refitted in each fold of
+# repeated stratified k-fold CV on all patients (models with network blocks excluded).
+VALIDATION = config["validation"]
+CV_MODELS, CV_SKIPPED = configuration.cross_validated_models(
+    {m: config["models"][m] for m in MODELS}
+)
+# The raw inputs each fold refits from (the embedding before its PCA).
+CV_BLOCK_FILES = {
+    "radiomics_raw": "results/cohort/radiomics_raw.tsv",
+    "radiomics": "results/cohort/radiomics_raw.tsv",
+    "pathomics_embedding": "results/cohort/pathomics_pooled.tsv",
+    "pathomics_morphology": "results/cohort/pathomics_morphology.tsv",
+}
+
+
+rule cv_model:
+    input:
+        outcomes="results/cohort/outcomes.tsv",
+        clinical=config["clinical"],
+        patients=config["patients"],
+        blocks=lambda wildcards: [
+            CV_BLOCK_FILES[b] for b in config["models"][wildcards.model]["blocks"]
+        ],
+    output:
+        folds="results/cv/{endpoint}/{model}/folds.tsv",
+    log:
+        "logs/cv/{endpoint}_{model}.log",
+    benchmark:
+        "benchmarks/cv/{endpoint}_{model}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+        selection=lambda wildcards: configuration.model_selection(
+            config, wildcards.model
+        ),
+        cox=config["cox"],
+        covariates=config["covariates"],
+        harmonization=config["harmonization"],
+        missing_covariates=config["missing_covariates"],
+        endpoints=config["endpoints"],
+        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+        validation=VALIDATION,
+        pca_components=config["pathology"]["pca_components"],
+        seed=config["seed"],
+    script:
+        "../scripts/cv_model.py"
+
+
+rule cv_summary:
+    input:
+        folds=expand(
+            "results/cv/{endpoint}/{model}/folds.tsv",
+            endpoint=ENDPOINTS,
+            model=CV_MODELS,
+        ),
+    output:
+        table="results/report/repeated_cv.tsv",
+        plot="results/report/repeated_cv.png",
+    log:
+        "logs/report/repeated_cv.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        endpoints=ENDPOINTS,
+        models=CV_MODELS,
+        folds=VALIDATION["folds"],
+        repeats=VALIDATION["repeats"],
+    script:
+        "../scripts/cv_summary.py"

@@ -11,6 +11,7 @@ from radpath.pathomics import (
     encoder_provenance,
     frozen_embedding_matrix,
     morphology_matrix,
+    pooled_embeddings,
 )
 
 setup_logging(snakemake.log[0])
@@ -31,6 +32,8 @@ if hasattr(snakemake.input, "frozen_pca"):
     embedding = frozen_embedding_matrix(features, p.slide_patients,
                                         read_json(snakemake.input.frozen_pca))
 else:
+    if hasattr(snakemake.output, "pooled"):  # what repeated CV refits the PCA on, per fold
+        write_tsv(pooled_embeddings(features, p.slide_patients, p.pooling), snakemake.output.pooled)
     outcomes = read_tsv(snakemake.input.outcomes, index_col="patient_id")
     embedding, pca_info = embedding_matrix(
         features, p.slide_patients, p.pooling, outcomes["split"], p.pca_components

@@ -350,3 +350,25 @@ def scorable_models(models: dict[str, dict], has_slides: bool) -> tuple[list[str
         else:
             scored.append(name)
     return scored, unscored
+
+
+# Blocks made by networks trained on the run's training patients: repeated CV would have to
+# retrain them in every fold (GPU hours x folds x repeats), so their models are not
+# cross-validated (radpath.repeated_cv).
+NOT_CROSS_VALIDATED = {
+    "deep_ct": "its networks would be retrained in every fold",
+    "pathomics_hpc": "its PathoSig network would be retrained in every fold",
+}
+
+
+def cross_validated_models(models: dict[str, dict]) -> tuple[list[str], dict[str, str]]:
+    """The models repeated CV refits (validation.method: repeated_cv), and why not the others."""
+    done, skipped = [], {}
+    for name, spec in models.items():
+        reasons = [f"block {b}: {NOT_CROSS_VALIDATED[b]}" for b in spec["blocks"]
+                   if b in NOT_CROSS_VALIDATED]
+        if reasons:
+            skipped[name] = "; ".join(reasons)
+        else:
+            done.append(name)
+    return done, skipped

@@ -44,6 +44,15 @@ def encoder_provenance(feature_files: dict[str, str]) -> dict:
     return provenance
 
 
+def pooled_embeddings(feature_files: dict[str, str], slide_patients: dict[str, str],
+                      pooling: list[str]) -> pd.DataFrame:
+    """Each patient's tiles (of all its slides) pooled: one row per patient, sorted."""
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    for slide_id, path in feature_files.items():
+        by_patient[slide_patients[slide_id]].append(path)
+    return patient_embedding_table(by_patient, pooling).sort_index()
+
+
 def embedding_matrix(
     feature_files: dict[str, str],
     slide_patients: dict[str, str],
@@ -53,10 +62,7 @@ def embedding_matrix(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, dict]:
     """Pool each patient's tiles, then PCA fitted on training patients only."""
-    by_patient: dict[str, list[str]] = defaultdict(list)
-    for slide_id, path in feature_files.items():
-        by_patient[slide_patients[slide_id]].append(path)
-    pooled = patient_embedding_table(by_patient, pooling).sort_index()
+    pooled = pooled_embeddings(feature_files, slide_patients, pooling)
     train = [pid for pid in pooled.index if split.get(pid) == "train"]
     if len(train) < 2:
         raise ValueError("pathomics: fewer than 2 training patients have slides")
@@ -84,10 +90,7 @@ def frozen_embedding_matrix(
         raise ValueError("pathomics: the run's pathomics_embedding_pca.json has no PCA "
                          "components (written by an older radpath): re-run its "
                          "pathomics_matrices job (snakemake -R pathomics_matrices)")
-    by_patient: dict[str, list[str]] = defaultdict(list)
-    for slide_id, path in feature_files.items():
-        by_patient[slide_patients[slide_id]].append(path)
-    pooled = patient_embedding_table(by_patient, info["pooling"]).sort_index()
+    pooled = pooled_embeddings(feature_files, slide_patients, info["pooling"])
     if list(pooled.columns) != list(info["features"]):
         raise ValueError(f"pathomics: slide features have {pooled.shape[1]} pooled dimensions, "
                          f"the run's PCA was fitted on {len(info['features'])}: embed the "

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from radpath.io import atomic_path  # noqa: E402
@@ -115,4 +116,29 @@ def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path,
     fig.supylabel("Net benefit", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
+    save_figure(fig, path)
+
+
+def plot_repeated_cv(folds: dict[tuple[str, str], pd.DataFrame], k: int, repeats: int,
+                     path) -> None:
+    """Repeated CV: per endpoint, each model's repeat means of Harrell's C (dots) and their
+    mean (bar), so the spread that one k-fold split hides is visible."""
+    endpoints = list(dict.fromkeys(e for e, _ in folds))
+    models = list(dict.fromkeys(m for _, m in folds))
+    fig, axes = plt.subplots(1, len(endpoints), figsize=(4.5 * len(endpoints), 0.4 * len(models) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, endpoint in zip(axes[0], endpoints, strict=True):
+        for y, model in enumerate(models):
+            table = folds[endpoint, model]
+            means = table.dropna(subset=["harrell_c"]).groupby("repeat")["harrell_c"].mean()
+            ax.plot(means, np.full(len(means), y), "o", color="tab:blue", alpha=0.5, markersize=4)
+            if len(means):
+                ax.plot([means.mean()] * 2, [y - 0.3, y + 0.3], color="black", linewidth=2)
+        ax.axvline(0.5, color="red", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(models)))
+        ax.set_yticklabels(models, fontsize=8)
+        ax.set_xlabel("Harrell's C (mean of a repeat's folds)")
+        ax.set_title(f"{endpoint.upper()}: {repeats} x {k}-fold CV", fontsize=10)
+    axes[0, 0].invert_yaxis()  # the first model on top, as in the tables
+    fig.tight_layout()
     save_figure(fig, path)

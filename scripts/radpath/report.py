@@ -464,6 +464,32 @@ def slide_gallery(slides: dict[str, str], slide_patients: dict[str, str]) -> lis
     return gallery
 
 
+def validation_section(config: dict, repeated_cv, outcomes: pd.DataFrame) -> dict:
+    """How the models were validated: one split, or also repeated CV (its table and plot,
+    and the models it could not refit)."""
+    from radpath.configuration import cross_validated_models
+
+    section = {"method": config["validation"]["method"], "n": len(outcomes),
+               "n_validation": int((outcomes["split"] == "validation").sum()),
+               "rows": [], "plot": "", "skipped": {}}
+    if section["method"] != "repeated_cv" or not repeated_cv:
+        return section
+    table_path, plot_path = repeated_cv
+    for r in read_tsv(table_path).to_dict("records"):
+        section["rows"].append({
+            "endpoint": r["endpoint"].upper(), "model": r["model"], "n": int(r["n"]),
+            "events": int(r["events"]), "mean": f"{r['mean_c']:.3f}",
+            "range": f"{r['repeat_lo']:.3f}–{r['repeat_hi']:.3f}",
+            "sd": "" if pd.isna(r["repeat_sd"]) else f"{r['repeat_sd']:.3f}",
+            "fits": f"{int(r['fits']) - int(r['failed'])} of {int(r['fits'])}",
+            "failures": r["failures"] if isinstance(r["failures"], str) else "",
+        })
+    section["plot"] = embed_png(plot_path)
+    section["skipped"] = cross_validated_models(
+        {m: config["models"][m] for m in config["models"]})[1]
+    return section
+
+
 def render_report(
     inputs,
     endpoints: list[str],
@@ -525,6 +551,7 @@ def render_report(
         ),
         "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,
                                      inputs.decision_plots, keys, endpoints),
+        "validation": validation_section(config, getattr(inputs, "repeated_cv", None), outcomes),
         "checks": model_check_rows(dict(zip(keys, inputs.models, strict=True))),
         "performance": performance_rows(
             cindex, config["reference_model"],

@@ -319,6 +319,43 @@ def test_score_applies_the_frozen_run_to_external_cohorts(finished_run, tmp_path
     assert "needs slides" in (new / "report.html").read_text(encoding="utf-8")
 
 
+def test_repeated_cv_refits_every_models_pipeline_in_each_fold(finished_run, tmp_path):
+    """validation.method: repeated_cv on a copy of the finished run: only the CV jobs and the
+    report are added; every model without network blocks is refitted in each of 2 x 3 folds
+    on all patients; the report says how the models were validated and which were not
+    cross-validated."""
+    workdir, config = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("score"))
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cfg["validation"] = {"method": "repeated_cv", "folds": 3, "repeats": 2}
+    cv_config = tmp_path / "cv.yaml"
+    cv_config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    cv_models = [m for m in MODELS if "deep_ct" not in m and "pathosig" not in m]
+
+    planned = dry_run(copy, cv_config)
+    assert set(planned) == {
+        *(f"results/cv/{e}/{m}/folds.tsv" for e in ("os", "pfs") for m in cv_models),
+        "results/report/repeated_cv.tsv", "results/report/repeated_cv.png",
+        "results/report/report.html"}
+    run(copy, cv_config)
+
+    table = pd.read_csv(copy / "results/report/repeated_cv.tsv", sep="\t")
+    assert sorted(zip(table["endpoint"], table["model"], strict=True)) == sorted(
+        (e, m) for e in ("os", "pfs") for m in cv_models)
+    assert (table["fits"] == 6).all() and (table["repeats"] == 2).all()
+    assert (table["failed"] < table["fits"]).all()
+    patients = len(read_tsv(workdir / "results/cohort/outcomes.tsv"))
+    assert (table.loc[table["model"] == "clinical", "n"] == patients).all()  # all of them
+    folds = pd.read_csv(copy / "results/cv/os/radiomics/folds.tsv", sep="\t")
+    assert (folds.groupby("repeat")["n_test"].sum() == patients).all()
+    html = (copy / "results/report/report.html").read_text(encoding="utf-8")
+    assert "2 x\n3-fold stratified cross-validation" in html
+    assert "deep_ct (block deep_ct: its networks would be retrained in every fold)" in html
+    original = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "validation.method: split" in original
+
+
 def test_same_seed_same_report(finished_run, tmp_path):
     """A second run with the same config reproduces the bootstrapped tables exactly."""
     workdir, config = finished_run
