@@ -479,6 +479,7 @@ def validation_section(config: dict, repeated_cv, outcomes: pd.DataFrame) -> dic
         section["rows"].append({
             "endpoint": r["endpoint"].upper(), "model": r["model"], "n": int(r["n"]),
             "events": int(r["events"]), "mean": f"{r['mean_c']:.3f}",
+            "ci": "" if pd.isna(r["ci_lo"]) else f"{r['ci_lo']:.3f}–{r['ci_hi']:.3f}",
             "range": f"{r['repeat_lo']:.3f}–{r['repeat_hi']:.3f}",
             "sd": "" if pd.isna(r["repeat_sd"]) else f"{r['repeat_sd']:.3f}",
             "fits": f"{int(r['fits']) - int(r['failed'])} of {int(r['fits'])}",

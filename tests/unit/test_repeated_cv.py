@@ -3,6 +3,7 @@ each fold's training patients, folds stratified and seeded, failures counted."""
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from radpath.configuration import cross_validated_models
@@ -84,6 +85,14 @@ def test_repeated_cv_finds_the_signal_is_seeded_and_partitions_every_repeat():
     summary = summarize("os", "radiomics", table)
     assert summary["fits"] == 6 and summary["failed"] == 0 and summary["n"] == 60
     assert summary["repeat_lo"] <= summary["mean_c"] <= summary["repeat_hi"]
+    # The corrected interval (Nadeau-Bengio): wider than the naive one by sqrt(1 + k r n_test
+    # / n_train) = sqrt(1 + 6 / 2) = 2 with 3 folds, 2 repeats.
+    from scipy import stats
+
+    naive = stats.t.ppf(0.975, 5) * table["harrell_c"].std(ddof=1) / np.sqrt(6)
+    half = (summary["ci_hi"] - summary["ci_lo"]) / 2
+    assert half == pytest.approx(naive * 2, rel=0.02)
+    assert summary["ci_lo"] < summary["mean_c"] < summary["ci_hi"]
 
 
 def test_a_fold_that_cannot_be_fitted_is_counted_with_its_reason():
