@@ -38,9 +38,16 @@ PATIENTS = COHORT.patients
 CLINICAL = COHORT.clinical
 SLIDES = COHORT.slides
 PATIENT_IDS = list(PATIENTS.index)
-# Plain dicts: input functions run once per job, thousands of times in a large cohort.
-PATIENT_CT = dict(zip(PATIENTS.index, PATIENTS["ct"]))
-PATIENT_MASK = dict(zip(PATIENTS.index, PATIENTS["mask"]))
+
+
+def sheet_lookup(table, column):
+    """{row id: value of `column`} of a sheet ({} without the sheet). Input functions use
+    plain dicts: they run once per job, thousands of times in a large cohort."""
+    return {} if table is None else dict(zip(table.index, table[column]))
+
+
+PATIENT_CT = sheet_lookup(PATIENTS, "ct")
+PATIENT_MASK = sheet_lookup(PATIENTS, "mask")
 
 
 def patient_sheet_options(patients):
@@ -64,8 +71,8 @@ def patient_sheet_options(patients):
 PATIENT_OPTIONS = patient_sheet_options(PATIENTS)
 
 SLIDE_IDS = [] if SLIDES is None else list(SLIDES.index)
-SLIDE_PATIENTS = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["patient_id"]))
-SLIDE_PATH = {} if SLIDES is None else dict(zip(SLIDES.index, SLIDES["path"]))
+SLIDE_PATIENTS = sheet_lookup(SLIDES, "patient_id")
+SLIDE_PATH = sheet_lookup(SLIDES, "path")
 
 
 def slide_mpp_texts(slides):
@@ -319,22 +326,14 @@ _overlap = [
 if _overlap:
     raise sheets.SheetError("\n".join(_overlap))
 SCORE_PATIENT_IDS = {c: list(e.patients.index) for c, e in SCORE_COHORTS.items()}
-SCORE_CT = {
-    c: dict(zip(e.patients.index, e.patients["ct"])) for c, e in SCORE_COHORTS.items()
-}
-SCORE_MASK = {
-    c: dict(zip(e.patients.index, e.patients["mask"])) for c, e in SCORE_COHORTS.items()
-}
+SCORE_CT = {c: sheet_lookup(e.patients, "ct") for c, e in SCORE_COHORTS.items()}
+SCORE_MASK = {c: sheet_lookup(e.patients, "mask") for c, e in SCORE_COHORTS.items()}
 SCORE_OPTIONS = {c: patient_sheet_options(e.patients) for c, e in SCORE_COHORTS.items()}
 SCORE_CUBES = {c: cube_job_images(e.patients) for c, e in SCORE_COHORTS.items()}
 SCORE_SLIDES = {
-    c: {} if e.slides is None else dict(zip(e.slides.index, e.slides["patient_id"]))
-    for c, e in SCORE_COHORTS.items()
+    c: sheet_lookup(e.slides, "patient_id") for c, e in SCORE_COHORTS.items()
 }
-SCORE_SLIDE_PATH = {
-    c: {} if e.slides is None else dict(zip(e.slides.index, e.slides["path"]))
-    for c, e in SCORE_COHORTS.items()
-}
+SCORE_SLIDE_PATH = {c: sheet_lookup(e.slides, "path") for c, e in SCORE_COHORTS.items()}
 SCORE_SLIDE_MPP = {c: slide_mpp_texts(e.slides) for c, e in SCORE_COHORTS.items()}
 # Per cohort: the models it is scored with, and why the others are not.
 SCORE_MODELS, SCORE_UNSCORED = {}, {}

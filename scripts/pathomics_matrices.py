@@ -7,7 +7,7 @@ import pandas as pd
 from radpath.io import read_json, read_tsv, write_json, write_tsv
 from radpath.jobs import setup_logging, usable_slides
 from radpath.pathomics import (
-    embedding_matrix,
+    embedding_pca,
     encoder_provenance,
     frozen_embedding_matrix,
     morphology_matrix,
@@ -32,12 +32,11 @@ if hasattr(snakemake.input, "frozen_pca"):
     embedding = frozen_embedding_matrix(features, p.slide_patients,
                                         read_json(snakemake.input.frozen_pca))
 else:
-    if hasattr(snakemake.output, "pooled"):  # what repeated CV refits the PCA on, per fold
-        write_tsv(pooled_embeddings(features, p.slide_patients, p.pooling), snakemake.output.pooled)
-    outcomes = read_tsv(snakemake.input.outcomes, index_col="patient_id")
-    embedding, pca_info = embedding_matrix(
-        features, p.slide_patients, p.pooling, outcomes["split"], p.pca_components
-    )
+    pooled = pooled_embeddings(features, p.slide_patients, p.pooling)
+    write_tsv(pooled, snakemake.output.pooled)  # what repeated CV refits the PCA on, per fold
+    split = read_tsv(snakemake.input.outcomes, index_col="patient_id")["split"]
+    train = [pid for pid in pooled.index if split.get(pid) == "train"]
+    embedding, pca_info = embedding_pca(pooled, train, p.pca_components, p.pooling)
     write_json(pca_info, snakemake.output.pca)
 write_tsv(embedding, snakemake.output.embedding)
 write_json(encoder_provenance(features), snakemake.output.encoder)

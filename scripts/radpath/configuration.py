@@ -336,6 +336,25 @@ def load_config(config: dict, schema_path: str | os.PathLike) -> dict:
     return config
 
 
+def models_without_blocks(models: dict[str, dict], excluded: dict[str, str]
+                          ) -> tuple[list[str], dict[str, str]]:
+    """The models that use none of the `excluded` blocks ({block: why}), and for the others
+    why they are left out."""
+    kept, left_out = [], {}
+    for name, spec in models.items():
+        blocks_by_why: dict[str, list[str]] = {}
+        for block in spec["blocks"]:
+            if block in excluded:
+                blocks_by_why.setdefault(excluded[block], []).append(block)
+        if blocks_by_why:
+            left_out[name] = "; ".join(
+                f"block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)}: {why}"
+                for why, blocks in blocks_by_why.items())
+        else:
+            kept.append(name)
+    return kept, left_out
+
+
 # Blocks made from slides: an external cohort without a slides sheet cannot give them.
 SLIDE_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology", "pathomics_hpc"})
 
@@ -343,13 +362,9 @@ SLIDE_BLOCKS = frozenset({"pathomics_embedding", "pathomics_morphology", "pathom
 def scorable_models(models: dict[str, dict], has_slides: bool) -> tuple[list[str], dict[str, str]]:
     """The models an external cohort (`snakemake score`) is scored with (those needing
     slides only when it has a slides sheet), and why the others are not."""
-    scored, unscored = [], {}
-    for name, spec in models.items():
-        if not has_slides and SLIDE_BLOCKS & set(spec["blocks"]):
-            unscored[name] = "needs slides; the cohort has no slides sheet"
-        else:
-            scored.append(name)
-    return scored, unscored
+    needs_slides = "needs slides; the cohort has no slides sheet"
+    return models_without_blocks(
+        models, {} if has_slides else dict.fromkeys(SLIDE_BLOCKS, needs_slides))
 
 
 # Blocks made by networks trained on the run's training patients: repeated CV would have to
@@ -363,12 +378,4 @@ NOT_CROSS_VALIDATED = {
 
 def cross_validated_models(models: dict[str, dict]) -> tuple[list[str], dict[str, str]]:
     """The models repeated CV refits (validation.method: repeated_cv), and why not the others."""
-    done, skipped = [], {}
-    for name, spec in models.items():
-        reasons = [f"block {b}: {NOT_CROSS_VALIDATED[b]}" for b in spec["blocks"]
-                   if b in NOT_CROSS_VALIDATED]
-        if reasons:
-            skipped[name] = "; ".join(reasons)
-        else:
-            done.append(name)
-    return done, skipped
+    return models_without_blocks(models, NOT_CROSS_VALIDATED)

@@ -100,3 +100,30 @@ def km_validation(
         path=path, xlabel=f"Time ({time_unit})",
     )
     return float(p_value)
+
+
+def endpoint_accuracy(
+    endpoint: str, risks: dict[str, pd.DataFrame], baselines: dict[str, tuple], eval_cfg: dict,
+    seed: int, time_unit: str, label: str, calibration_dir: Path, decision_path: Path,
+    reference: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Accuracy, calibration and decision-curve tables of one endpoint's models on their
+    validation patients (`label` names them in the plot titles), with a calibration plot per
+    model in `calibration_dir` and the decision curves at `decision_path`."""
+    from radpath.accuracy import accuracy_table, calibration_table, decision_curve_table
+    from radpath.plots import plot_calibration, plot_decision_curve
+
+    horizons = eval_cfg["horizons"]
+    accuracy = accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed)
+    calibration = calibration_table(endpoint, risks, baselines, horizons,
+                                    eval_cfg["calibration_groups"])
+    decision = decision_curve_table(endpoint, risks, baselines, eval_cfg["decision_horizon"])
+    for m in risks:
+        plot_calibration(calibration[calibration["model"] == m],
+                         accuracy[accuracy["model"] == m], time_unit,
+                         f"{endpoint.upper()} - {m} ({label})",
+                         Path(calibration_dir) / f"{endpoint}_{m}.png")
+    plot_decision_curve(decision, time_unit,
+                        f"{endpoint.upper()} ({label}, {eval_cfg['decision_horizon']:g} "
+                        f"{time_unit})", decision_path, reference)
+    return accuracy, calibration, decision

@@ -473,6 +473,24 @@ def fit_combat(
     )
 
 
+def _standardized(model: ComBatModel, values: np.ndarray, index: pd.Index,
+                  covariates: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+    """(preserved effects, standardized data) of the harmonized features' `values` (columns
+    in ``model.harmonized_features`` order) with the model's grand mean, covariate effects
+    and pooled variance."""
+    if model.covariate_levels:
+        if covariates is None:
+            raise HarmonizationError(
+                f"this ComBat model preserves covariates {_format_ids(list(model.covariate_levels))}; pass them"
+            )
+        aligned = _aligned_covariates(covariates, index, list(model.covariate_levels))
+        covariate_design = _covariate_design(aligned, model.covariate_levels)
+    else:
+        covariate_design = np.zeros((len(index), 0))
+    preserved = model.grand_mean + covariate_design @ model.covariate_coefs
+    return preserved, (values - preserved) / np.sqrt(model.var_pooled)
+
+
 def apply_combat(
     model: ComBatModel,
     features: pd.DataFrame,
@@ -504,20 +522,9 @@ def apply_combat(
         )
     batch_index = np.searchsorted(np.asarray(model.batches), labels)
 
-    if model.covariate_levels:
-        if covariates is None:
-            raise HarmonizationError(
-                f"this ComBat model preserves covariates {_format_ids(list(model.covariate_levels))}; pass them"
-            )
-        aligned = _aligned_covariates(covariates, index, list(model.covariate_levels))
-        covariate_design = _covariate_design(aligned, model.covariate_levels)
-    else:
-        covariate_design = np.zeros((len(index), 0))
-
     order = [columns.index(name) for name in model.harmonized_features]
-    preserved = model.grand_mean + covariate_design @ model.covariate_coefs
+    preserved, s_data = _standardized(model, values[:, order], index, covariates)
     scale = np.sqrt(model.var_pooled)
-    s_data = (values[:, order] - preserved) / scale
     adjusted = (s_data - model.gamma_star[batch_index]) / np.sqrt(model.delta_star[batch_index])
     harmonized = values.copy()
     harmonized[:, order] = adjusted * scale + preserved
@@ -562,17 +569,7 @@ def with_estimated_batches(
     part = features.loc[rows]
     values = _feature_matrix(part)[:, [list(map(str, part.columns)).index(f)
                                        for f in model.harmonized_features]]
-    if model.covariate_levels:
-        if covariates is None:
-            raise HarmonizationError(
-                f"this ComBat model preserves covariates {_format_ids(list(model.covariate_levels))}; pass them"
-            )
-        aligned = _aligned_covariates(covariates, part.index, list(model.covariate_levels))
-        covariate_design = _covariate_design(aligned, model.covariate_levels)
-    else:
-        covariate_design = np.zeros((len(part), 0))
-    preserved = model.grand_mean + covariate_design @ model.covariate_coefs
-    s_data = (values - preserved) / np.sqrt(model.var_pooled)
+    _, s_data = _standardized(model, values, part.index, covariates)
     new_index = np.searchsorted(np.asarray(new), labels[rows])
     rms = np.sqrt((values**2).mean(axis=0))
     gamma_star, delta_star = _empirical_bayes(

@@ -64,6 +64,13 @@ def embedding_matrix(
     """Pool each patient's tiles, then PCA fitted on training patients only."""
     pooled = pooled_embeddings(feature_files, slide_patients, pooling)
     train = [pid for pid in pooled.index if split.get(pid) == "train"]
+    return embedding_pca(pooled, train, n_components, pooling, seed)
+
+
+def embedding_pca(pooled: pd.DataFrame, train: list[str], n_components: int,
+                  pooling: list[str], seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Pooled embeddings (:func:`pooled_embeddings`) projected on a PCA fitted on the `train`
+    patients only (at most one component fewer than them); the PCA's description as info."""
     if len(train) < 2:
         raise ValueError("pathomics: fewer than 2 training patients have slides")
     k = min(n_components, len(train) - 1, pooled.shape[1])

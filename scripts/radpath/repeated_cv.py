@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
 from sklearn.model_selection import StratifiedKFold
 
 from radpath.cohort import impute_covariates, impute_with_train_medians, level_label
 from radpath.harmonize import apply_combat, fit_combat
 from radpath.modeling import categorical_levels, encode_clinical, fit_model, one_blas_thread
-from radpath.pathomics import project_embedding
+from radpath.pathomics import embedding_pca
 from radpath.survival import harrell_c
 
 log = logging.getLogger(__name__)
@@ -90,9 +89,7 @@ def fold_design(inputs: CohortInputs, spec: dict, train: list[str], test: list[s
                                single_patient_batch=harmonization["single_patient_batch"])
             matrix = apply_combat(model, features, batch, covs)
         elif block == "pathomics_embedding":
-            k = min(pca_components, len(part_train) - 1, raw.shape[1])
-            pca = PCA(n_components=k, random_state=seed).fit(raw.loc[part_train].to_numpy())
-            matrix = project_embedding(raw.loc[present], pca.mean_, pca.components_)
+            matrix, _ = embedding_pca(raw.loc[present], part_train, pca_components, [], seed)
         else:
             matrix = raw.loc[present]
         matrix = matrix.add_prefix(f"{block}:")

@@ -491,6 +491,13 @@ def validation_section(config: dict, repeated_cv, outcomes: pd.DataFrame) -> dic
     return section
 
 
+def render_html(template_path, context: dict, out_path) -> None:
+    """A Jinja2 template (autoescaped) rendered to `out_path`, atomically."""
+    template = jinja2.Template(Path(template_path).read_text(encoding="utf-8"), autoescape=True)
+    with atomic_write(out_path) as handle:
+        handle.write(template.render(**context))
+
+
 def render_report(
     inputs,
     endpoints: list[str],
@@ -576,9 +583,7 @@ def render_report(
         "models": [{"name": m, "description": MODEL_DESCRIPTIONS.get(m, ""),
                     **config["models"][m]} for m in models],
     }
-    template = jinja2.Template(Path(inputs.template).read_text(encoding="utf-8"), autoescape=True)
-    with atomic_write(out_path) as handle:
-        handle.write(template.render(**context))
+    render_html(inputs.template, context, out_path)
 
 
 def render_external_report(
@@ -625,6 +630,4 @@ def render_external_report(
         "models": [{"name": m, "description": MODEL_DESCRIPTIONS.get(m, ""),
                     **config["models"][m]} for m in models],
     }
-    template = jinja2.Template(Path(inputs.template).read_text(encoding="utf-8"), autoescape=True)
-    with atomic_write(out_path) as handle:
-        handle.write(template.render(**context))
+    render_html(inputs.template, context, out_path)

@@ -204,13 +204,12 @@ def external_evaluation(
     test at the training-median cut-off, time-dependent AUC, Brier scores, calibration,
     decision curves) on an external cohort; tables labelled `cohort`, plots in `plot_dirs`
     (km, calibration, decision_curve, forest: a file)."""
-    from radpath.accuracy import accuracy_table, calibration_table, decision_curve_table
-    from radpath.evaluate import evaluate_endpoint, km_validation
-    from radpath.plots import plot_calibration, plot_decision_curve, plot_forest
+    from radpath.evaluate import endpoint_accuracy, evaluate_endpoint, km_validation
+    from radpath.plots import plot_forest
 
     tables: dict[str, list[pd.DataFrame]] = {
         "cindex": [], "accuracy": [], "calibration": [], "decision_curve": []}
-    horizons, title = eval_cfg["horizons"], f"{cohort}, external"
+    title = f"{cohort}, external"
     for endpoint in endpoints:
         risks = {m: evaluation_risks(run_risks[endpoint, m], external_risks[endpoint, m])
                  for m in models}
@@ -225,19 +224,9 @@ def external_evaluation(
         ]
         baselines = {m: (fitted[endpoint, m].baseline_time, fitted[endpoint, m].baseline_cumhaz)
                      for m in models}
-        accuracy = accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed)
-        calibration = calibration_table(endpoint, risks, baselines, horizons,
-                                        eval_cfg["calibration_groups"])
-        decision = decision_curve_table(endpoint, risks, baselines, eval_cfg["decision_horizon"])
-        for m in models:
-            plot_calibration(calibration[calibration["model"] == m],
-                             accuracy[accuracy["model"] == m], time_unit,
-                             f"{endpoint.upper()} - {m} ({title})",
-                             plot_dirs["calibration"] / f"{endpoint}_{m}.png")
-        plot_decision_curve(decision, time_unit,
-                            f"{endpoint.upper()} ({title}, {eval_cfg['decision_horizon']:g} "
-                            f"{time_unit})", plot_dirs["decision_curve"] / f"{endpoint}.png",
-                            reference)
+        accuracy, calibration, decision = endpoint_accuracy(
+            endpoint, risks, baselines, eval_cfg, seed, time_unit, title,
+            plot_dirs["calibration"], plot_dirs["decision_curve"] / f"{endpoint}.png", reference)
         for name, table in (("cindex", cindex), ("accuracy", accuracy),
                             ("calibration", calibration), ("decision_curve", decision)):
             tables[name].append(table)

@@ -532,14 +532,9 @@ def load_pretrain_cohort(config: dict, schemas_dir: str | os.PathLike, patients:
                              list(sheet.index), [], problems=found,
                              endpoints=pretrain_endpoints(config))
     name = Path(pretrain["patients"]).name
-    for column in ("ct", "mask"):
-        ours = {os.path.realpath(p): pid for pid, p in patients[column].items()}
-        for pid, path in sheet[column].items():
-            twin = ours.get(os.path.realpath(path))
-            if twin is not None:
-                found.append(f"{name}: pretraining patient {pid}'s {column} {path} is also "
-                             f"patient {twin}'s in the run's own sheet (a patient cannot be in "
-                             "both cohorts)")
+    found += [f"{name}: pretraining patient {pid}'s {column} {path} is also patient {twin}'s "
+              "in the run's own sheet (a patient cannot be in both cohorts)"
+              for pid, column, path, twin in shared_image_files(sheet, patients)]
     problems += [f"deep_ct.pretrain: {line}" for line in found]
     return sheet, clinical
 
@@ -615,17 +610,22 @@ def load_external_cohorts(config: dict, schemas_dir: str | os.PathLike) -> dict[
     return cohorts
 
 
+def shared_image_files(sheet: pd.DataFrame, others: pd.DataFrame):
+    """(patient, column, path, other patient) for each CT or mask file of `sheet` that is
+    also one of `others`' (the same file, whatever the path that names it)."""
+    for column in ("ct", "mask"):
+        theirs = {os.path.realpath(path): pid for pid, path in others[column].items()}
+        for pid, path in sheet[column].items():
+            twin = theirs.get(os.path.realpath(path))
+            if twin is not None:
+                yield pid, column, path, twin
+
+
 def training_overlap(external: pd.DataFrame, run_patients: pd.DataFrame,
                      split: Mapping[str, str], name: str) -> list[str]:
     """External patients (`snakemake score`) whose CT or mask file is a training patient's
     of the run: their scores would be fitted ones, not an external validation."""
-    problems = []
-    for column in ("ct", "mask"):
-        train = {os.path.realpath(path): pid for pid, path in run_patients[column].items()
-                 if split.get(pid) == "train"}
-        for pid, path in external[column].items():
-            twin = train.get(os.path.realpath(path))
-            if twin is not None:
-                problems.append(f"score.cohorts.{name}: patient {pid}'s {column} {path} is "
-                                f"training patient {twin}'s: the models were fitted on it")
-    return problems
+    train = run_patients[[split.get(pid) == "train" for pid in run_patients.index]]
+    return [f"score.cohorts.{name}: patient {pid}'s {column} {path} is training patient "
+            f"{twin}'s: the models were fitted on it"
+            for pid, column, path, twin in shared_image_files(external, train)]
