@@ -443,3 +443,82 @@ def score_reports(wildcards):
             "e.g. score: {cohorts: {hospital_b: {patients: ..., clinical: ...}}}"
         )
     return expand("results/score/{cohort}/report.html", cohort=SCORE_COHORTS)
+
+
+# Synthetic CT (rules/synthesis.smk): the patients and jobs of the branch.
+SYNTHESIS = config["synthesis"]
+SYNTHESIS_USED = SYNTHESIS["enabled"]
+SYNTHESIS_PLAN = configuration.synthesis_plan(
+    [p for p in PATIENT_IDS if SPLIT.get(p) == "train"], SYNTHESIS, config["seed"]
+)
+SYNTHESIS_PATIENTS = SYNTHESIS_PLAN["fit"] + SYNTHESIS_PLAN["heldout"]
+SYNTHESIS_LAYOUT_KEYS = ("field_of_view", "edge_mm", "size", "window", "lungs")
+SYNTHESIS_SAMPLE_KEYS = (
+    "window",
+    "region",
+    "margin_mm",
+    "fresh",
+    "sampling_steps",
+)
+PATIENT_LUNG_LABEL = sheet_lookup(PATIENTS, "lung_label")
+_labelled = sum(bool(PATIENT_LUNG_LABEL[p]) for p in SYNTHESIS_PATIENTS)
+# What the report says of the synthesis patients.
+SYNTHESIS_REPORT = {
+    "n_fit": len(SYNTHESIS_PLAN["fit"]),
+    "n_heldout": len(SYNTHESIS_PLAN["heldout"]),
+    "lungs_source": f"{_labelled} patients from the mask's lung label, "
+    f"{len(SYNTHESIS_PATIENTS) - _labelled} segmented from the CT "
+    "(threshold, connected components, closing, hole filling)",
+}
+
+
+def synthesis_sample_files(suffix, samples=None):
+    return [
+        f"results/synthesis/samples/{variant}/{patient}/draw{draw}_{suffix}"
+        for variant, patient, draw in (samples or SYNTHESIS_PLAN["samples"])
+    ]
+
+
+def synthesis_quality_params():
+    """What rule synthesis_quality reads, by patient and volume."""
+    samples = SYNTHESIS_PLAN["samples"]
+    sample = "results/synthesis/samples/{}/{}/draw{}_{}"
+
+    def ct(patient):
+        return {
+            "patient": patient,
+            "ct": f"results/synthesis/layouts/{patient}_ct.nii.gz",
+        }
+
+    heldout = [
+        ct(p)
+        | {
+            "draw": d,
+            "synthetic": sample.format(v, p, d, "ct.nii.gz"),
+            "layout": sample.format(v, p, d, "layout.nii.gz"),
+        }
+        for v, p, d in samples
+        if v == "heldout"
+    ]
+    own = sorted({p for v, p, _ in samples if v == "real"})
+    return {
+        "heldout": heldout,
+        "real_features": {
+            p: f"results/radiomics/{p}/features.tsv" for p in SYNTHESIS_PLAN["fit"]
+        },
+        "synthetic_features": {
+            f"{p} draw {d}": f"results/synthesis/radiomics/{v}/{p}/draw{d}/features.tsv"
+            for v, p, d in samples
+            if v == "real"
+        },
+        "pairs": [
+            ct(p)
+            | {
+                "label": f"{p} ({v})",
+                "synthetic": sample.format(v, p, d, "ct.nii.gz"),
+                "layout": sample.format(v, p, d, "layout.nii.gz"),
+            }
+            for v, p, d in samples
+            if d == 1
+        ][: SYNTHESIS["figure_pairs"]],
+    }

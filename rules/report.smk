@@ -79,6 +79,15 @@ rule report:
             if VALIDATION["method"] == "repeated_cv"
             else []
         ),
+        synthesis_quality=(["results/synthesis/quality.tsv"] if SYNTHESIS_USED else []),
+        synthesis_figure=(
+            ["results/report/synthesis/real_vs_synthetic.png"]
+            if SYNTHESIS_USED
+            else []
+        ),
+        synthesis_loss=(
+            ["results/report/synthesis/training_loss.png"] if SYNTHESIS_USED else []
+        ),
         template=REPORT_TEMPLATE,
     output:
         html=report(
@@ -97,5 +106,6 @@ rule report:
         slide_patients=SLIDE_PATIENTS,
         # Not `score`: scoring external cohorts leaves the run's own report as it is.
         config={key: value for key, value in config.items() if key != "score"},
+        synthesis=SYNTHESIS_REPORT,
     script:
         "../scripts/make_report.py"

@@ -9,4 +9,5 @@ render_report(
     snakemake.input, p.endpoints, p.models, p.config, snakemake.output.html,
     slides=dict(zip(p.slide_ids, snakemake.input.thumbnails, strict=True)),
     slide_patients=p.slide_patients,
+    synthesis_meta=p.synthesis,
 )

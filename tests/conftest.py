@@ -36,6 +36,7 @@ def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
     from smk import FAST_STATS, run, write_config
 
     workdir = tmp_path_factory.mktemp("run")
-    config = write_config(workdir / "config.yaml", small_cohort, with_deep_ct=True, **FAST_STATS)
+    config = write_config(workdir / "config.yaml", small_cohort, with_deep_ct=True,
+                          with_synthesis=True, **FAST_STATS)
     run(workdir, config)
     return workdir, config

@@ -70,6 +70,7 @@ def radiomics(args: argparse.Namespace, settings: dict) -> None:
         ),
         [args.features, args.qc],
         settings["on_error"],
+        upstream=args.upstream,
     )
 
 
@@ -98,6 +99,40 @@ def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
             extra_images=extras,
         ),
         [args.cubes],
+        settings["on_error"],
+    )
+
+
+def synthesis_layout(args: argparse.Namespace, settings: dict) -> None:
+    """CT + tumour mask (+ lung label) -> the synthesis layout files."""
+    from radpath.synthesis_prepare import layout_job
+
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: layout_job(images=patient_images(args, settings), lung_label=args.lung_label,
+                           settings=settings["synthesis"], npz_out=args.layout,
+                           layout_out=args.layout_image, ct_out=args.ct_image),
+        [args.layout, args.layout_image, args.ct_image],
+        settings["on_error"],
+    )
+
+
+def synthesis_sample(args: argparse.Namespace, settings: dict) -> None:
+    """One synthetic CT for a (variant, patient, draw)."""
+    from radpath.synthesis_jobs import sample_job
+
+    outputs = [args.image, args.mask, args.layout_out]
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: sample_job(
+            patient=args.patient, ct_path=args.ct,
+            layout_npz=args.layout, layout_image=args.layout_image, model_path=args.model,
+            variant=args.variant, draw=args.draw, settings=settings["synthesis"],
+            seed=settings["seed"], threads=args.threads, outputs=outputs,
+        ),
+        outputs,
         settings["on_error"],
     )
 
@@ -220,6 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--params", required=True, help="pyradiomics parameter file")
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
+    sub.add_argument("--upstream", action="append", default=[],
+                     help="an input an earlier job may have marked as excluded; repeatable")
+
+    sub = command("synthesis-layout", synthesis_layout,
+                  "CT + tumour mask -> the synthesis layout (lungs, nodule) on the model grid")
+    add_patient_images(sub)
+    sub.add_argument("--lung-label", default="",
+                     help="label of the lungs in the mask file ('' = segment them)")
+    sub.add_argument("--layout", required=True, help="the .npz file to write")
+    sub.add_argument("--layout-image", required=True, help="the layout on the CT grid (NIfTI)")
+    sub.add_argument("--ct-image", required=True, help="the CT as read (NIfTI)")
+
+    sub = command("synthesis-sample", synthesis_sample,
+                  "DDPM + layout -> one synthetic CT on the source CT's grid")
+    sub.add_argument("--patient", required=True)
+    sub.add_argument("--ct", required=True, help="the layout job's NIfTI copy of the CT")
+    sub.add_argument("--layout", required=True)
+    sub.add_argument("--layout-image", required=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--variant", choices=["real", "fresh", "heldout"], required=True)
+    sub.add_argument("--draw", type=int, required=True)
+    sub.add_argument("--threads", type=int, required=True)
+    for output in ("--image", "--mask", "--layout-out"):
+        sub.add_argument(output, required=True)
 
     sub = command("ct-cubes", ct_cubes,
                   "CT + mask (+ registered images) -> the patient's concentric cubes (.npz)")

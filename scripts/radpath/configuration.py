@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import jsonschema
 import yaml
@@ -379,3 +380,40 @@ NOT_CROSS_VALIDATED = {
 def cross_validated_models(models: dict[str, dict]) -> tuple[list[str], dict[str, str]]:
     """The models repeated CV refits (validation.method: repeated_cv), and why not the others."""
     return models_without_blocks(models, NOT_CROSS_VALIDATED)
+
+
+# The synthesis settings a trained DDPM depends on (radpath.synthesis.train_ddpm).
+SYNTHESIS_TRAINING_KEYS = (
+    "network", "size", "channels", "attention_levels", "num_res_blocks", "norm_groups",
+    "head_channels", "timesteps", "schedule", "steps", "batch_size", "learning_rate",
+    "ema_decay", "precision", "log_every")
+
+
+def synthesis_plan(train_ids: Sequence[str], settings: Mapping, seed: int) -> dict:
+    """The synthesis branch's patients and jobs, from the training patients alone.
+
+    Each training patient gets a seeded draw in [0, 1) from its ID: those below
+    holdout_fraction are held out of the DDPM and reconstructed to judge it (at least one
+    when the fraction is > 0 and there are two patients or more); the rest ("fit") train
+    it. `layouts` (0 = all) and fresh.patients fit patients, in draw order, get their own
+    and a fresh layout sampled `draws` times. Returns {fit, heldout, samples: [(variant,
+    patient, draw)]}.
+    """
+    def draw(pid: str) -> float:
+        digest = hashlib.sha256(f"radpath-synthesis:{seed}:{pid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64
+
+    ordered = sorted(train_ids, key=draw)
+    heldout = [p for p in ordered if draw(p) < settings["holdout_fraction"]]
+    if settings["holdout_fraction"] > 0 and not heldout and len(ordered) >= 2:
+        heldout = ordered[:1]
+    if len(heldout) == len(ordered):
+        heldout = heldout[:-1]
+    fit = [p for p in ordered if p not in heldout]
+    own = fit[: settings["layouts"]] if settings["layouts"] else fit
+    fresh = fit[: settings["fresh"]["patients"]]
+    draws = range(1, settings["draws"] + 1)
+    samples = [(variant, p, d) for variant, ids in (("real", own), ("fresh", fresh),
+                                                     ("heldout", heldout))
+               for p in ids for d in draws]
+    return {"fit": sorted(fit), "heldout": sorted(heldout), "samples": samples}

@@ -24,6 +24,7 @@ from radpath.io import atomic_path, write_tsv
 
 LESION_LABEL = 1
 MUSCLE_LABEL = 2
+LUNG_LABEL = 3  # the known lungs (synthesis: lung_label, and the segmentation test)
 STAGES = ("I", "II", "III", "IV")
 HU_RANGE = (-1024, 3071)
 
@@ -391,8 +392,11 @@ def render_ct(
 
 
 def make_label_map(lesion: Lesion, anatomy: Anatomy, grid: Grid) -> np.ndarray:
-    """Uint8 (z, y, x) labels: LESION_LABEL for the lesion, MUSCLE_LABEL for chest-wall muscle."""
-    labels = np.where(_tissue_maps(anatomy, grid)["muscle"], MUSCLE_LABEL, 0).astype(np.uint8)
+    """Uint8 (z, y, x) labels: LESION_LABEL for the lesion, MUSCLE_LABEL for chest-wall muscle,
+    LUNG_LABEL for the lung (with its vessels)."""
+    tissue = _tissue_maps(anatomy, grid)
+    labels = np.where(tissue["muscle"], MUSCLE_LABEL, 0).astype(np.uint8)
+    labels[tissue["lung"]] = LUNG_LABEL
     labels[make_lesion_mask(lesion, grid)] = LESION_LABEL
     return labels
 

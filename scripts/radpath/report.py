@@ -498,6 +498,28 @@ def render_html(template_path, context: dict, out_path) -> None:
         handle.write(template.render(**context))
 
 
+def synthesis_section(quality: str, figure: str, loss: str, model_meta: dict) -> dict:
+    """The synthesis section: quality rows (synthetic vs reference), figure, loss curve."""
+    table = read_tsv(quality)
+    rows = []
+    for r in table.to_dict("records"):
+        if r["section"] == "radiomics":
+            rows.append({"description": f"radiomics: {r['description']}",
+                         "value": f"{r['synthetic_vs_real']:.3f} (synthetic vs real)",
+                         "reference": f"{r['real_half_vs_half']:.3f} (real half vs half)",
+                         "n": f"{int(r['n_synthetic'])} synthetic, {int(r['n_real'])} real, "
+                              f"{int(r['n_features'])} features"})
+        else:
+            sd = "" if pd.isna(r["sd"]) else f" (SD {r['sd']:.3g})"
+            rows.append({"description": f"held-out reconstructions: {r['description']}",
+                         "value": f"{r['mean']:.3g}{sd}", "reference": "",
+                         "n": f"{int(r['n_volumes'])} volumes"})
+    return {"rows": rows, "figure": embed_png(figure), "loss": embed_png(loss),
+            "reference_splits": int(table["reference_splits"].max())
+            if "reference_splits" in table.columns and table["reference_splits"].notna().any()
+            else 0, **model_meta}
+
+
 def render_report(
     inputs,
     endpoints: list[str],
@@ -507,6 +529,7 @@ def render_report(
     slides: dict[str, str] | None = None,
     slide_patients: dict[str, str] | None = None,
     workflow_dir: str | Path | None = None,
+    synthesis_meta: dict | None = None,
 ):
     keys = list(itertools.product(endpoints, models))
     slides = slides or {}
@@ -556,6 +579,11 @@ def render_report(
                             getattr(inputs, "deep_ct_starts", None),
                             getattr(inputs, "deep_ct_pretrain_usage", None))
             if getattr(inputs, "deep_ct_summary", None) else {}
+        ),
+        "synthesis": (
+            synthesis_section(inputs.synthesis_quality[0], inputs.synthesis_figure[0],
+                              inputs.synthesis_loss[0], synthesis_meta)
+            if getattr(inputs, "synthesis_quality", None) else {}
         ),
         "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,
                                      inputs.decision_plots, keys, endpoints),

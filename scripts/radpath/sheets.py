@@ -298,6 +298,9 @@ def load_patients(
     if problems is not None:
         problems += found
     df["mask_label"] = pd.to_numeric(df["mask_label"], errors="coerce").fillna(1).astype(int)
+    lung = pd.to_numeric(df["lung_label"], errors="coerce") if "lung_label" in df.columns else (
+        pd.Series(np.nan, index=df.index))
+    df["lung_label"] = ["" if pd.isna(v) else str(int(v)) for v in lung]
     for column in PATIENT_DICOM_COLUMNS:  # optional; '' when absent or blank
         cells = df[column] if column in df.columns else [""] * len(df)
         df[column] = ["" if not isinstance(v, str) else v for v in cells]

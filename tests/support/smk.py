@@ -24,11 +24,13 @@ SNAKEFILE = REPO / "Snakefile"
 FAST_STATS = {"evaluation": {"bootstrap": 200, "optimism_bootstrap": 5}}
 
 
-def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False, **overrides) -> Path:
+def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False,
+                 with_synthesis: bool = False, **overrides) -> Path:
     """A complete config for a cohort folder written by the demo generator. The deep CT
-    models train networks (a minute per run on 2 CPUs): only runs that look at them
-    (`with_deep_ct=True`) keep them."""
+    models and the synthesis branch train networks (a minute or more per run on 2 CPUs):
+    only runs that look at them (`with_deep_ct=True`, `with_synthesis=True`) keep them."""
     config = default_config()
+    config["synthesis"]["enabled"] = with_synthesis
     if not with_deep_ct:
         config["models"] = {name: spec for name, spec in config["models"].items()
                             if "deep_ct" not in spec["blocks"]}

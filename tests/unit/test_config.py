@@ -26,7 +26,11 @@ COHORT_SPECIFIC = {"patients", "clinical", "slides", "covariates", "models",
 DEMO_SIZED = {f"pathology.pathosig.{key}" for key in (
     "n_clusters", "epochs", "batch_size", "input_size", "tiles_per_slide", "mosaic_tiles")} | {
     f"deep_ct.{key}" for key in ("cubes.grid", "networks", "width", "folds", "epochs",
-                                 "batch_size", "pretrain.epochs")} | {"evaluation.optimism_bootstrap"}
+                                 "batch_size", "pretrain.epochs")} | {"evaluation.optimism_bootstrap"} | {
+    f"synthesis.{key}" for key in (
+        "enabled", "size", "channels", "attention_levels", "norm_groups", "head_channels",
+        "steps", "batch_size", "learning_rate", "ema_decay", "log_every", "checkpoint_every",
+        "threads", "sampling_steps", "layouts", "fresh.patients", "fresh.shift_mm", "fresh.scale")}
 
 
 def schema_defaults(schema: dict, prefix: str = ""):

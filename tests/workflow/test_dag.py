@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import time
 
+import pandas as pd
 import pytest
+import yaml
 
 from placeholders import write_placeholder_cohort
+from radpath.cohort import make_split
 from smk import REPO, dry_run, run, touch_all, write_config
 
 COHORT_STEPS = {
@@ -457,3 +460,28 @@ def test_score_plans_only_the_external_cohorts_jobs(cohort):
     assert split_draw("P00001", 42) >= 0.3  # P00001 is one of the run's training patients
     with pytest.raises(Exception, match="P00002's ct .* is training patient P00001's"):
         dry_run(workdir, score_config, targets=["score"])
+
+
+def test_synthesis_plans_training_patients_only_and_a_sampling_change_keeps_the_ddpm(tmp_path):
+    write_placeholder_cohort(tmp_path / "data", n_patients=20, slides_per_patient=1)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", with_synthesis=True)
+    clinical = pd.read_csv(tmp_path / "data" / "clinical.tsv", sep="\t", dtype=str)
+    split = make_split(clinical.set_index("patient_id", drop=False),
+                              yaml.safe_load(config.read_text())["split"]["validation_fraction"],
+                              42)
+    training = set(split.index[split == "train"])
+    files = dry_run(tmp_path, config)
+    layouts = {f.split("/")[-1].removesuffix(".npz") for f in files
+               if f.startswith("results/synthesis/layouts/") and f.endswith(".npz")}
+    assert layouts == training and len(training) < 20
+    assert "results/synthesis/model.pt" in files
+    assert "results/synthesis/quality.tsv" in files  # the report's synthesis section
+    touch_all(tmp_path, config)
+    assert dry_run(tmp_path, config) == []
+    changed = write_config(tmp_path / "config.yaml", tmp_path / "data", with_synthesis=True,
+                           synthesis={"sampling_steps": 20})
+    files = dry_run(tmp_path, changed)
+    assert "results/synthesis/model.pt" not in files
+    assert not [f for f in files if f.startswith("results/synthesis/layouts/")]
+    assert [f for f in files if f.startswith("results/synthesis/samples/")]
+    assert "results/synthesis/quality.tsv" in files

@@ -164,6 +164,57 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
     assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
 
 
+def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finished_run):
+    """The synthesis branch through the real jobs: the DDPM saw fit training patients only;
+    every sample is on its source CT's grid, equal to it outside the drawn region; the
+    quality table and the report section exist."""
+    import SimpleITK as sitk
+
+    from radpath.synthesis import load_model
+    from radpath.synthesis_layout import region_mask
+
+    workdir, config_path = finished_run
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))["synthesis"]
+    split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
+    model = load_model(workdir / "results/synthesis/model.pt")
+    assert model.fit_ids and set(model.fit_ids) <= set(split.index[split == "train"])
+    assert len(model.history) == config["steps"] // config["log_every"]
+    assert not (workdir / "results/synthesis/checkpoints").exists()
+    sheet_path = Path(yaml.safe_load(config_path.read_text(encoding="utf-8"))["patients"])
+    sheet = read_tsv(sheet_path, index_col="patient_id")
+    samples = sorted((workdir / "results/synthesis/samples").glob("*/*/draw*_ct.nii.gz"))
+    variants = {p.parts[-3] for p in samples}
+    assert variants == {"real", "fresh", "heldout"}, samples
+    heldout = {p.parts[-2] for p in samples if p.parts[-3] == "heldout"}
+    assert heldout and not heldout & set(model.fit_ids)
+    for path in samples:
+        patient = path.parts[-2]
+        source = sitk.ReadImage(str(sheet_path.parent / sheet.loc[patient, "ct"]))
+        synthetic = sitk.ReadImage(str(path))
+        assert synthetic.GetSize() == source.GetSize()
+        np.testing.assert_allclose(synthetic.GetSpacing(), source.GetSpacing())
+        np.testing.assert_allclose(synthetic.GetOrigin(), source.GetOrigin())
+        layout = sitk.GetArrayFromImage(sitk.ReadImage(str(path).replace("_ct.", "_layout.")))
+        nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(path).replace("_ct.", "_mask.")))
+        assert ((layout == 2) == (nodule == 1)).all() and nodule.any()
+        drawn = region_mask(layout, source.GetSpacing(), config["region"], config["margin_mm"],
+                            extra=None)
+        real, fake = sitk.GetArrayFromImage(source), sitk.GetArrayFromImage(synthetic)
+        if path.parts[-3] != "fresh":  # (fresh: the old nodule's place is drawn too)
+            np.testing.assert_array_equal(fake[~drawn], real[~drawn])
+        assert not np.array_equal(fake[drawn], real[drawn])
+    quality = read_tsv(workdir / "results/synthesis/quality.tsv")
+    assert set(quality["metric"]) == {"mae_hu", "psnr_db", "ssim", "ks_median", "ks_mean",
+                                      "frechet"}
+    voxels = read_tsv(workdir / "results/synthesis/heldout_voxels.tsv")
+    assert set(voxels["patient_id"]) == heldout and (voxels["mae_hu"] > 0).all()
+    radiomics = list((workdir / "results/synthesis/radiomics/real").glob("*/draw*/features.tsv"))
+    assert len(radiomics) == config["layouts"] * config["draws"]
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "Synthetic CT: layout-conditioned 3D diffusion (Lung-DDPM)" in html
+    assert 'alt="real vs synthetic"' in html and 'alt="DDPM training loss"' in html
+
+
 def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(finished_run):
     """The pretraining cohort (IDs G...) trains each endpoint's start; the fold models start
     from it and their random-start twins train on exactly the same patients; the block is the

@@ -1,0 +1,178 @@
+# Synthetic CT (Lung-DDPM study): a 3D DDPM conditioned on the semantic layout (lungs,
+# nodule), trained on TRAINING patients only, sampled and judged. `snakemake synthesis`.
+#
+# 1. synthesis_layout (CPU, per training patient): lungs (mask label or segmented) and
+#    nodule on the CT grid, and CT + layout on the model's size^3 grid.
+# 2. synthesis_train (GPU): the DDPM on the "fit" patients (not the held-out ones);
+#    checkpoints every checkpoint_every steps, so a killed job resumes.
+# 3. synthesis_sample (GPU, per variant x patient x draw): real = a fit patient's own
+#    layout, fresh = its nodule moved/scaled, heldout = a held-out patient's layout
+#    (reconstruction). Real anatomy outside `region`; written on the source CT's grid.
+# 4. synthesis_radiomics (CPU): the run's own radiomics job on every synthetic volume.
+# 5. synthesis_quality: voxel metrics, radiomics realism vs the real halves, figure.
+
+
+rule synthesis_layout:
+    input:
+        unpack(patient_images),
+    output:
+        layout="results/synthesis/layouts/{patient}.npz",
+        image="results/synthesis/layouts/{patient}_layout.nii.gz",
+        ct="results/synthesis/layouts/{patient}_ct.nii.gz",
+    log:
+        "logs/synthesis/layouts/{patient}.log",
+    benchmark:
+        "benchmarks/synthesis/layouts/{patient}.tsv"
+    group:
+        "synthesis_layout"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
+    params:
+        patient=patient_options,
+        lung_label=lambda wildcards: PATIENT_LUNG_LABEL[wildcards.patient],
+        settings=settings_json(
+            ct=config["ct"],
+            synthesis={key: SYNTHESIS[key] for key in SYNTHESIS_LAYOUT_KEYS},
+            on_error=config["on_patient_error"],
+        ),
+    shell:
+        "python -m radpath.cli synthesis-layout --patient {wildcards.patient}"
+        " --ct {input.ct:q} --mask {input.mask:q} {params.patient:q}"
+        " --lung-label={params.lung_label:q} --settings {params.settings:q}"
+        " --layout {output.layout:q} --layout-image {output.image:q}"
+        " --ct-image {output.ct:q} --log {log:q}"
+
+
+rule synthesis_train:
+    input:
+        layouts=expand(
+            "results/synthesis/layouts/{patient}.npz", patient=SYNTHESIS_PLAN["fit"]
+        ),
+    output:
+        model="results/synthesis/model.pt",
+        history="results/synthesis/training_history.tsv",
+        loss_plot="results/report/synthesis/training_loss.png",
+    log:
+        "logs/synthesis/train.log",
+    benchmark:
+        "benchmarks/synthesis/train.tsv"
+    conda:
+        "../envs/deep.yaml"
+    threads: SYNTHESIS["threads"]
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 1440 * attempt,
+    params:
+        settings={
+            key: SYNTHESIS[key]
+            for key in (*configuration.SYNTHESIS_TRAINING_KEYS, "checkpoint_every")
+        },
+        seed=config["seed"],
+        checkpoints="results/synthesis/checkpoints",
+    script:
+        "../scripts/synthesis_train.py"
+
+
+rule synthesis_sample:
+    input:
+        ct="results/synthesis/layouts/{patient}_ct.nii.gz",
+        layout="results/synthesis/layouts/{patient}.npz",
+        layout_image="results/synthesis/layouts/{patient}_layout.nii.gz",
+        model="results/synthesis/model.pt",
+    output:
+        image="results/synthesis/samples/{variant}/{patient}/draw{draw}_ct.nii.gz",
+        mask="results/synthesis/samples/{variant}/{patient}/draw{draw}_mask.nii.gz",
+        layout="results/synthesis/samples/{variant}/{patient}/draw{draw}_layout.nii.gz",
+    log:
+        "logs/synthesis/samples/{variant}/{patient}_draw{draw}.log",
+    benchmark:
+        "benchmarks/synthesis/samples/{variant}/{patient}_draw{draw}.tsv"
+    wildcard_constraints:
+        variant="real|fresh|heldout",
+        draw=r"\d+",
+    conda:
+        "../envs/deep.yaml"
+    threads: SYNTHESIS["threads"]
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        settings=settings_json(
+            synthesis={key: SYNTHESIS[key] for key in SYNTHESIS_SAMPLE_KEYS},
+            seed=config["seed"],
+            on_error=config["on_patient_error"],
+        ),
+    shell:
+        "python -m radpath.cli synthesis-sample --patient {wildcards.patient}"
+        " --ct {input.ct:q}"
+        " --layout {input.layout:q} --layout-image {input.layout_image:q}"
+        " --model {input.model:q} --variant {wildcards.variant} --draw {wildcards.draw}"
+        " --threads {threads} --settings {params.settings:q} --image {output.image:q}"
+        " --mask {output.mask:q} --layout-out {output.layout:q} --log {log:q}"
+
+
+use rule radiomics as synthesis_radiomics with:
+    input:
+        ct="results/synthesis/samples/{variant}/{patient}/draw{draw}_ct.nii.gz",
+        mask="results/synthesis/samples/{variant}/{patient}/draw{draw}_mask.nii.gz",
+        params=RADIOMICS_PARAMS,
+    output:
+        features="results/synthesis/radiomics/{variant}/{patient}/draw{draw}/features.tsv",
+        qc="results/synthesis/radiomics/{variant}/{patient}/draw{draw}/qc.tsv",
+    log:
+        "logs/synthesis/radiomics/{variant}/{patient}_draw{draw}.log",
+    benchmark:
+        "benchmarks/synthesis/radiomics/{variant}/{patient}_draw{draw}.tsv"
+    wildcard_constraints:
+        variant="real|fresh|heldout",
+        draw=r"\d+",
+    params:
+        patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
+
+
+rule synthesis_quality:
+    input:
+        samples=synthesis_sample_files("ct.nii.gz"),
+        layouts=synthesis_sample_files("layout.nii.gz"),
+        real=expand(
+            "results/radiomics/{patient}/features.tsv", patient=SYNTHESIS_PLAN["fit"]
+        ),
+        synthetic=[
+            f"results/synthesis/radiomics/{v}/{p}/draw{d}/features.tsv"
+            for v, p, d in SYNTHESIS_PLAN["samples"]
+            if v == "real"
+        ],
+        cts=expand(
+            "results/synthesis/layouts/{patient}_ct.nii.gz", patient=SYNTHESIS_PATIENTS
+        ),
+    output:
+        quality="results/synthesis/quality.tsv",
+        volumes="results/synthesis/heldout_voxels.tsv",
+        ks="results/synthesis/feature_ks.tsv",
+        figure="results/report/synthesis/real_vs_synthetic.png",
+    log:
+        "logs/synthesis/quality.log",
+    conda:
+        "../envs/deep.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+    params:
+        **synthesis_quality_params(),
+        settings={"window": SYNTHESIS["window"]},
+        seed=config["seed"],
+    script:
+        "../scripts/synthesis_quality.py"
+
+
+rule synthesis:
+    input:
+        "results/synthesis/quality.tsv",
+        "results/report/synthesis/training_loss.png",
+        "results/report/synthesis/real_vs_synthetic.png",
+        synthesis_sample_files("ct.nii.gz"),
