@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ import pytest
 import safetensors.torch
 import torch
 from deep_ct_data import CHANNELS, corner_blob_cohort, sphere_cohort
+from interrupt import signal_when_written
 
 from radpath import deep_ct as dc
 from radpath.deep_ct_cohort import FIT, HELDOUT, INNER, VALIDATION, check_usage, harrell_c
@@ -364,19 +364,8 @@ def run_and_kill(checkpoint_dir, repo, sig, after_epoch: int) -> int:
         [sys.executable, "-c", RESUME_SCRIPT, json.dumps(RESUME_SETTINGS), str(checkpoint_dir)],
         env=env, stderr=subprocess.PIPE,
     )
-    target = dc.checkpoint_path(checkpoint_dir, after_epoch)
-    deadline = time.monotonic() + 120
-    while not target.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"training ended early: {process.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no checkpoint within 120 s")
-        time.sleep(0.02)
-    process.send_signal(sig)
-    status = process.wait(timeout=60)
-    process.stderr.close()
-    return status
+    return signal_when_written(process, dc.checkpoint_path(checkpoint_dir, after_epoch),
+                               sig, 120)
 
 
 def test_a_killed_training_resumes_to_the_same_weights(tmp_path, repo):

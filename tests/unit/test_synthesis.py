@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from interrupt import signal_when_written
 
 from radpath import synthesis
 from radpath import synthesis_layout as layouts
@@ -170,20 +170,9 @@ def run_and_kill(folder, repo, sig, after_step: int) -> int:
     process = subprocess.Popen(
         [sys.executable, "-c", RESUME_SCRIPT, str(folder), "20", str(repo / "scripts"),
          str(repo / "tests" / "unit")],
-        env=os.environ | {"PYTHONPATH": str(repo / "scripts")}, stderr=subprocess.PIPE)
-    target = checkpoint_path(folder, after_step)
-    deadline = time.monotonic() + 180
-    while not target.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"training ended early: {process.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no checkpoint within 180 s")
-        time.sleep(0.02)
-    process.send_signal(sig)
-    status = process.wait(timeout=60)
-    process.stderr.close()
-    return status
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(
+            [str(repo / "scripts"), str(repo / "tests" / "support")])}, stderr=subprocess.PIPE)
+    return signal_when_written(process, checkpoint_path(folder, after_step), sig, 180)
 
 
 def test_a_killed_training_resumes_to_the_same_weights(tmp_path, repo):
@@ -346,5 +335,5 @@ def test_bad_settings_are_clear_errors():
     volumes, labels = sphere_volumes(2)
     with pytest.raises(ValueError, match="must be \\(N, 8, 8, 8\\)"):
         synthesis.train_ddpm(volumes, labels, TINY | {"size": 8}, 0, patient_ids=["a", "b"])
-    assert json.dumps(synthesis.window_to_unit(np.array([-2000.0, 400.0]), (-1000, 400)
+    assert json.dumps(layouts.window_to_unit(np.array([-2000.0, 400.0]), (-1000, 400)
                                                ).tolist()) == "[-1.0, 1.0]"
