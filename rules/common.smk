@@ -277,6 +277,18 @@ def deep_ct_start_file(wildcards):
     return [DEEP_CT["init"]] if start == "init" else []
 
 
+def deep_ct_synthetic_cubes(wildcards):
+    """A member trained with synthetic CTs: the cubes of every `real` synthetic volume (made
+    from training patients' layouts; the job keeps each fold's fit patients' only)."""
+    if not DEEP_CT_MEMBERS[wildcards.member].get("synthetic"):
+        return []
+    return [
+        f"results/synthesis/cubes/real/{patient}/draw{draw}.npz"
+        for variant, patient, draw in SYNTHESIS_PLAN["samples"]
+        if variant == "real"
+    ]
+
+
 def deep_ct_pretrain_usage():
     """Each pretrained network's usage.tsv (none without deep_ct.pretrain)."""
     if not DEEP_CT_USED or PRETRAIN_PATIENTS is None:

@@ -122,6 +122,7 @@ rule deep_ct_train:
         outcomes="results/cohort/outcomes.tsv",
         cubes=expand("results/deep_ct/cubes/{patient}.npz", patient=PATIENT_IDS),
         init=deep_ct_start_file,
+        synthetic=deep_ct_synthetic_cubes,
     output:
         model="results/deep_ct/{endpoint}/{member}/fold{fold}/model.pt",
         history="results/deep_ct/{endpoint}/{member}/fold{fold}/history.tsv",
@@ -160,6 +161,7 @@ rule deep_ct_block:
         matrix="results/cohort/deep_ct_{endpoint}.tsv",
         summary="results/deep_ct/{endpoint}/training_summary.tsv",
         starts="results/deep_ct/{endpoint}/starts.tsv",
+        synthetic="results/deep_ct/{endpoint}/synthetic.tsv",
         curves="results/report/deep_ct/{endpoint}_training.png",
     log:
         "logs/deep_ct/{endpoint}/block.log",

@@ -67,6 +67,11 @@ rule report:
             if DEEP_CT_USED
             else []
         ),
+        deep_ct_synthetic=(
+            expand("results/deep_ct/{endpoint}/synthetic.tsv", endpoint=ENDPOINTS)
+            if DEEP_CT_USED
+            else []
+        ),
         deep_ct_pretrain_usage=deep_ct_pretrain_usage(),
         treatment_benefit=(
             ["results/report/treatment_benefit.tsv"] if TREATMENT["column"] else []

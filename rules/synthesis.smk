@@ -136,6 +136,23 @@ use rule radiomics as synthesis_radiomics with:
         patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
 
 
+use rule ct_cubes as synthesis_ct_cubes with:
+    input:
+        ct="results/synthesis/samples/{variant}/{patient}/draw{draw}_ct.nii.gz",
+        mask="results/synthesis/samples/{variant}/{patient}/draw{draw}_mask.nii.gz",
+    output:
+        cubes="results/synthesis/cubes/{variant}/{patient}/draw{draw}.npz",
+    log:
+        "logs/synthesis/cubes/{variant}/{patient}_draw{draw}.log",
+    benchmark:
+        "benchmarks/synthesis/cubes/{variant}/{patient}_draw{draw}.tsv"
+    wildcard_constraints:
+        variant="real",
+        draw=r"\d+",
+    params:
+        patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
+
+
 rule synthesis_quality:
     input:
         samples=synthesis_sample_files("ct.nii.gz"),

@@ -10,6 +10,7 @@ from radpath.deep_ct_cohort import (
     plot_training_curves,
     read_folds,
     start_comparison,
+    synthetic_comparison,
     training_summary,
 )
 from radpath.io import read_tsv, write_tsv
@@ -35,4 +36,6 @@ write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
           snakemake.output.summary, index=False)
 write_tsv(start_comparison(scores, p.members, p.start, outcomes, endpoint, p.bootstrap, p.seed),
           snakemake.output.starts, index=False)
+write_tsv(synthetic_comparison(scores, p.members, outcomes, endpoint, p.bootstrap, p.seed),
+          snakemake.output.synthetic, index=False)
 plot_training_curves(histories, endpoint, snakemake.output.curves)

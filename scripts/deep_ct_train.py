@@ -19,4 +19,5 @@ train_fold_job(
     checkpoint_dir=p.checkpoints,
     outputs=snakemake.output,
     threads=snakemake.threads,
+    synthetic_paths=list(snakemake.input.synthetic),
 )

@@ -37,6 +37,7 @@ def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
 
     workdir = tmp_path_factory.mktemp("run")
     config = write_config(workdir / "config.yaml", small_cohort, with_deep_ct=True,
-                          with_synthesis=True, **FAST_STATS)
+                          with_synthesis=True, deep_ct={"synthetic_augmentation": True},
+                          **FAST_STATS)
     run(workdir, config)
     return workdir, config

@@ -100,6 +100,7 @@ def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
         ),
         [args.cubes],
         settings["on_error"],
+        upstream=args.upstream,
     )
 
 
@@ -237,6 +238,9 @@ def add_patient_images(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
     sub.add_argument("--mask-segment", default="",
                      help="DICOM-SEG segment number or label ('' = the only segment)")
+    sub.add_argument("--upstream", action="append", default=[],
+                     help="an input an earlier job may have marked as excluded (the patient "
+                          "stays excluded); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,8 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--params", required=True, help="pyradiomics parameter file")
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
-    sub.add_argument("--upstream", action="append", default=[],
-                     help="an input an earlier job may have marked as excluded; repeatable")
 
     sub = command("synthesis-layout", synthesis_layout,
                   "CT + tumour mask -> the synthesis layout (lungs, nodule) on the model grid")

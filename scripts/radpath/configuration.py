@@ -248,6 +248,13 @@ def deep_ct_problems(config: Mapping) -> list[str]:
     if bool(pretrain.get("patients")) != bool(pretrain.get("clinical")):
         problems.append("config: deep_ct.pretrain: patients and clinical sheets go together "
                         "(set both, or neither)")
+    if deep_ct.get("synthetic_augmentation"):
+        if not (config.get("synthesis") or {}).get("enabled"):
+            problems.append("config: deep_ct.synthetic_augmentation needs synthesis.enabled "
+                            "(the synthetic CTs come from that branch)")
+        if (deep_ct.get("cubes") or {}).get("channels"):
+            problems.append("config: deep_ct.synthetic_augmentation: synthetic CTs have no "
+                            "extra images (deep_ct.cubes.channels must be empty)")
     endpoints = declared_endpoints(config.get("endpoints") or {})
     for name in pretrain.get("endpoints") or {}:
         if name not in endpoints:
@@ -276,10 +283,12 @@ def pretrain_endpoints(config: Mapping) -> dict[str, dict]:
 
 
 RANDOM_START_SUFFIX = "-random_start"
+WITHOUT_SYNTHETIC_SUFFIX = "-without_synthetic"
 # Keys of the config section deep_ct that do not change how one network trains: a training
-# job's settings leave them out, so changing them re-runs no training.
+# job's settings leave them out, so changing them re-runs no training (the member spec
+# carries synthetic_augmentation).
 DEEP_CT_CONFIG_ONLY_KEYS = ("cubes", "threads", "init", "pretrain", "compare_random_start",
-                            "gradcam_patients")
+                            "gradcam_patients", "synthetic_augmentation")
 
 
 def deep_ct_training_settings(deep_ct: Mapping) -> dict:
@@ -291,11 +300,16 @@ def deep_ct_members(deep_ct: Mapping) -> dict[str, dict]:
     """The networks trained per endpoint and fold, by name: each network on every scale
     stacked as channels (view `channels`), or one per network and scale (`per_scale`, e.g.
     `resnet10-37.5mm`), soft-voted. {name: {network, edges_mm (None = all scales), start,
-    compares}}: `start` is deep_ct_start's; with a start other than random and
-    `compare_random_start`, each member has a twin `<name>-random_start` trained from a
+    compares, twin, synthetic}}: `start` is deep_ct_start's; with a start other than random
+    and `compare_random_start`, each member has a twin `<name>-random_start` trained from a
     random start (`compares`: the member it twins; None for the members that form the
-    block), so the report can show what the pretrained start changed."""
+    block), so the report can show what the pretrained start changed. With
+    synthetic_augmentation, the members train with synthetic CTs of their fit patients
+    (`synthetic: True`) and each has a twin `<name>-without_synthetic` (`twin:
+    without_synthetic`) trained without them. (Keys only where they apply: a member's spec
+    is a job parameter, and an unchanged spec re-runs nothing.)"""
     start = deep_ct_start(deep_ct)
+    synthetic = bool(deep_ct.get("synthetic_augmentation", False))
     members = {}
     for network in deep_ct["networks"]:
         if deep_ct["view"] == "channels":
@@ -303,11 +317,17 @@ def deep_ct_members(deep_ct: Mapping) -> dict[str, dict]:
         else:
             for edge in deep_ct["cubes"]["edges_mm"]:
                 members[f"{network}-{edge:g}mm"] = {"network": network, "edges_mm": [edge]}
-    primary = {name: {**spec, "start": start, "compares": None} for name, spec in members.items()}
-    if start == "random" or not deep_ct.get("compare_random_start", True):
-        return primary
-    twins = {f"{name}{RANDOM_START_SUFFIX}": {**spec, "start": "random", "compares": name}
-             for name, spec in members.items()}
+    primary = {name: {**spec, "start": start, "compares": None}
+               | ({"synthetic": True} if synthetic else {}) for name, spec in members.items()}
+    twins = {}
+    if start != "random" and deep_ct.get("compare_random_start", True):
+        twins |= {f"{name}{RANDOM_START_SUFFIX}": {**spec, "start": "random", "compares": name}
+                  for name, spec in primary.items()}
+    if synthetic:
+        twins |= {f"{name}{WITHOUT_SYNTHETIC_SUFFIX}": {**spec, "compares": name,
+                                                        "twin": "without_synthetic",
+                                                        "synthetic": False}
+                  for name, spec in primary.items()}
     return primary | twins
 
 

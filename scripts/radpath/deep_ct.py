@@ -66,6 +66,7 @@ from radpath.deep_ct_cohort import (  # noqa: F401 (assign_folds re-exported: on
     HELDOUT,
     INNER,
     LEFT_OUT,
+    SYNTHETIC,
     VALIDATION,
     assign_folds,
 )
@@ -949,6 +950,7 @@ def train_fold(
     device: str | torch.device | None = None,
     progress: Callable[[dict], None] | None = None,
     seed_name: str | None = None,
+    synthetic_cubes: Mapping[str, np.ndarray] | None = None,
 ) -> FoldResult:
     """Train the member of fold `fold` and score its held-out fold and the validation
     patients.
@@ -961,6 +963,10 @@ def train_fold(
     Under the landmark loss, fit patients censored before the landmark have role left_out.
     `seed_name` (default `member`) names the member in its seed: a random-start twin of a
     pretrained member draws the same batches and augmentations as the member it twins.
+    `synthetic_cubes` {training patient: (S, C, G, G, G)}: synthetic CTs made from that
+    patient's layout; they join the fit part (with the patient's time and event) of the
+    folds where the patient is fitted on, and nothing else (usage role `synthetic`, IDs
+    `<patient>~synthetic<k>`).
     """
     settings = training_settings(settings)
     ids = [str(p) for p in patient_ids]
@@ -983,10 +989,25 @@ def train_fold(
     event = np.asarray(event)
     fit_ids, inner_ids = inner_split(rest, [event[row_of[p]] for p in rest],
                                      settings["inner_fraction"], derive_seed(seed, "fold", fold))
+    fit_rows = [row_of[p] for p in fit_ids]
+    train_cubes, train_ids = cubes, ids
+    train_time, train_event = np.asarray(time, float), event
+    synthetic_ids: list[str] = []
+    extra = [(p, synthetic_cubes[p]) for p in fit_ids if synthetic_cubes and p in synthetic_cubes]
+    if extra:
+        stacked = np.concatenate([np.asarray(c, dtype=np.asarray(cubes).dtype)
+                                  for _, c in extra])
+        sources = [p for p, c in extra for _ in range(len(c))]
+        synthetic_ids = [f"{p}~synthetic{k + 1}" for p, c in extra for k in range(len(c))]
+        train_cubes = np.concatenate([np.asarray(cubes), stacked])
+        train_ids = ids + synthetic_ids
+        train_time = np.concatenate([train_time, [train_time[row_of[p]] for p in sources]])
+        train_event = np.concatenate([event, [event[row_of[p]] for p in sources]])
+        fit_rows += list(range(len(ids), len(train_ids)))
     trained = train_member(
-        cubes, time, event, [row_of[p] for p in fit_ids], [row_of[p] for p in inner_ids],
+        train_cubes, train_time, train_event, fit_rows, [row_of[p] for p in inner_ids],
         settings, derive_seed(seed, "member", seed_name or member, fold), network=network,
-        channels=channels, patient_ids=ids, checkpoint_dir=checkpoint_dir,
+        channels=channels, patient_ids=train_ids, checkpoint_dir=checkpoint_dir,
         init_state=init_state, device=device, progress=progress,
     )
     trained.meta.update({"member": member, "fold": int(fold)})
@@ -999,7 +1020,9 @@ def train_fold(
         "raw": raw, "score": trained.standardise(raw),
     })
     left_out = set(trained.landmark_left_out_ids)
-    roles = ([(p, LEFT_OUT if p in left_out else FIT) for p in trained.fit_ids]
+    synthetic = set(synthetic_ids)
+    roles = ([(p, SYNTHETIC if p in synthetic else LEFT_OUT if p in left_out else FIT)
+              for p in trained.fit_ids]
              + [(p, INNER) for p in trained.inner_ids]
              + [(p, HELDOUT) for p in heldout] + [(p, VALIDATION) for p in validation])
     usage = pd.DataFrame(roles, columns=["patient_id", "role"])

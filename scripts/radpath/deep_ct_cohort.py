@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Roles of a patient in one fold model (usage.tsv): trained on, chose the epoch, scored.
 FIT, INNER, HELDOUT, VALIDATION, LEFT_OUT = "fit", "inner", "heldout", "validation", "left_out"
+SYNTHETIC = "synthetic"  # a synthetic CT of a fit patient, fitted on (synthesis augmentation)
 
 
 def assign_folds(patient_ids: Sequence[str], event: Sequence[int], n_folds: int,
@@ -153,7 +154,7 @@ def training_summary(histories: pd.DataFrame, usage: pd.DataFrame, scores: pd.Da
             "member": member,
             "fold": fold,
             **{f"n_{role}": int((used["role"] == role).sum())
-               for role in (FIT, INNER, HELDOUT, VALIDATION, LEFT_OUT)},
+               for role in (FIT, INNER, HELDOUT, VALIDATION, LEFT_OUT, SYNTHETIC)},
             "epochs": int(hist["epoch"].max()),
             "best_epoch": int(best["epoch"].iloc[0]) if len(best) else 0,
             "inner_cindex": float(best["inner_cindex"].iloc[0]) if len(best) else float("nan"),
@@ -176,17 +177,42 @@ def block_members(members: Mapping[str, Mapping]) -> list[str]:
 def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start: str,
                      outcomes: pd.DataFrame, endpoint: str, B: int, seed: int) -> pd.DataFrame:
     """Validation C of the deep score by start: the configured start (the members that form
-    the block) and, when trained, their random-start twins (members whose `compares` is set),
-    with paired bootstrap CIs of both and of the difference (start - random start). Also the
-    out-of-fold C on the training patients. The start was chosen in the config before any
-    training: this table reports what it changed, it does not choose."""
-    from radpath.survival import bootstrap_cindex
-
-    primary = block_members(members)
-    groups = {START_LABELS[start]: primary}
-    twins = [m for m in members if m not in primary]
+    the block) and, when trained, their random-start twins, with paired bootstrap CIs of
+    both and of the difference (start - random start). Also the out-of-fold C on the
+    training patients. The start was chosen in the config before any training: this table
+    reports what it changed, it does not choose."""
+    twins = [m for m, spec in members.items() if spec["compares"] and not spec.get("twin")]
+    groups = {START_LABELS[start]: block_members(members)}
     if twins:
         groups[START_LABELS["random"]] = twins
+    table = twin_comparison(scores, groups, outcomes, endpoint, B, seed)
+    return table.rename(columns={"variant": "start"})
+
+
+def synthetic_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping],
+                         outcomes: pd.DataFrame, endpoint: str, B: int, seed: int
+                         ) -> pd.DataFrame:
+    """Validation C of the deep score trained with synthetic CTs (the block) and without
+    them (the `without_synthetic` twins), as `start_comparison`; empty without them."""
+    twins = [m for m, spec in members.items() if spec.get("twin") == "without_synthetic"]
+    if not twins:
+        return pd.DataFrame(columns=["variant", *COMPARISON_COLUMNS])
+    groups = {"with synthetic CTs": block_members(members), "without synthetic CTs": twins}
+    return twin_comparison(scores, groups, outcomes, endpoint, B, seed)
+
+
+COMPARISON_COLUMNS = ["members", "n_validation", "events_validation", "validation_c",
+                      "validation_lo", "validation_hi", "difference", "difference_lo",
+                      "difference_hi", "difference_p", "training_oof_c"]
+
+
+def twin_comparison(scores: pd.DataFrame, groups: Mapping[str, list[str]],
+                    outcomes: pd.DataFrame, endpoint: str, B: int, seed: int) -> pd.DataFrame:
+    """Validation C of each group's ensemble (first: the block's members; second, if any:
+    their twins, the reference of the paired difference), and out-of-fold C."""
+    from radpath.survival import bootstrap_cindex
+
+    twins = len(groups) > 1
 
     def ensemble(role: str, group: list[str]) -> pd.Series:
         rows = scores[(scores["role"] == role) & scores["member"].isin(group)]
@@ -196,7 +222,7 @@ def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start
     ids = sorted(set.intersection(*(set(v.index) for v in validation.values())))
     time = outcomes.loc[ids, f"{endpoint}_time"].to_numpy(float)
     event = outcomes.loc[ids, f"{endpoint}_event"].to_numpy(int)
-    reference = START_LABELS["random"] if twins else None
+    reference = list(groups)[1] if twins else None
     if ids and event.sum() > 0:
         table = bootstrap_cindex(time, event, {k: v[ids].to_numpy(float)
                                                for k, v in validation.items()},
@@ -208,7 +234,7 @@ def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start
         if column not in table:
             table[column] = np.nan
     out = pd.DataFrame({
-        "start": table["model"],
+        "variant": table["model"],
         "members": [", ".join(groups[label]) for label in table["model"]],
         "n_validation": table["n"],
         "events_validation": table["events"],
@@ -225,11 +251,11 @@ def start_comparison(scores: pd.DataFrame, members: Mapping[str, Mapping], start
         harrell_c(outcomes.loc[h.index, f"{endpoint}_time"],
                   outcomes.loc[h.index, f"{endpoint}_event"], h.to_numpy(float))
         if len(h) else np.nan
-        for h in (heldout[label] for label in out["start"])
+        for h in (heldout[label] for label in out["variant"])
     ]
-    if twins:  # the difference of a start with itself says nothing
-        out.loc[out["start"] == reference, ["difference", "difference_lo", "difference_hi",
-                                            "difference_p"]] = np.nan
+    if twins:  # the difference of a group with itself says nothing
+        out.loc[out["variant"] == reference, ["difference", "difference_lo", "difference_hi",
+                                              "difference_p"]] = np.nan
     return out
 
 

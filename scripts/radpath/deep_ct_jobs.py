@@ -43,10 +43,34 @@ def load_cube_array(paths: Mapping[str, str], ids: Sequence[str],
     return np.stack(arrays), channels or []
 
 
+def load_synthetic_cubes(paths: Sequence[str], edges_mm: Sequence[float] | None,
+                         channels: Sequence[str]) -> dict[str, np.ndarray]:
+    """{patient: (S, C, G, G, G)} cubes of the synthetic CTs made from the patient's layout
+    (results/synthesis/cubes/real/<patient>/draw<k>.npz; excluded ones skipped)."""
+    by_patient: dict[str, list[np.ndarray]] = {}
+    for path in sorted(paths):
+        patient = Path(path).parent.name
+        reason = exclusion_reason(path)
+        if reason is not None:
+            log.warning("synthetic CT %s left out: %s", path, reason)
+            continue
+        cubes = read_cubes(path)
+        keep = channel_indices(cubes.channels, edges_mm)
+        names = [str(cubes.channels[i]) for i in keep]
+        if names != list(channels):
+            raise ValueError(f"synthetic CT {path}: cube channels {names} differ from the "
+                             f"patients' {list(channels)}")
+        by_patient.setdefault(patient, []).append(cubes.cube[keep])
+    if by_patient:
+        log.info("synthetic CTs of %d patients (%d volumes) join their fit folds",
+                 len(by_patient), sum(len(v) for v in by_patient.values()))
+    return {p: np.stack(v) for p, v in by_patient.items()}
+
+
 def train_fold_job(*, endpoint: str, member: str, fold: int, member_spec: Mapping,
                    settings: Mapping, seed: int, folds_path: str, outcomes_path: str,
                    cube_paths: Sequence[str], init_path: str | None, checkpoint_dir: str,
-                   outputs, threads: int) -> None:
+                   outputs, threads: int, synthetic_paths: Sequence[str] = ()) -> None:
     torch.set_num_threads(max(1, int(threads)))
     folds = read_folds(folds_path)
     outcomes = read_tsv(outcomes_path, index_col="patient_id")
@@ -55,6 +79,7 @@ def train_fold_job(*, endpoint: str, member: str, fold: int, member_spec: Mappin
     validation = list(usable.index[usable["split"] == "validation"])
     paths = {patient_of(p): p for p in cube_paths}
     cubes, channels = load_cube_array(paths, ids, member_spec["edges_mm"])
+    synthetic = load_synthetic_cubes(synthetic_paths, member_spec["edges_mm"], channels)
     network = member_spec["network"]
     init_state = (
         deep_ct.load_init_checkpoint(init_path, network, len(channels), settings["width"])
@@ -71,6 +96,7 @@ def train_fold_job(*, endpoint: str, member: str, fold: int, member_spec: Mappin
         settings, deep_ct.derive_seed(seed, endpoint), member=member, network=network,
         channels=channels, validation_ids=validation, checkpoint_dir=checkpoint_dir,
         init_state=init_state, device=device, seed_name=member_spec.get("compares"),
+        synthetic_cubes=synthetic,
     )
     deep_ct.save_member(outputs.model, result.trained,
                         {"endpoint": endpoint, "init": init_path or ""})

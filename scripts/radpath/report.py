@@ -204,11 +204,12 @@ def treatment_section(table_path: str | Path, plots_dir: str | Path, column: str
     return {"column": column, "rows": rows}
 
 
-def start_rows(starts: str) -> list[dict]:
-    """The validation C of each start (starts.tsv of deep_ct_block), formatted."""
+def start_rows(starts: str, label: str = "start") -> list[dict]:
+    """The validation C of each start (starts.tsv of deep_ct_block), or with and without
+    synthetic CTs (synthetic.tsv, label `variant`), formatted."""
     table = read_tsv(starts)
     return [{
-        "start": r["start"], "members": r["members"],
+        "start": r[label], "members": r["members"],
         "n": int(r["n_validation"]), "events": int(r["events_validation"]),
         "c": fmt_ci(r["validation_c"], r["validation_lo"], r["validation_hi"]),
         "difference": (fmt_ci(r["difference"], r["difference_lo"], r["difference_hi"])
@@ -233,15 +234,17 @@ def pretrain_rows(usage_paths: list[str]) -> list[dict]:
 
 def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[str],
                     endpoints: list[str], starts: list[str] | None = None,
-                    pretrain_usage: list[str] | None = None) -> dict:
+                    pretrain_usage: list[str] | None = None,
+                    synthetic: list[str] | None = None) -> dict:
     """Per endpoint: how many patients trained, early-stopped and were scored by each fold
     model, the held-out folds' C, the training curves, the Grad-CAM montages and, when the
     networks started from pretrained weights, validation C with and without them."""
     starts = starts or [None] * len(endpoints)
+    synthetic = synthetic or [None] * len(endpoints)
     pretrain_usage = pretrain_usage or []
     sections = []
-    for endpoint, summary, curve, maps, start in zip(endpoints, summaries, curves,
-                                                     gradcam_dirs, starts, strict=True):
+    for endpoint, summary, curve, maps, start, with_synthetic in zip(
+            endpoints, summaries, curves, gradcam_dirs, starts, synthetic, strict=True):
         table = read_tsv(summary)
         cams = read_tsv(Path(maps) / "gradcam.tsv") if (Path(maps) / "gradcam.tsv").exists() \
             else pd.DataFrame(columns=["patient_id", "file", "mass_in_mask"])
@@ -255,6 +258,8 @@ def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[
                 {**r, "img": embed_png(Path(maps) / r["file"])} for r in cams.to_dict("records")
             ],
             "starts": start_rows(start) if start else [],
+            "synthetic": start_rows(with_synthetic, "variant") if with_synthetic else [],
+            "n_synthetic": int(table["n_synthetic"].max()) if "n_synthetic" in table else 0,
             "pretrain": pretrain_rows([p for p in pretrain_usage
                                        if Path(p).parts[-3] == endpoint]),
         })
@@ -577,7 +582,8 @@ def render_report(
             deep_ct_section(inputs.deep_ct_summary, inputs.deep_ct_curves,
                             inputs.deep_ct_gradcam, endpoints,
                             getattr(inputs, "deep_ct_starts", None),
-                            getattr(inputs, "deep_ct_pretrain_usage", None))
+                            getattr(inputs, "deep_ct_pretrain_usage", None),
+                            getattr(inputs, "deep_ct_synthetic", None))
             if getattr(inputs, "deep_ct_summary", None) else {}
         ),
         "synthesis": (

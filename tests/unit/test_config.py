@@ -298,3 +298,24 @@ def test_pretraining_endpoint_columns_default_to_the_runs():
         "os": {"time": "months", "event": "died", "not_after": None},
         "pfs": {"time": "pfs_time", "event": "pfs_event", "not_after": None},
     }
+
+
+def test_synthetic_augmentation_trains_twins_without_it_and_needs_the_synthesis_branch():
+    deep_ct = default_config()["deep_ct"] | {"synthetic_augmentation": True,
+                                             "pretrain": {"patients": "", "clinical": ""}}
+    members = configuration.deep_ct_members(deep_ct)
+    assert members == {
+        "resnet10": {"network": "resnet10", "edges_mm": None, "start": "random",
+                     "compares": None, "synthetic": True},
+        "resnet10-without_synthetic": {"network": "resnet10", "edges_mm": None,
+                                       "start": "random", "compares": "resnet10",
+                                       "twin": "without_synthetic", "synthetic": False},
+    }
+    pretrained = configuration.deep_ct_members(default_config()["deep_ct"]
+                                               | {"synthetic_augmentation": True})
+    assert pretrained["resnet10-random_start"]["synthetic"] is True
+    assert set(pretrained) == {"resnet10", "resnet10-random_start",
+                               "resnet10-without_synthetic"}
+    assert_problem(lambda c: (c["deep_ct"].update(synthetic_augmentation=True),
+                              c["synthesis"].update(enabled=False)),
+                   "config: deep_ct.synthetic_augmentation needs synthesis.enabled")

@@ -21,7 +21,15 @@ from deep_ct_data import CHANNELS, corner_blob_cohort, sphere_cohort
 from interrupt import signal_when_written
 
 from radpath import deep_ct as dc
-from radpath.deep_ct_cohort import FIT, HELDOUT, INNER, VALIDATION, check_usage, harrell_c
+from radpath.deep_ct_cohort import (
+    FIT,
+    HELDOUT,
+    INNER,
+    SYNTHETIC,
+    VALIDATION,
+    check_usage,
+    harrell_c,
+)
 
 NO_AUGMENTATION = dict.fromkeys(dc.DEFAULTS["augmentation"], False)
 ALL_AUGMENTATION = dict.fromkeys(dc.DEFAULTS["augmentation"], True)
@@ -320,6 +328,33 @@ def test_a_k_fold_run_never_scores_a_patient_with_a_model_that_saw_it(tmp_path):
     with pytest.raises(ValueError, match="validation patients in training folds"):
         dc.train_fold(cubes, ids, time_, event, folds, 1, TINY, 9, member="m",
                       network="resnet10", channels=CHANNELS, validation_ids=[training[0]])
+
+
+def test_synthetic_cts_join_only_the_folds_that_fit_their_patient():
+    cubes, time_, event = tiny_cohort(n=30, grid=8, seed=3)
+    ids = [f"P{i:02d}" for i in range(30)]
+    training, validation = ids[:24], ids[24:]
+    folds = dc.assign_folds(training, event[:24], 3, seed=2)
+    rng = np.random.default_rng(0)
+    # synthetic CTs of every training patient, and one of a validation patient (never used)
+    synthetic = {p: rng.normal(size=(2, *cubes.shape[1:])).astype(cubes.dtype)
+                 for p in training + validation[:1]}
+    for fold in (1, 2):
+        result = dc.train_fold(cubes, ids, time_, event, folds, fold, TINY | {"epochs": 1}, 9,
+                               member="m", network="resnet10", channels=CHANNELS,
+                               validation_ids=validation, device="cpu",
+                               synthetic_cubes=synthetic)
+        roles = result.usage.groupby("role")["patient_id"].apply(set)
+        fit = roles[FIT]
+        assert roles[SYNTHETIC] == {f"{p}~synthetic{k}" for p in fit for k in (1, 2)}
+        assert fit == {p for p in result.trained.fit_ids if "~" not in p}
+        assert not any("~" in p for p in result.scores["patient_id"])
+        assert not any("~" in p for p in result.trained.inner_ids)
+        assert len(result.trained.fit_ids) == 3 * len(fit)  # each fit patient + 2 synthetic
+    without = dc.train_fold(cubes, ids, time_, event, folds, 1, TINY | {"epochs": 1}, 9,
+                            member="m", network="resnet10", channels=CHANNELS,
+                            validation_ids=validation, device="cpu")
+    assert SYNTHETIC not in set(without.usage["role"])
 
 
 def test_landmark_training_leaves_early_censored_fit_patients_out():

@@ -16,6 +16,7 @@ from radpath.deep_ct_cohort import (
     harrell_c,
     read_folds,
     start_comparison,
+    synthetic_comparison,
 )
 from radpath.io import write_tsv
 from radpath.jobs import write_exclusion
@@ -171,3 +172,25 @@ def test_start_comparison_reports_both_starts_on_the_same_validation_patients(tm
     alone = start_comparison(pretrained, {"net": {"compares": None}}, "pretrain", out, "os",
                              B=50, seed=1)
     assert len(alone) == 1 and np.isnan(alone["difference"].iloc[0])
+
+
+def test_synthetic_comparison_pairs_the_block_with_its_twins_without_synthetic_cts(tmp_path):
+    out = outcomes(n=120)
+    cubes = {pid: str(tmp_path / f"{pid}.npz") for pid in out.index}
+    for path in cubes.values():
+        np.savez(path, cube=np.zeros(1))
+    _, scores = usage_and_scores(fold_table(out, "os", cubes, 3, seed=1))
+    good = scores.assign(score=-out.loc[scores["patient_id"], "os_time"].to_numpy())
+    twin = scores.assign(member="net-without_synthetic",
+                         score=np.random.default_rng(1).normal(size=len(scores)))
+    members = {"net": {"compares": None, "synthetic": True},
+               "net-without_synthetic": {"compares": "net", "twin": "without_synthetic"}}
+    table = synthetic_comparison(pd.concat([good, twin]), members, out, "os", B=100, seed=1)
+    assert list(table["variant"]) == ["with synthetic CTs", "without synthetic CTs"]
+    assert table["difference"].iloc[0] > 0 and np.isnan(table["difference"].iloc[1])
+    # the random-start comparison leaves these twins out, and no twins: an empty table
+    starts = start_comparison(pd.concat([good, twin]), members, "random", out, "os", B=50,
+                              seed=1)
+    assert list(starts["start"]) == ["random start"]
+    assert synthetic_comparison(good, {"net": {"compares": None}}, out, "os", B=50,
+                                seed=1).empty

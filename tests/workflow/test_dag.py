@@ -485,3 +485,17 @@ def test_synthesis_plans_training_patients_only_and_a_sampling_change_keeps_the_
     assert not [f for f in files if f.startswith("results/synthesis/layouts/")]
     assert [f for f in files if f.startswith("results/synthesis/samples/")]
     assert "results/synthesis/quality.tsv" in files
+
+
+def test_synthetic_augmentation_plans_cubes_of_synthetic_cts_and_twins_without_them(tmp_path):
+    write_placeholder_cohort(tmp_path / "data", n_patients=20, slides_per_patient=1)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", with_deep_ct=True,
+                          with_synthesis=True, deep_ct={"synthetic_augmentation": True})
+    files = dry_run(tmp_path, config)
+    cubes = [f for f in files if f.startswith("results/synthesis/cubes/real/")]
+    assert len(cubes) == yaml.safe_load(config.read_text())["synthesis"]["layouts"]
+    assert {member for _, member, _ in trained_members(files)} == {
+        "resnet10", "resnet10-without_synthetic"}
+    assert "results/deep_ct/os/synthetic.tsv" in files
+    without = write_config(tmp_path / "plain.yaml", tmp_path / "data", with_deep_ct=True)
+    assert not [f for f in dry_run(tmp_path, without) if f.startswith("results/synthesis/")]

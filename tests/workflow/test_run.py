@@ -148,7 +148,8 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
         assert set(block.index) == set(split.index)
         summary = pd.read_csv(base / "training_summary.tsv", sep="\t")
         assert sorted(zip(summary["member"], summary["fold"], strict=True)) == [
-            (member, k) for member in ("resnet10", "resnet10-random_start") for k in (1, 2, 3)]
+            (member, k) for member in ("resnet10", "resnet10-random_start",
+                                       "resnet10-without_synthetic") for k in (1, 2, 3)]
         assert (summary["best_epoch"] >= 1).all()
         assert not list(base.glob("*/fold*/checkpoints"))  # removed once a job finished
         cams = pd.read_csv(base / "gradcam/gradcam.tsv", sep="\t")
@@ -210,7 +211,26 @@ def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finish
     assert set(voxels["patient_id"]) == heldout and (voxels["mae_hu"] > 0).all()
     radiomics = list((workdir / "results/synthesis/radiomics/real").glob("*/draw*/features.tsv"))
     assert len(radiomics) == config["layouts"] * config["draws"]
+    # augmentation of the deep CT models: a fold model fits the synthetic CTs of its own fit
+    # patients only; the twins without them train on the same real patients
+    sources = {p.parts[-2] for p in samples if p.parts[-3] == "real"}
+    for endpoint in ("os", "pfs"):
+        base = workdir / "results/deep_ct" / endpoint
+        for k in (1, 2, 3):
+            usage = read_tsv(base / f"resnet10/fold{k}/usage.tsv")
+            fit = set(usage["patient_id"][usage["role"].isin(["fit", "left_out"])])
+            synthetic = usage["patient_id"][usage["role"] == "synthetic"]
+            assert {p.split("~")[0] for p in synthetic} == fit & sources
+            twin = read_tsv(base / f"resnet10-without_synthetic/fold{k}/usage.tsv")
+            assert "synthetic" not in set(twin["role"])
+            assert twin[["patient_id", "role"]].equals(
+                usage[usage["role"] != "synthetic"][["patient_id", "role"]].reset_index(
+                    drop=True))
+        compared = read_tsv(base / "synthetic.tsv")
+        assert list(compared["variant"]) == ["with synthetic CTs", "without synthetic CTs"]
+        assert compared["validation_c"].between(0, 1).all()
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "What synthetic CTs changed." in html
     assert "Synthetic CT: layout-conditioned 3D diffusion (Lung-DDPM)" in html
     assert 'alt="real vs synthetic"' in html and 'alt="DDPM training loss"' in html
 
