@@ -102,7 +102,7 @@ def group_submissions(snakemake_output: str, group: str) -> list[str]:
 # Rules that ask for a GPU: tile embedding, PathoSig's clustering training and assignment,
 # deep CT pretraining, training and Grad-CAM.
 GPU_RULES = {"slide_embedding", "pathosig_train", "pathosig_assign", "deep_ct_pretrain",
-             "deep_ct_train", "deep_ct_gradcam"}
+             "deep_ct_train", "deep_ct_gradcam", "synthesis_train", "synthesis_sample"}
 
 
 def job_record(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
@@ -154,7 +154,8 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     # `all` has no action and stays local; the radiomics and slide tiling jobs are bundled
     # by group-components.
     planned.pop("all")
-    bundled = {group: planned.pop(group) for group in ("radiomics", "slide_tiles", "ct_cubes")}
+    bundled = {group: planned.pop(group)
+               for group in ("radiomics", "slide_tiles", "ct_cubes", "synthesis_layout")}
     expected = sum(planned.values()) + sum(
         math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
         for group, n_jobs in bundled.items()
@@ -172,8 +173,9 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     assert len(by_rule["slide_embedding"]) == planned["slide_embedding"]
     assert len(by_rule["pathosig_assign"]) == planned["pathosig_assign"] > 0
     # One deep CT training job per endpoint x network x fold (2 x 1 x 3), from the pretrained
-    # start (no random-start twins here); one pretraining job per endpoint x network.
-    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 6
+    # start (no random-start twins here), and as many twins without synthetic CTs; one
+    # pretraining job per endpoint x network.
+    assert len(by_rule["deep_ct_train"]) == planned["deep_ct_train"] == 12
     assert len(by_rule["deep_ct_pretrain"]) == planned["deep_ct_pretrain"] == 2
     for rule, rule_records in by_rule.items():
         for record in rule_records:
