@@ -269,11 +269,12 @@ def deep_ct_member_files(name, members=None):
 def deep_ct_start_file(wildcards):
     """The weights a training job starts from: its endpoint's pretrained network, the
     config's checkpoint, or none (a random start, also for the random-start twins)."""
-    start = DEEP_CT_MEMBERS[wildcards.member]["start"]
-    if start == "pretrain":
-        return [
-            f"results/deep_ct_pretrain/{wildcards.endpoint}/{wildcards.member}/model.pt"
-        ]
+    spec = DEEP_CT_MEMBERS[wildcards.member]
+    if spec["start"] == "pretrain":
+        # a twin without synthetic CTs starts from the network it twins: one pretraining
+        pretrained = spec["compares"] or wildcards.member
+        return [f"results/deep_ct_pretrain/{wildcards.endpoint}/{pretrained}/model.pt"]
+    start = spec["start"]
     return [DEEP_CT["init"]] if start == "init" else []
 
 

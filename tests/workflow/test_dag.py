@@ -497,5 +497,13 @@ def test_synthetic_augmentation_plans_cubes_of_synthetic_cts_and_twins_without_t
     assert {member for _, member, _ in trained_members(files)} == {
         "resnet10", "resnet10-without_synthetic"}
     assert "results/deep_ct/os/synthetic.tsv" in files
+    # with a pretraining cohort the twins start from the same pretrained network
+    write_placeholder_cohort(tmp_path / "data" / "pretrain", n_patients=8, seed=1)
+    pretrained = write_config(tmp_path / "pretrain.yaml", tmp_path / "data", with_deep_ct=True,
+                              with_synthesis=True, deep_ct={"synthetic_augmentation": True})
+    files = dry_run(tmp_path, pretrained)
+    assert sorted(f for f in files if f.startswith("results/deep_ct_pretrain/")
+                  and f.endswith("model.pt")) == [
+        f"results/deep_ct_pretrain/{e}/resnet10/model.pt" for e in ("os", "pfs")]
     without = write_config(tmp_path / "plain.yaml", tmp_path / "data", with_deep_ct=True)
     assert not [f for f in dry_run(tmp_path, without) if f.startswith("results/synthesis/")]
