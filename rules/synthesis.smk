@@ -129,12 +129,12 @@ use rule radiomics as synthesis_radiomics with:
         "logs/synthesis/radiomics/{variant}/{patient}_draw{draw}.log",
     benchmark:
         "benchmarks/synthesis/radiomics/{variant}/{patient}_draw{draw}.tsv"
-    # Not bundled with the run's radiomics jobs: these become ready one by one.
-    group:
-        "synthesis_radiomics"
     wildcard_constraints:
         variant="real|fresh|heldout",
         draw=r"\d+",
+    # Not bundled with the run's radiomics jobs: these become ready one by one.
+    group:
+        "synthesis_radiomics"
     params:
         patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
 
@@ -149,11 +149,11 @@ use rule ct_cubes as synthesis_ct_cubes with:
         "logs/synthesis/cubes/{variant}/{patient}_draw{draw}.log",
     benchmark:
         "benchmarks/synthesis/cubes/{variant}/{patient}_draw{draw}.tsv"
-    group:
-        "synthesis_ct_cubes"
     wildcard_constraints:
         variant="real",
         draw=r"\d+",
+    group:
+        "synthesis_ct_cubes"
     params:
         patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
 
