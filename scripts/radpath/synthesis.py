@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from radpath.configuration import SYNTHESIS_TRAINING_KEYS
-from radpath.deep_ct import autocast_dtype, derive_seed, deterministic, exit_on_sigterm
+from radpath.deep_ct import (
+    _cpu_state,
+    autocast_dtype,
+    derive_seed,
+    deterministic,
+    exit_on_sigterm,
+)
 from radpath.training import (
     backward_step,
     find_resumable_checkpoint,
@@ -215,10 +221,6 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def _ema_decay(decay: float, step: int) -> float:
     """The EMA decay at `step`: warmed up as (1 + step) / (10 + step), at most `decay`."""
     return min(decay, (1 + step) / (10 + step))
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def step_batch(seed: int, step: int, n: int, batch_size: int, timesteps: int, size: int
