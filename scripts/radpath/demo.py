@@ -557,6 +557,10 @@ def sample_cohort(
             "ct": [f"ct/{pid}_ct.nii.gz" for pid in ids],
             "mask": [f"ct/{pid}_mask.nii.gz" for pid in ids],
             "mask_label": LESION_LABEL,
+            # The lungs are known for every patient; the sheet names them for half, so the
+            # synthesis layouts of the other half come from the classic segmentation.
+            "lung_label": pd.array([LUNG_LABEL if i % 2 == 0 else None
+                                    for i in range(n_patients)], dtype="Int64"),
             "scanner": [s.name for s in scanners],
             "kernel": [s.kernel for s in scanners],
             "slice_thickness": [s.slice_thickness for s in scanners],

@@ -92,39 +92,130 @@ def _ellipsoid(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
     return distance <= 1.0
 
 
-def segment_lungs(ct: sitk.Image, settings: Mapping) -> np.ndarray:
-    """Boolean (z, y, x) lungs of a CT in HU: voxels below threshold_hu; 3D components,
-    without those whose median is below air_hu (air outside the body, trachea) or smaller
-    than min_volume_ml; the largest max_components kept; closed with a ball of
-    closing_mm (vessels at the lung border) and holes filled (vessels, nodules), in 3D and
-    per axial slice."""
+class LungSearch(NamedTuple):
+    """What `segment_lungs` found: the lungs and an account of the low-density regions it
+    looked at (the error message when no lung is found)."""
+
+    lungs: np.ndarray
+    candidates: int
+    outside_air: int
+    outside_body: int
+    enclosed_air: int
+    airway_ml: float
+    too_small: int
+
+    def describe(self, settings: Mapping) -> str:
+        return (f"searched {self.candidates} regions below {settings['threshold_hu']} HU: "
+                f"{self.outside_air} air around the body, {self.outside_body} outside the body "
+                f"(table, clothing), {self.enclosed_air} all air inside it (below "
+                f"{settings['air_hu']} HU), {self.too_small} smaller than "
+                f"{settings['min_volume_ml']} ml; {self.airway_ml:.1f} ml of airways removed")
+
+
+def _slicewise_fill(mask: np.ndarray) -> np.ndarray:
+    filled = np.empty_like(mask)
+    for z in range(mask.shape[0]):
+        filled[z] = ndimage.binary_fill_holes(mask[z])
+    return filled
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def _in_plane_border(shape: Sequence[int]) -> np.ndarray:
+    border = np.zeros(shape, bool)
+    border[:, [0, -1], :] = True
+    border[:, :, [0, -1]] = True
+    return border
+
+
+def _airways(candidates: np.ndarray, hu: np.ndarray, body: np.ndarray, air_hu: float
+             ) -> np.ndarray:
+    """Trachea and main bronchi: air (below air_hu) inside the body that enters the scan
+    through its first or last axial slice, grown through the candidates. Not removed when it
+    spreads through most of the candidates (air-filled lung, not an airway tree)."""
+    air = candidates & (hu < air_hu)
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return np.zeros_like(air)
+    ends = np.zeros_like(air)
+    ends[[0, -1]] = True
+    entering = np.unique(labels[ends & air & body])
+    airways = np.isin(labels, entering[entering > 0])
+    return airways if airways.sum() < 0.5 * candidates.sum() else np.zeros_like(air)
+
+
+def segment_lungs(ct: sitk.Image, settings: Mapping) -> LungSearch:
+    """Lungs of a CT in HU as a boolean (z, y, x) mask, for full chest scans and for crops
+    whose field of view cuts through the lung.
+
+    The body is the largest connected region at or above threshold_hu, filled in every axial
+    slice, so that in a full chest scan it encloses the lungs and airways but not the air
+    around the patient or the table. Regions below threshold_hu are lung candidates when
+    most of their voxels lie inside the body, or when they reach the in-plane border of the
+    field of view (a crop through the lung) and are not air (at most outside_air_fraction
+    of their voxels below air_hu; lung parenchyma has a few percent). Regions of neither kind
+    (air around the patient, the table's foam core) are dropped, as are the trachea and main
+    bronchi (`_airways`) and enclosed regions that are all air (median below air_hu: bowel
+    gas, a separate trachea). The largest max_components regions of at least min_volume_ml
+    are closed with a ball of closing_mm (vessels at the lung border) and their holes filled
+    (vessels, nodules), in 3D and per axial slice."""
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     spacing_zyx = ct.GetSpacing()[::-1]
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    air_hu = float(settings["air_hu"])
     low = hu < float(settings["threshold_hu"])
+    body = _slicewise_fill(_largest_component(~low))
     labels, count = ndimage.label(low)
-    if count == 0:
-        return np.zeros(hu.shape, bool)
     index = np.arange(1, count + 1)
     sizes = ndimage.sum_labels(low, labels, index)
-    medians = ndimage.median(hu, labels, index)
-    keep = [(size, label) for size, label, median in zip(sizes, index, medians, strict=True)
-            if median >= float(settings["air_hu"])
-            and size * voxel_ml >= float(settings["min_volume_ml"])]
-    keep = sorted(keep, reverse=True)[: int(settings["max_components"])]
-    lungs = np.isin(labels, [label for _, label in keep])
+    inside = ndimage.sum_labels(body & low, labels, index)
+    air_share = ndimage.sum_labels(hu < air_hu, labels, index) / np.maximum(sizes, 1)
+    medians = ndimage.median(hu, labels, index) if count else np.zeros(0)
+    at_border = np.zeros(count + 1, bool)
+    at_border[np.unique(labels[_in_plane_border(hu.shape)])] = True
+    outside_air = outside_body = enclosed_air = 0
+    keep = []
+    for label, size, enclosed, share, median in zip(index, sizes, inside, air_share, medians,
+                                                     strict=True):
+        if enclosed >= 0.5 * size:
+            if median >= air_hu:
+                keep.append(label)
+            else:
+                enclosed_air += 1
+        elif at_border[label] and share <= float(settings["outside_air_fraction"]):
+            keep.append(label)
+        elif at_border[label]:
+            outside_air += 1
+        else:
+            outside_body += 1
+    candidates = np.isin(labels, keep)
+    airways = _airways(candidates, hu, body, air_hu)
+    candidates &= ~airways
+    parts, n_parts = ndimage.label(candidates)
+    volumes = np.bincount(parts.ravel(), minlength=n_parts + 1)[1:] * voxel_ml
+    big = [(volume, part) for part, volume in enumerate(volumes, start=1)
+           if volume >= float(settings["min_volume_ml"])]
+    chosen = [part for _, part in sorted(big, reverse=True)[: int(settings["max_components"])]]
+    lungs = np.isin(parts, chosen)
+    search = dict(candidates=int(count), outside_air=outside_air, outside_body=outside_body,
+                  enclosed_air=enclosed_air,
+                  airway_ml=float(airways.sum() * voxel_ml), too_small=n_parts - len(big))
     if not lungs.any():
-        return lungs
+        return LungSearch(lungs, **search)
     radius = float(settings["closing_mm"])
     if radius > 0:
         ball = _ellipsoid(radius, spacing_zyx)
         pad = [(h, h) for h in (np.array(ball.shape) // 2)]
-        lungs = ndimage.binary_closing(np.pad(lungs, pad), ball)[
+        lungs = ndimage.binary_closing(np.pad(lungs, pad, mode="edge"), ball)[
             tuple(slice(p, -p if p else None) for p, _ in pad)]
-    lungs = ndimage.binary_fill_holes(lungs)
-    for z in range(lungs.shape[0]):
-        lungs[z] = ndimage.binary_fill_holes(lungs[z])
-    return lungs
+    lungs = _slicewise_fill(ndimage.binary_fill_holes(lungs))
+    return LungSearch(lungs, **search)
 
 
 def make_layout(nodule: np.ndarray, lungs: np.ndarray) -> np.ndarray:

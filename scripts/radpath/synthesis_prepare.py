@@ -42,12 +42,13 @@ def layout_job(*, images: Mapping, lung_label: str, settings: Mapping, npz_out: 
         lungs = lungs_from_label(images["mask_path"], int(float(lung_label)), ct, patient)
         source = f"mask label {int(float(lung_label))}"
     else:
-        lungs = segment_lungs(ct, settings["lungs"])
+        search = segment_lungs(ct, settings["lungs"])
+        lungs = search.lungs
         source = "segmented from the CT"
         if not lungs.any():
             raise LayoutError(f"patient {patient}: CT {images['ct_path']}: no lung found "
-                                 f"below {settings['lungs']['threshold_hu']} HU (set "
-                                 "lung_label in the patients sheet, or synthesis.lungs)")
+                              f"({search.describe(settings['lungs'])}); set lung_label in "
+                              "the patients sheet, or synthesis.lungs")
     layout = make_layout(nodule, lungs)
     layout_image = sitk.GetImageFromArray(layout)
     layout_image.CopyInformation(ct)

@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from radpath import demo
 
-PATIENT_COLUMNS = ["patient_id", "ct", "mask", "mask_label", "scanner", "kernel", "slice_thickness"]
+PATIENT_COLUMNS = ["patient_id", "ct", "mask", "mask_label", "lung_label", "scanner", "kernel",
+                   "slice_thickness"]
 CLINICAL_COLUMNS = [
     "patient_id",
     "age",
@@ -77,6 +78,8 @@ def test_sheets_have_expected_columns_and_valid_values(cohort_dir):
     assert patients.patient_id.is_unique
     assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", pid) for pid in patients.patient_id)
     assert (patients.mask_label == demo.LESION_LABEL).all()
+    assert patients.lung_label.isna().tolist() == [False, True] * 3  # both lung paths
+    assert (patients.lung_label.dropna() == demo.LUNG_LABEL).all()
     assert all(
         (cohort_dir / rel).is_file() and not rel.startswith("/")
         for rel in patients.ct.tolist() + patients["mask"].tolist()
