@@ -37,6 +37,12 @@ RUN_ID = re.compile(r"SLURM run ID: (\S+)")
 RUN_TIMEOUT_S = 3000
 # A run whose status command cannot answer must stop before this (it used to hang).
 FAIL_FAST_S = 180
+# The shipped profile leaves the plugin's status polling at its defaults (first query 40 s
+# after a job finishes, 10 s more after each query that finds none done), sized for a busy
+# cluster's scheduler. Seconds-long test jobs would spend most of the run waiting for it, so
+# the shipped-profile run polls sooner; every request, group and limit stays the profile's.
+FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2",
+                "--seconds-between-status-checks", "2")
 
 
 def site_profile(folder: Path, cluster: SlurmCluster, status_command: str | None = "squeue"
@@ -143,7 +149,7 @@ def cluster_run(slurm_cluster, local_run, tmp_path_factory):
     settings["deep_ct"]["compare_random_start"] = False
     config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     started = time.monotonic()
-    result = run_on_cluster(slurm_cluster, workdir, config, profile=profile)
+    result = run_on_cluster(slurm_cluster, workdir, config, *FAST_POLLING, profile=profile)
     print(f"shipped-profile run on SLURM: {time.monotonic() - started:.0f} s")
     return workdir, profile, config, result.stdout + result.stderr
 
