@@ -40,7 +40,7 @@ def expected(config: dict) -> dict[str, tuple[list[str], str]]:
                                 "<h2>PathoSig: phenotype clusters")
     if uses_block(config, "deep_ct"):
         sections["deep CT"] = ([f"results/deep_ct/{e}/training_summary.tsv" for e in endpoints]
-                               + [f"results/deep_ct/{e}/gradcam.tsv" for e in endpoints],
+                               + [f"results/deep_ct/{e}/gradcam/gradcam.tsv" for e in endpoints],
                                "<h2>Deep CT models")
     if config["synthesis"]["enabled"]:
         sections["synthesis"] = (["results/synthesis/quality.tsv"], "<h2>Synthetic CT")

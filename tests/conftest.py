@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root and small synthetic cohorts made by the demo generator."""
+"""Shared fixtures: the repository root, small synthetic cohorts made by the demo generator,
+the demo's finished run and a small run of every branch."""
 
 from __future__ import annotations
 
@@ -28,16 +29,36 @@ def small_cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
-    """The whole workflow run locally on `small_cohort`: (workdir, config file).
+def demo_run(tmp_path_factory):
+    """The shipped demo's finished run (`demo_run.FinishedRun`): the checkout's own when
+    `make demo` left it complete and current (CI runs it first), else one made here."""
+    from demo_run import finished_demo
 
-    Session-scoped so the SLURM tests can compare their results with it.
-    """
+    return finished_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
+    """Every branch of the workflow run locally on `small_cohort` with the smallest settings
+    that still exercise each rule: (workdir, config file). Deep CT with pretraining and
+    synthetic-CT augmentation (no random-start twins), synthesis, PathoSig, and four models
+    that use every block. Session-scoped: the SLURM tests run the same config on the cluster
+    and compare; the augmentation test reads it."""
+    from radpath.defaults import default_config
     from smk import FAST_STATS, run, write_config
 
+    defaults = default_config()
+    models = {name: defaults["models"][name] for name in (
+        "clinical", "clinical_radiomics_pathomics", "clinical_pathosig",
+        "clinical_radiomics_deep_ct")}
     workdir = tmp_path_factory.mktemp("run")
-    config = write_config(workdir / "config.yaml", small_cohort, with_deep_ct=True,
-                          with_synthesis=True, deep_ct={"synthetic_augmentation": True},
-                          **FAST_STATS)
+    config = write_config(
+        workdir / "config.yaml", small_cohort, with_deep_ct=True, with_synthesis=True,
+        models=models,
+        deep_ct={"synthetic_augmentation": True, "compare_random_start": False, "epochs": 3},
+        synthesis={"steps": 100, "layouts": 3,
+                   "fresh": {**defaults["synthesis"]["fresh"], "patients": 1}},
+        pathology={"pathosig": {**defaults["pathology"]["pathosig"], "epochs": 2}},
+        **FAST_STATS)
     run(workdir, config)
     return workdir, config

@@ -1,9 +1,10 @@
 """The workflow on a real single-node SLURM cluster (tests/support/slurm.py starts it).
 
 The cluster has no slurmdbd (so `sacct` cannot answer) and finds its slurm.conf only through
-SLURM_CONF. It runs the same 20-patient cohort and config as the local run (`local_run`)
-with the shipped profiles/slurm after the README's site edits (`site_profile`), and the
-cancellation tests with tests/cluster/profile, a variant that polls every 2 s.
+SLURM_CONF. It runs the same 20-patient cohort and config as the local run (`local_run`:
+every branch at its smallest settings) with the shipped profiles/slurm after the README's
+site edits (`site_profile`), and the cancellation tests with tests/cluster/profile, a
+variant that polls every 2 s.
 """
 
 from __future__ import annotations
@@ -139,15 +140,9 @@ def first_slide(cohort: Path) -> str:
 def cluster_run(slurm_cluster, local_run, tmp_path_factory):
     """The whole workflow on SLURM with the local run's config (same cohort, same seed),
     through the shipped profile after the README's site edits."""
-    _, local_config = local_run
+    _, config = local_run
     workdir = tmp_path_factory.mktemp("slurm_run")
     profile = site_profile(workdir / "profile", slurm_cluster)
-    config = workdir / "config.yaml"
-    # The random-start twins of the deep CT networks are the same jobs again (the local run
-    # tests them); left out here to keep the suite within CI's time.
-    settings = yaml.safe_load(local_config.read_text(encoding="utf-8"))
-    settings["deep_ct"]["compare_random_start"] = False
-    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     started = time.monotonic()
     result = run_on_cluster(slurm_cluster, workdir, config, *FAST_POLLING, profile=profile)
     print(f"shipped-profile run on SLURM: {time.monotonic() - started:.0f} s")

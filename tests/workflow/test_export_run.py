@@ -1,4 +1,4 @@
-"""`snakemake export` after a real run of the workflow (slow: reuses the session's run)."""
+"""`snakemake export` after a real run of the workflow (slow: on a copy of the demo's run)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ pytestmark = pytest.mark.slow
 ONLY_EXPORT = "--rerun-triggers=mtime"
 
 
-def test_export_writes_both_layouts_for_every_slide(local_run):
-    workdir, config = local_run
+def test_export_writes_both_layouts_for_every_slide(demo_run, tmp_path):
+    finished = demo_run.writable_copy(tmp_path / "run")
+    workdir, config = finished.workdir, finished.config
     start = time.perf_counter()
     result = run(workdir, config, ONLY_EXPORT, "--", "export")
     seconds = time.perf_counter() - start
     print(f"snakemake export: {seconds:.0f} s")
     output = result.stdout + result.stderr
     assert "rule slide_tiles" not in output and "rule slide_embedding" not in output
-    sheet = yaml.safe_load(config.read_text(encoding="utf-8"))["slides"]
+    sheet = workdir / yaml.safe_load(config.read_text(encoding="utf-8"))["slides"]
     slide_ids = pd.read_csv(sheet, sep="\t", dtype=str)["slide_id"].tolist()
     export = workdir / "results" / "export"
     table = pd.read_csv(export / "clam" / "dataset.csv", dtype={"slide_id": str})
