@@ -22,7 +22,7 @@ DEMO_THREADS += slide_embedding=1 pathosig_assign=1 deep_ct_pretrain=1 deep_ct_t
 	deep_ct_gradcam=1
 endif
 
-.PHONY: all venv demo demo-data test test-fast lint format clean
+.PHONY: all venv demo demo-data test test-fast coverage lint format clean
 
 all: demo
 
@@ -48,8 +48,14 @@ demo: demo-data
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The edit loop (a few minutes): unit tests without the slow ones (training runs killed and
+# resumed, workflow runs); `make test` runs everything.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -m "not slow and not cluster" $(PYTEST_ARGS)
+
+# Line coverage of the library (jobs run in subprocesses are not counted).
+coverage: $(STAMP)
+	$(BIN)/python -m pytest --cov=scripts/radpath --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -52,13 +52,16 @@ def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
         "clinical", "clinical_radiomics_pathomics", "clinical_pathosig",
         "clinical_radiomics_deep_ct")}
     workdir = tmp_path_factory.mktemp("run")
+    # One CPU per job: on the test's 2-CPU SLURM node two jobs run at once, as here.
     config = write_config(
         workdir / "config.yaml", small_cohort, with_deep_ct=True, with_synthesis=True,
         models=models,
-        deep_ct={"synthetic_augmentation": True, "compare_random_start": False, "epochs": 3},
-        synthesis={"steps": 100, "layouts": 3,
+        deep_ct={"synthetic_augmentation": True, "compare_random_start": False, "epochs": 3,
+                 "threads": 1},
+        synthesis={"steps": 100, "layouts": 2, "threads": 1,
                    "fresh": {**defaults["synthesis"]["fresh"], "patients": 1}},
-        pathology={"pathosig": {**defaults["pathology"]["pathosig"], "epochs": 2}},
-        **FAST_STATS)
+        pathology={"threads": 1,
+                   "pathosig": {**defaults["pathology"]["pathosig"], "epochs": 2}},
+        evaluation={**FAST_STATS["evaluation"], "threads": 1})
     run(workdir, config)
     return workdir, config

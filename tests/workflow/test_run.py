@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from demo_run import DEMO_OPTIONS
+from radpath.defaults import default_config
 from radpath.io import read_tsv
 from radpath.survival import harrell_c
 from radpath.train import train_and_predict
@@ -545,8 +546,11 @@ def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_pa
     bad_slide = slides.iloc[-1]
     slide_file = cohort / bad_slide["path"]
     slide_file.write_bytes(slide_file.read_bytes()[: slide_file.stat().st_size // 2])
+    # The models that read the excluded patient's and slide's blocks (no PathoSig, no deep CT).
+    models = {name: spec for name, spec in default_config()["models"].items()
+              if name in ("clinical", "radiomics", "clinical_pathomics")}
     config = write_config(tmp_path / "config.yaml", cohort, on_patient_error="exclude",
-                          **FAST_STATS)
+                          models=models, **FAST_STATS)
     run(tmp_path, config, "--keep-going")
     excluded = pd.read_csv(tmp_path / "results/cohort/radiomics_excluded.tsv", sep="\t")
     assert excluded["patient_id"].tolist() == [bad["patient_id"]]
