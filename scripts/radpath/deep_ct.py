@@ -608,7 +608,8 @@ def epoch_batches(indices: np.ndarray, batch_size: int, generator: torch.Generat
     order = np.asarray(indices)[torch.randperm(len(indices), generator=generator).numpy()]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
     return batches
 
 

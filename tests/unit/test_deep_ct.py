@@ -575,3 +575,14 @@ def test_a_pretraining_job_writes_a_start_the_fold_models_load_strictly(tmp_path
     state = dc.load_init_checkpoint(outputs.model, "resnet10", len(CHANNELS), TINY["width"])
     assert all(torch.equal(state[k], member.state_dict[k]) for k in state)
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("n, sizes", [(9, [9]), (17, [8, 9]), (16, [8, 8]), (10, [8, 2]),
+                                      (5, [5]), (1, [1])])
+def test_epoch_batches_cover_every_row_once_and_never_leave_a_batch_of_one(n, sizes):
+    """A last batch of one joins the batch before it (9 rows in batches of 8 crashed, and
+    with three or more batches the row was merged into the wrong batch)."""
+    generator = dc.epoch_generator(7, 1)
+    batches = dc.epoch_batches(np.arange(n) + 100, 8, generator)
+    assert [len(b) for b in batches] == sizes
+    assert sorted(np.concatenate(batches)) == list(range(100, 100 + n))
