@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 PYTEST_ARGS ?=
+# pytest workers (pytest-xdist). Tests that share an expensive run are grouped on one worker
+# (xdist_group: the demo's run, the SLURM cluster and its comparison run).
+TEST_WORKERS ?= $(CORES)
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 # Without a GPU the GPU rules (slide_embedding, pathosig_assign, deep_ct_pretrain,
 # deep_ct_train, deep_ct_gradcam) run on the CPUs. The demo's slides and networks are small, so those jobs
 # are mostly start-up: CORES of them at a time with one thread each finish sooner than one
@@ -46,16 +50,16 @@ demo: demo-data
 	@echo "C-index table:            $$(pwd)/results/report/cindex.tsv"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The edit loop (a few minutes): unit tests without the slow ones (training runs killed and
 # resumed, workflow runs); `make test` runs everything.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(PYTEST) tests/unit -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # Line coverage of the library (jobs run in subprocesses are not counted).
 coverage: $(STAMP)
-	$(BIN)/python -m pytest --cov=scripts/radpath --cov-report=term $(PYTEST_ARGS)
+	$(PYTEST) --cov=scripts/radpath --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

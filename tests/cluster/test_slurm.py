@@ -27,7 +27,8 @@ from radpath.defaults import default_config
 from slurm import SlurmCluster, cancel_all_jobs
 from smk import REPO, SNAKEFILE, assert_same_results, run, write_config
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# One worker runs the cluster and the local run it compares with (make test's -n 2).
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 PROFILE = REPO / "tests" / "cluster" / "profile"
 SHIPPED_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"

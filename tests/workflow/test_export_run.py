@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 ONLY_EXPORT = "--rerun-triggers=mtime"
 
 
+@pytest.mark.xdist_group("demo")
 def test_export_writes_both_layouts_for_every_slide(demo_run, tmp_path):
     finished = demo_run.writable_copy(tmp_path / "run")
     workdir, config = finished.workdir, finished.config

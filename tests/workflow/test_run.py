@@ -63,6 +63,7 @@ def deep_ct_members(settings: dict) -> list[str]:
     return [network + twin for network in deep["networks"] for twin in twins]
 
 
+@pytest.mark.xdist_group("demo")
 def test_report_and_tables(finished_run, settings):
     workdir, _ = finished_run
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
@@ -88,6 +89,7 @@ def test_report_and_tables(finished_run, settings):
     assert (train["optimism_B_used"] + train["optimism_B_failed"] == train["optimism_B"]).all()
 
 
+@pytest.mark.xdist_group("demo")
 def test_absolute_risk_accuracy_and_model_checks(finished_run):
     """Every model predicts survival at the horizons from its Breslow baseline; the accuracy
     job evaluates every model x endpoint x horizon (or says why it cannot); the report shows
@@ -126,6 +128,7 @@ def test_absolute_risk_accuracy_and_model_checks(finished_run):
     assert "Model checks (training patients)" in html and "events per candidate" in html
 
 
+@pytest.mark.xdist_group("demo")
 def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(finished_run):
     workdir, _ = finished_run
     split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
@@ -155,6 +158,7 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
     assert html.count('alt="cluster hpc_') == k
 
 
+@pytest.mark.xdist_group("demo")
 def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_run, settings):
     """The deep CT block through the real jobs: every training patient's score comes from
     the one fold model that never saw it, validation patients only ever scored."""
@@ -194,6 +198,7 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
     assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
 
 
+@pytest.mark.xdist_group("demo")
 def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finished_run):
     """The synthesis branch through the real jobs: the DDPM saw fit training patients only;
     every sample is on its source CT's grid, equal to it outside the drawn region; the
@@ -245,6 +250,7 @@ def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finish
     assert 'alt="real vs synthetic"' in html and 'alt="DDPM training loss"' in html
 
 
+@pytest.mark.xdist_group("slurm")
 def test_synthetic_cts_join_only_each_folds_fit_patients(local_run):
     """deep_ct.synthetic_augmentation (the 20-patient run): a fold model fits the synthetic
     CTs of its own fit patients only; the twins without them train on the same real
@@ -272,6 +278,7 @@ def test_synthetic_cts_join_only_each_folds_fit_patients(local_run):
     assert "What synthetic CTs changed." in html
 
 
+@pytest.mark.xdist_group("demo")
 def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(finished_run,
                                                                                settings):
     """The pretraining cohort (IDs G...) trains each endpoint's start; the fold models start
@@ -304,6 +311,7 @@ def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(
     assert "What the start changed." in html and "fitted on" in html
 
 
+@pytest.mark.xdist_group("demo")
 def test_treatment_benefit_for_every_model(finished_run):
     workdir, _ = finished_run
     table = pd.read_csv(workdir / "results/report/treatment_benefit.tsv", sep="\t")
@@ -315,6 +323,7 @@ def test_treatment_benefit_for_every_model(finished_run):
     assert html.count('alt="treatment benefit ') == 2 * len(MODELS)
 
 
+@pytest.mark.xdist_group("demo")
 def test_features_exclude_diagnostics_and_are_harmonized(finished_run, settings):
     workdir, _ = finished_run
     raw = read_tsv(workdir / "results/cohort/radiomics_raw.tsv", index_col="patient_id")
@@ -351,6 +360,7 @@ def external_sheets(cohort_dir: Path, out: Path, patient_ids, scanner: str | Non
     return spec
 
 
+@pytest.mark.xdist_group("demo")
 def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
     """`snakemake score`: the run's own validation patients given as an external cohort get
     exactly the risks the run gave them, through their own per-patient jobs and the frozen
@@ -431,6 +441,7 @@ def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
     assert "needs slides" in (new / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.xdist_group("demo")
 def test_repeated_cv_refits_every_models_pipeline_in_each_fold(demo_run, tmp_path):
     """validation.method: repeated_cv on a copy of the finished run: only the CV jobs and the
     report are added; every model without network blocks is refitted in each of 2 x 3 folds
@@ -467,13 +478,13 @@ def test_repeated_cv_refits_every_models_pipeline_in_each_fold(demo_run, tmp_pat
     assert "validation.method: split" in original
 
 
+@pytest.mark.xdist_group("demo")
 def test_same_seed_same_report(demo_run, tmp_path):
-    """Running the cohort steps again with the same config (on a copy of the demo run, the
-    cohort matrices, every model and the report deleted) reproduces the matrices and the
-    bootstrapped tables exactly."""
+    """Running the cohort steps again with the same config (on a copy of the demo run, its
+    cohort matrices, every model and the evaluation tables deleted) reproduces the matrices
+    and the bootstrapped tables exactly."""
     copy = demo_run.writable_copy(tmp_path / "run").workdir
-    for name in ("results/models", "results/report"):
-        shutil.rmtree(copy / name)
+    shutil.rmtree(copy / "results/models")
     for table in RESULT_TABLES:
         (copy / table).unlink(missing_ok=True)
     planned = dry_run(copy, demo_run.config)
@@ -485,6 +496,7 @@ def test_same_seed_same_report(demo_run, tmp_path):
     assert_same_results(demo_run.workdir, copy)
 
 
+@pytest.mark.xdist_group("demo")
 def test_snakemake_report(finished_run, tmp_path):
     workdir, config = finished_run
     out = tmp_path / "snakemake_report.html"
@@ -497,6 +509,7 @@ def test_snakemake_report(finished_run, tmp_path):
     assert out.stat().st_size > 10_000
 
 
+@pytest.mark.xdist_group("demo")
 def test_shuffled_outcomes_give_chance_validation_c(finished_run):
     """Leakage check: with outcomes permuted, the honest pipeline must not find signal."""
     workdir, config = finished_run
