@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 PYTEST_ARGS ?=
-# pytest workers (pytest-xdist). Tests that share an expensive run are grouped on one worker
-# (xdist_group: the demo's run, the SLURM cluster and its comparison run).
+# pytest workers (pytest-xdist), each taking whole test files: the tests that share an
+# expensive run (the demo's, the SLURM comparison's) live in one file, so it is built once.
 TEST_WORKERS ?= $(CORES)
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 # Without a GPU the GPU rules (slide_embedding, pathosig_assign, deep_ct_pretrain,
 # deep_ct_train, deep_ct_gradcam) run on the CPUs. The demo's slides and networks are small, so those jobs
 # are mostly start-up: CORES of them at a time with one thread each finish sooner than one

@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from radpath.defaults import default_config
+from radpath.io import read_tsv
 from slurm import SlurmCluster, cancel_all_jobs
 from smk import REPO, SNAKEFILE, assert_same_results, run, write_config
 
-# One worker runs the cluster and the local run it compares with (make test's -n 2).
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 PROFILE = REPO / "tests" / "cluster" / "profile"
 SHIPPED_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -388,3 +388,32 @@ def test_readme_command_cancels_what_a_killed_run_left_queued(slurm_cluster, sma
         if process.poll() is None:
             process.kill()
         cancel_all_jobs(slurm_cluster)
+
+
+# The local run's own checks. Here, in this file, because `make test`'s workers take whole
+# files (--dist loadfile): the run is built once, for the comparison and for this test.
+def test_synthetic_cts_join_only_each_folds_fit_patients(local_run):
+    """deep_ct.synthetic_augmentation (the 20-patient run): a fold model fits the synthetic
+    CTs of its own fit patients only; the twins without them train on the same real
+    patients; the report compares both."""
+    workdir, _ = local_run
+    samples = sorted((workdir / "results/synthesis/samples").glob("real/*/draw*_ct.nii.gz"))
+    sources = {p.parts[-2] for p in samples}
+    assert sources
+    for endpoint in ("os", "pfs"):
+        base = workdir / "results/deep_ct" / endpoint
+        for k in (1, 2, 3):
+            usage = read_tsv(base / f"resnet10/fold{k}/usage.tsv")
+            fit = set(usage["patient_id"][usage["role"].isin(["fit", "left_out"])])
+            synthetic = usage["patient_id"][usage["role"] == "synthetic"]
+            assert {p.split("~")[0] for p in synthetic} == fit & sources
+            twin = read_tsv(base / f"resnet10-without_synthetic/fold{k}/usage.tsv")
+            assert "synthetic" not in set(twin["role"])
+            assert twin[["patient_id", "role"]].equals(
+                usage[usage["role"] != "synthetic"][["patient_id", "role"]].reset_index(
+                    drop=True))
+        compared = read_tsv(base / "synthetic.tsv")
+        assert list(compared["variant"]) == ["with synthetic CTs", "without synthetic CTs"]
+        assert compared["validation_c"].between(0, 1).all()
+    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
+    assert "What synthetic CTs changed." in html

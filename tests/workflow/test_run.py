@@ -1,8 +1,9 @@
 """Real end-to-end runs of the workflow (minutes, marked slow).
 
 Tests that only read a finished run read the shipped demo's (`demo_run`: the checkout's own
-`make demo` run in CI, else one made once per session); the augmentation and fault tests run
-their own configurations on the 20-patient `small_cohort`."""
+`make demo` run in CI, else one made once per session; tests that add jobs work on a copy);
+the fault tests run their own configurations on the 20-patient `small_cohort`. They stay in
+one file so that `make test`'s workers (--dist loadfile) never build the demo run twice."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from demo_run import DEMO_OPTIONS
@@ -63,7 +66,6 @@ def deep_ct_members(settings: dict) -> list[str]:
     return [network + twin for network in deep["networks"] for twin in twins]
 
 
-@pytest.mark.xdist_group("demo")
 def test_report_and_tables(finished_run, settings):
     workdir, _ = finished_run
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
@@ -89,7 +91,6 @@ def test_report_and_tables(finished_run, settings):
     assert (train["optimism_B_used"] + train["optimism_B_failed"] == train["optimism_B"]).all()
 
 
-@pytest.mark.xdist_group("demo")
 def test_absolute_risk_accuracy_and_model_checks(finished_run):
     """Every model predicts survival at the horizons from its Breslow baseline; the accuracy
     job evaluates every model x endpoint x horizon (or says why it cannot); the report shows
@@ -128,7 +129,6 @@ def test_absolute_risk_accuracy_and_model_checks(finished_run):
     assert "Model checks (training patients)" in html and "events per candidate" in html
 
 
-@pytest.mark.xdist_group("demo")
 def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(finished_run):
     workdir, _ = finished_run
     split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
@@ -158,7 +158,6 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
     assert html.count('alt="cluster hpc_') == k
 
 
-@pytest.mark.xdist_group("demo")
 def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_run, settings):
     """The deep CT block through the real jobs: every training patient's score comes from
     the one fold model that never saw it, validation patients only ever scored."""
@@ -198,7 +197,6 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
     assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
 
 
-@pytest.mark.xdist_group("demo")
 def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finished_run):
     """The synthesis branch through the real jobs: the DDPM saw fit training patients only;
     every sample is on its source CT's grid, equal to it outside the drawn region; the
@@ -250,35 +248,6 @@ def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finish
     assert 'alt="real vs synthetic"' in html and 'alt="DDPM training loss"' in html
 
 
-@pytest.mark.xdist_group("slurm")
-def test_synthetic_cts_join_only_each_folds_fit_patients(local_run):
-    """deep_ct.synthetic_augmentation (the 20-patient run): a fold model fits the synthetic
-    CTs of its own fit patients only; the twins without them train on the same real
-    patients; the report compares both."""
-    workdir, _ = local_run
-    samples = sorted((workdir / "results/synthesis/samples").glob("real/*/draw*_ct.nii.gz"))
-    sources = {p.parts[-2] for p in samples}
-    assert sources
-    for endpoint in ("os", "pfs"):
-        base = workdir / "results/deep_ct" / endpoint
-        for k in (1, 2, 3):
-            usage = read_tsv(base / f"resnet10/fold{k}/usage.tsv")
-            fit = set(usage["patient_id"][usage["role"].isin(["fit", "left_out"])])
-            synthetic = usage["patient_id"][usage["role"] == "synthetic"]
-            assert {p.split("~")[0] for p in synthetic} == fit & sources
-            twin = read_tsv(base / f"resnet10-without_synthetic/fold{k}/usage.tsv")
-            assert "synthetic" not in set(twin["role"])
-            assert twin[["patient_id", "role"]].equals(
-                usage[usage["role"] != "synthetic"][["patient_id", "role"]].reset_index(
-                    drop=True))
-        compared = read_tsv(base / "synthetic.tsv")
-        assert list(compared["variant"]) == ["with synthetic CTs", "without synthetic CTs"]
-        assert compared["validation_c"].between(0, 1).all()
-    html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
-    assert "What synthetic CTs changed." in html
-
-
-@pytest.mark.xdist_group("demo")
 def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(finished_run,
                                                                                settings):
     """The pretraining cohort (IDs G...) trains each endpoint's start; the fold models start
@@ -311,7 +280,6 @@ def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(
     assert "What the start changed." in html and "fitted on" in html
 
 
-@pytest.mark.xdist_group("demo")
 def test_treatment_benefit_for_every_model(finished_run):
     workdir, _ = finished_run
     table = pd.read_csv(workdir / "results/report/treatment_benefit.tsv", sep="\t")
@@ -323,7 +291,6 @@ def test_treatment_benefit_for_every_model(finished_run):
     assert html.count('alt="treatment benefit ') == 2 * len(MODELS)
 
 
-@pytest.mark.xdist_group("demo")
 def test_features_exclude_diagnostics_and_are_harmonized(finished_run, settings):
     workdir, _ = finished_run
     raw = read_tsv(workdir / "results/cohort/radiomics_raw.tsv", index_col="patient_id")
@@ -360,7 +327,6 @@ def external_sheets(cohort_dir: Path, out: Path, patient_ids, scanner: str | Non
     return spec
 
 
-@pytest.mark.xdist_group("demo")
 def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
     """`snakemake score`: the run's own validation patients given as an external cohort get
     exactly the risks the run gave them, through their own per-patient jobs and the frozen
@@ -441,7 +407,6 @@ def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
     assert "needs slides" in (new / "report.html").read_text(encoding="utf-8")
 
 
-@pytest.mark.xdist_group("demo")
 def test_repeated_cv_refits_every_models_pipeline_in_each_fold(demo_run, tmp_path):
     """validation.method: repeated_cv on a copy of the finished run: only the CV jobs and the
     report are added; every model without network blocks is refitted in each of 2 x 3 folds
@@ -478,7 +443,6 @@ def test_repeated_cv_refits_every_models_pipeline_in_each_fold(demo_run, tmp_pat
     assert "validation.method: split" in original
 
 
-@pytest.mark.xdist_group("demo")
 def test_same_seed_same_report(demo_run, tmp_path):
     """Running the cohort steps again with the same config (on a copy of the demo run, its
     cohort matrices, every model and the evaluation tables deleted) reproduces the matrices
@@ -496,7 +460,6 @@ def test_same_seed_same_report(demo_run, tmp_path):
     assert_same_results(demo_run.workdir, copy)
 
 
-@pytest.mark.xdist_group("demo")
 def test_snakemake_report(finished_run, tmp_path):
     workdir, config = finished_run
     out = tmp_path / "snakemake_report.html"
@@ -509,7 +472,6 @@ def test_snakemake_report(finished_run, tmp_path):
     assert out.stat().st_size > 10_000
 
 
-@pytest.mark.xdist_group("demo")
 def test_shuffled_outcomes_give_chance_validation_c(finished_run):
     """Leakage check: with outcomes permuted, the honest pipeline must not find signal."""
     workdir, config = finished_run
@@ -679,3 +641,38 @@ def test_ids_that_look_like_numbers_or_missing_values_stay_text(small_cohort, tm
     risk = read_tsv(tmp_path / "results/models/os/clinical_radiomics/risk.tsv",
                     index_col="patient_id")
     assert set(odd.values()) <= set(risk.index) and risk["risk"].notna().all()
+
+
+# The run's outputs are fresh; with only mtime as a rerun trigger, an edit to radpath's code
+# since the session's run cannot make this test re-run tiling and embedding as well.
+ONLY_EXPORT = "--rerun-triggers=mtime"
+
+
+def test_export_writes_both_layouts_for_every_slide(demo_run, tmp_path):
+    finished = demo_run.writable_copy(tmp_path / "run")
+    workdir, config = finished.workdir, finished.config
+    start = time.perf_counter()
+    result = run(workdir, config, ONLY_EXPORT, "--", "export")
+    seconds = time.perf_counter() - start
+    print(f"snakemake export: {seconds:.0f} s")
+    output = result.stdout + result.stderr
+    assert "rule slide_tiles" not in output and "rule slide_embedding" not in output
+    sheet = workdir / yaml.safe_load(config.read_text(encoding="utf-8"))["slides"]
+    slide_ids = pd.read_csv(sheet, sep="\t", dtype=str)["slide_id"].tolist()
+    export = workdir / "results" / "export"
+    table = pd.read_csv(export / "clam" / "dataset.csv", dtype={"slide_id": str})
+    excluded = pd.read_csv(export / "excluded.tsv", sep="\t", dtype={"slide_id": str})
+    assert sorted([*table["slide_id"], *excluded["slide_id"]]) == sorted(slide_ids)
+    assert len(table) > 0
+    for slide_id in table["slide_id"]:
+        features = workdir / "results/pathology/resnet50_trunc" / slide_id / "features.h5"
+        with h5py.File(features) as h5:
+            n_tiles, dim = h5["features"].shape
+        bag = torch.load(export / "clam" / "pt_files" / f"{slide_id}.pt", weights_only=True)
+        assert bag.dtype == torch.float32 and tuple(bag.shape) == (n_tiles, dim)
+        assert (export / "clam" / "h5_files" / f"{slide_id}.h5").is_file()
+        trident = export / "trident"
+        assert len(list(trident.glob(f"*x_*px_0px_overlap/patches/{slide_id}_patches.h5"))) == 1
+        assert len(list(trident.glob(f"*x_*px_0px_overlap/features_*/{slide_id}.h5"))) == 1
+    again = run(workdir, config, ONLY_EXPORT, "-n", "--", "export")
+    assert "Nothing to be done" in again.stdout + again.stderr
