@@ -52,8 +52,7 @@ demo: demo-data
 test: $(STAMP)
 	$(PYTEST) $(PYTEST_ARGS)
 
-# The edit loop (a few minutes): unit tests without the slow ones (training runs killed and
-# resumed, workflow runs); `make test` runs everything.
+# The edit loop (about 4 minutes on 2 cores): the unit tests; `make test` runs everything.
 test-fast: $(STAMP)
 	$(PYTEST) tests/unit -m "not slow and not cluster" $(PYTEST_ARGS)
 
