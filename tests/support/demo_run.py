@@ -38,10 +38,6 @@ class FinishedRun:
     def settings(self) -> dict:
         return yaml.safe_load(self.config.read_text(encoding="utf-8"))
 
-    def path(self, relative: str) -> Path:
-        """A path of the config (a sheet) as the run resolved it."""
-        return self.workdir / relative
-
     def writable_copy(self, dest: Path) -> FinishedRun:
         """The run's results, logs and Snakemake metadata copied to `dest` (its inputs
         linked), so that a test can add jobs to it without touching the original."""
