@@ -28,7 +28,8 @@ def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False,
                  with_synthesis: bool = False, **overrides) -> Path:
     """A complete config for a cohort folder written by the demo generator. The deep CT
     models and the synthesis branch train networks (a minute or more per run on 2 CPUs):
-    only runs that look at them (`with_deep_ct=True`, `with_synthesis=True`) keep them."""
+    only runs that look at them (`with_deep_ct=True`, `with_synthesis=True`) keep them.
+    Each override updates that section's keys, except `models`, which replaces them all."""
     config = default_config()
     config["synthesis"]["enabled"] = with_synthesis
     if not with_deep_ct:
@@ -55,7 +56,8 @@ def write_config(path: Path, cohort_dir: Path, with_deep_ct: bool = False,
         "clinical": str(pretrain / "clinical.tsv") if has_pretrain else "",
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
+        # A section's keys are updated; `models` is the whole set of models to fit.
+        if key != "models" and isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key].update(value)
         else:
             config[key] = value
