@@ -40,7 +40,7 @@ $(STAMP): requirements-build.txt requirements.txt constraints.txt
 	touch $(STAMP)
 
 demo-data: $(STAMP)
-	$(BIN)/python scripts/make_demo_cohort.py --config config/config.yaml
+	$(BIN)/python -m radpath_demo --config config/config.yaml
 
 demo: demo-data
 	$(SNAKEMAKE) --profile profiles/local --cores $(CORES) $(DEMO_OPTIONS) \
@@ -52,13 +52,14 @@ demo: demo-data
 test: $(STAMP)
 	$(PYTEST) $(PYTEST_ARGS)
 
-# The edit loop (about 4 minutes on 2 cores): the unit tests; `make test` runs everything.
+# The edit loop (about 3 minutes on 2 cores): the unit and demo-generator tests; `make test`
+# runs everything.
 test-fast: $(STAMP)
-	$(PYTEST) tests/unit -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(PYTEST) tests/unit tests/demo -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # Line coverage of the library (jobs run in subprocesses are not counted).
 coverage: $(STAMP)
-	$(PYTEST) --cov=scripts/radpath --cov-report=term $(PYTEST_ARGS)
+	$(PYTEST) --cov=radpath --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

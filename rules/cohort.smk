@@ -16,15 +16,19 @@ rule cohort_tables:
     conda:
         "../envs/stats.yaml"
     params:
-        patient_ids=PATIENT_IDS,
-        split=SPLIT,
-        covariates=config["covariates"],
-        harmonization_covariates=config["harmonization"]["covariates"],
-        missing_covariates=config["missing_covariates"],
-        endpoints=config["endpoints"],
-        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
-    script:
-        "../scripts/cohort_tables.py"
+        files=job_files,
+        settings=job_settings(
+            patient_ids=PATIENT_IDS,
+            split=SPLIT,
+            covariates=config["covariates"],
+            harmonization_covariates=config["harmonization"]["covariates"],
+            missing_covariates=config["missing_covariates"],
+            endpoints=config["endpoints"],
+            schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+        ),
+    shell:
+        "python -m radpath.cli cohort_tables --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule radiomics_matrix:
@@ -41,8 +45,12 @@ rule radiomics_matrix:
         "../envs/stats.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-    script:
-        "../scripts/radiomics_matrix.py"
+    params:
+        files=job_files,
+        settings=job_settings(),
+    shell:
+        "python -m radpath.cli radiomics_matrix --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule harmonize:
@@ -69,6 +77,10 @@ rule harmonize:
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
-        harmonization=config["harmonization"],
-    script:
-        "../scripts/harmonize_block.py"
+        files=job_files,
+        settings=job_settings(
+            harmonization=config["harmonization"],
+        ),
+    shell:
+        "python -m radpath.cli harmonize --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -6,12 +6,13 @@ import sys
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
-# The radpath library; jobs' `script:`s find it too, as Snakemake puts a script's folder on
-# its sys.path.
-sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
+# The radpath library (radpath/ beside the Snakefile); jobs find it through PYTHONPATH
+# (cli.prepare_job_environment below).
+sys.path.insert(0, workflow.basedir)
 
-from radpath import cli, cohort, configuration, sheets  # noqa: E402
+from radpath import cli  # noqa: E402
 from radpath import slurm as radpath_slurm  # noqa: E402
+from radpath.inputs import cohort, configuration, sheets  # noqa: E402
 
 SCHEMAS = os.path.join(workflow.basedir, "config", "schemas")
 
@@ -88,7 +89,7 @@ def slide_mpp_texts(slides):
 SLIDE_MPP = slide_mpp_texts(SLIDES)
 
 # The train/validation split is decided here, before any job, so a change is announced
-# before anything runs (see radpath.cohort.make_split); rule cohort_tables records it.
+# before anything runs (see radpath.inputs.cohort.make_split); rule cohort_tables records it.
 SPLIT, _split_warnings = cohort.split_for_run(
     config, CLINICAL, "results/cohort/split.tsv"
 )
@@ -181,13 +182,38 @@ def slide_mpp(wildcards):
 
 
 # Per-patient/per-slide jobs are shell commands `python -m radpath.cli ...` (see
-# scripts/radpath/cli.py for why): radpath comes from this workflow's scripts/ folder, and
+# radpath/cli.py for why): radpath comes from this workflow's folder, and
 # `python` is the rule's conda environment's with --software-deployment-method conda, else
 # the Python running Snakemake, whose packages are radpath's.
 cli.prepare_job_environment(
-    os.path.join(workflow.basedir, "scripts"),
+    workflow.basedir,
     use_conda=DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method,
 )
+
+
+def job_files(wildcards, input, output):
+    """A cohort job's named input and output files and its wildcards, as the JSON of
+    `python -m radpath.cli <rule> --files` (radpath.cli.JobFiles): lists stay lists."""
+
+    def named(files):
+        return {
+            name: list(value) if isinstance(value, list) else value
+            for name, value in files.items()
+        }
+
+    return json.dumps(
+        {
+            "input": named(input),
+            "output": named(output),
+            "wildcards": dict(wildcards.items()),
+        }
+    )
+
+
+def job_settings(**settings):
+    """A cohort job's settings as the JSON of `python -m radpath.cli <rule> --settings`, in
+    the given order (the order of a dict can matter, e.g. slides in input order)."""
+    return json.dumps(settings)
 
 
 def settings_json(**settings):
@@ -318,7 +344,7 @@ def all_model_risks():
     )
 
 
-# SLURM (scripts/radpath/slurm.py): the `srun` that starts each job keeps SLURM_CONF, and a
+# SLURM (radpath/slurm.py): the `srun` that starts each job keeps SLURM_CONF, and a
 # run whose job status queries cannot work (`sacct` without slurmdbd) stops before it submits.
 radpath_slurm.keep_slurm_conf()
 

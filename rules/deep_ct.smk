@@ -1,7 +1,7 @@
 # Deep CT models (EMV-3D-CNN and PCNSL studies): 3D CNNs on concentric cubes around the
 # lesion, one risk score per endpoint, the block `deep_ct` of the Cox models.
 #
-# 1. ct_cubes (CPU, per patient): cubes centred on the mask centroid (radpath.ct_cubes),
+# 1. ct_cubes (CPU, per patient): cubes centred on the mask centroid (radpath.deep.cubes),
 #    for the run's patients and those of the pretraining cohort (deep_ct.pretrain).
 # 2. deep_ct_folds (per endpoint): k folds of the TRAINING patients, stratified on the event.
 # 3. deep_ct_pretrain (GPU, per endpoint x network, with deep_ct.pretrain): trains on the
@@ -62,7 +62,7 @@ rule ct_cubes:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli ct-cubes --patient {wildcards.patient} --ct {input.ct:q}"
+        "python -m radpath.cli ct_cubes --patient {wildcards.patient} --ct {input.ct:q}"
         " --mask {input.mask:q} {params.patient:q}"
         " --settings {params.settings:q} --cubes {output.cubes:q} --log {log:q}"
 
@@ -78,10 +78,14 @@ rule deep_ct_folds:
     conda:
         "../envs/stats.yaml"
     params:
-        folds=DEEP_CT["folds"],
-        seed=config["seed"],
-    script:
-        "../scripts/deep_ct_folds.py"
+        files=job_files,
+        settings=job_settings(
+            folds=DEEP_CT["folds"],
+            seed=config["seed"],
+        ),
+    shell:
+        "python -m radpath.cli deep_ct_folds --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule deep_ct_pretrain:
@@ -106,14 +110,18 @@ rule deep_ct_pretrain:
         mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        member=lambda wildcards: DEEP_CT_MEMBERS[wildcards.member],
-        settings=DEEP_CT_TRAINING,
-        epochs=DEEP_CT_PRETRAIN["epochs"],
-        seed=config["seed"],
-        columns=lambda wildcards: DEEP_CT_PRETRAIN_COLUMNS[wildcards.endpoint],
-        checkpoints=deep_ct_pretrain_checkpoints,
-    script:
-        "../scripts/deep_ct_pretrain.py"
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            member=DEEP_CT_MEMBERS[wildcards.member],
+            settings=DEEP_CT_TRAINING,
+            epochs=DEEP_CT_PRETRAIN["epochs"],
+            seed=config["seed"],
+            columns=DEEP_CT_PRETRAIN_COLUMNS[wildcards.endpoint],
+            checkpoints=deep_ct_pretrain_checkpoints(wildcards),
+        ),
+    shell:
+        "python -m radpath.cli deep_ct_pretrain --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule deep_ct_train:
@@ -142,12 +150,16 @@ rule deep_ct_train:
         mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        member=lambda wildcards: DEEP_CT_MEMBERS[wildcards.member],
-        settings=DEEP_CT_TRAINING,
-        seed=config["seed"],
-        checkpoints=deep_ct_checkpoints,
-    script:
-        "../scripts/deep_ct_train.py"
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            member=DEEP_CT_MEMBERS[wildcards.member],
+            settings=DEEP_CT_TRAINING,
+            seed=config["seed"],
+            checkpoints=deep_ct_checkpoints(wildcards),
+        ),
+    shell:
+        "python -m radpath.cli deep_ct_train --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule deep_ct_block:
@@ -168,12 +180,16 @@ rule deep_ct_block:
     conda:
         "../envs/stats.yaml"
     params:
-        members=DEEP_CT_MEMBERS,
-        start=configuration.deep_ct_start(DEEP_CT),
-        bootstrap=config["evaluation"]["bootstrap"],
-        seed=config["seed"],
-    script:
-        "../scripts/deep_ct_block.py"
+        files=job_files,
+        settings=job_settings(
+            members=DEEP_CT_MEMBERS,
+            start=configuration.deep_ct_start(DEEP_CT),
+            bootstrap=config["evaluation"]["bootstrap"],
+            seed=config["seed"],
+        ),
+    shell:
+        "python -m radpath.cli deep_ct_block --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule deep_ct_gradcam:
@@ -193,6 +209,10 @@ rule deep_ct_gradcam:
         mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        n_patients=DEEP_CT["gradcam_patients"],
-    script:
-        "../scripts/deep_ct_gradcam.py"
+        files=job_files,
+        settings=job_settings(
+            n_patients=DEEP_CT["gradcam_patients"],
+        ),
+    shell:
+        "python -m radpath.cli deep_ct_gradcam --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -31,7 +31,7 @@ rule export_slide:
     params:
         settings=settings_json(**EXPORT_SETTINGS),
     shell:
-        "python -m radpath.cli export-slide --slide-id {wildcards.slide}"
+        "python -m radpath.cli export_slide --slide-id {wildcards.slide}"
         " --features {input.features:q} --out {output.staged:q}"
         " --settings {params.settings:q} --log {log:q}"
 
@@ -51,6 +51,10 @@ rule export:
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
-        slide_patients=SLIDE_PATIENTS,
-    script:
-        "../scripts/export_layouts.py"
+        files=job_files,
+        settings=job_settings(
+            slide_patients=SLIDE_PATIENTS,
+        ),
+    shell:
+        "python -m radpath.cli export --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -61,7 +61,7 @@ rule slide_tiles:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli slide-tiles --slide-id {wildcards.slide}"
+        "python -m radpath.cli slide_tiles --slide-id {wildcards.slide}"
         " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
         " --coords {output.coords:q} --thumbnail {output.thumbnail:q}"
         " --morphology {output.morphology:q} --log {log:q}"
@@ -94,7 +94,7 @@ rule slide_embedding:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli slide-embedding --slide-id {wildcards.slide}"
+        "python -m radpath.cli slide_embedding --slide-id {wildcards.slide}"
         " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
         " --coords {input.coords:q} --features {output.features:q} --threads {threads}"
         " --log {log:q}"
@@ -119,7 +119,7 @@ rule stage_encoder_weights:
             timm_kwargs=ENCODER_TIMM_KWARGS[wildcards.encoder],
         ),
     shell:
-        "python -m radpath.cli stage-weights --weights {output.weights:q}"
+        "python -m radpath.cli stage_encoder_weights --weights {output.weights:q}"
         " --settings {params.settings:q} --log {log:q}"
 
 
@@ -144,8 +144,12 @@ rule pathomics_matrices:
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
     params:
-        slide_patients=SLIDE_PATIENTS,
-        pooling=config["pathology"]["pooling"],
-        pca_components=config["pathology"]["pca_components"],
-    script:
-        "../scripts/pathomics_matrices.py"
+        files=job_files,
+        settings=job_settings(
+            slide_patients=SLIDE_PATIENTS,
+            pooling=config["pathology"]["pooling"],
+            pca_components=config["pathology"]["pca_components"],
+        ),
+    shell:
+        "python -m radpath.cli pathomics_matrices --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -2,7 +2,7 @@
 #
 # 1. pathosig_training_tiles (CPU): a seeded sample of tiles of the TRAINING patients'
 #    slides only (the split is fixed before any job runs).
-# 2. pathosig_train (GPU): contrastive clustering (radpath.contrastive); checkpoints every
+# 2. pathosig_train (GPU): contrastive clustering (radpath.pathology.contrastive); checkpoints every
 #    epoch in results/pathosig/checkpoints, so a killed job resumes where it stopped.
 # 3. pathosig_assign (GPU, per slide): every tile gets its cluster.
 # 4. pathomics_hpc (cohort): per-patient cluster proportions, the block `pathomics_hpc`; the
@@ -12,7 +12,7 @@
 
 PATHOSIG = config["pathology"]["pathosig"]
 PATHOSIG_WEIGHTS = encoder_weights(PATHOSIG["backbone"], PATHOSIG["weights"])
-# The clustering network's settings (radpath.contrastive.CLUSTERING_DEFAULTS).
+# The clustering network's settings (radpath.pathology.contrastive.CLUSTERING_DEFAULTS).
 PATHOSIG_NETWORK = {
     **{
         k: v
@@ -44,12 +44,16 @@ rule pathosig_training_tiles:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        slides=slide_sources(TRAIN_SLIDE_IDS),
-        tiles=config["pathology"]["tiles"],
-        tiles_per_slide=PATHOSIG["tiles_per_slide"],
-        seed=config["seed"],
-    script:
-        "../scripts/pathosig_training_tiles.py"
+        files=job_files,
+        settings=job_settings(
+            slides=slide_sources(TRAIN_SLIDE_IDS),
+            tiles=config["pathology"]["tiles"],
+            tiles_per_slide=PATHOSIG["tiles_per_slide"],
+            seed=config["seed"],
+        ),
+    shell:
+        "python -m radpath.cli pathosig_training_tiles --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule pathosig_train:
@@ -71,11 +75,15 @@ rule pathosig_train:
         mem_mb=lambda wildcards, attempt: PATHOSIG_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        network=PATHOSIG_NETWORK,
-        seed=config["seed"],
-        checkpoints="results/pathosig/checkpoints",
-    script:
-        "../scripts/pathosig_train.py"
+        files=job_files,
+        settings=job_settings(
+            network=PATHOSIG_NETWORK,
+            seed=config["seed"],
+            checkpoints="results/pathosig/checkpoints",
+        ),
+    shell:
+        "python -m radpath.cli pathosig_train --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule pathosig_assign:
@@ -105,7 +113,7 @@ rule pathosig_assign:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli pathosig-assign --slide-id {wildcards.slide}"
+        "python -m radpath.cli pathosig_assign --slide-id {wildcards.slide}"
         " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
         " --coords {input.coords:q} --model {input.model:q}"
         " --clusters {output.clusters:q} --threads {threads} --log {log:q}"
@@ -125,9 +133,13 @@ rule pathomics_hpc:
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
-        slide_patients=SLIDE_PATIENTS,
-    script:
-        "../scripts/pathomics_hpc.py"
+        files=job_files,
+        settings=job_settings(
+            slide_patients=SLIDE_PATIENTS,
+        ),
+    shell:
+        "python -m radpath.cli pathomics_hpc --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule pathosig_mosaics:
@@ -144,9 +156,13 @@ rule pathosig_mosaics:
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
-        slides=slide_sources(TRAIN_SLIDE_IDS),
-        tiles=config["pathology"]["tiles"],
-        n_clusters=PATHOSIG["n_clusters"],
-        n_tiles=PATHOSIG["mosaic_tiles"],
-    script:
-        "../scripts/pathosig_mosaics.py"
+        files=job_files,
+        settings=job_settings(
+            slides=slide_sources(TRAIN_SLIDE_IDS),
+            tiles=config["pathology"]["tiles"],
+            n_clusters=PATHOSIG["n_clusters"],
+            n_tiles=PATHOSIG["mosaic_tiles"],
+        ),
+    shell:
+        "python -m radpath.cli pathosig_mosaics --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -105,12 +105,16 @@ rule report:
     conda:
         "../envs/stats.yaml"
     params:
-        endpoints=ENDPOINTS,
-        models=MODELS,
-        slide_ids=SLIDE_IDS,
-        slide_patients=SLIDE_PATIENTS,
-        # Not `score`: scoring external cohorts leaves the run's own report as it is.
-        config={key: value for key, value in config.items() if key != "score"},
-        synthesis=SYNTHESIS_REPORT,
-    script:
-        "../scripts/make_report.py"
+        files=job_files,
+        settings=job_settings(
+            endpoints=ENDPOINTS,
+            models=MODELS,
+            slide_ids=SLIDE_IDS,
+            slide_patients=SLIDE_PATIENTS,
+            # Not `score`: scoring external cohorts leaves the run's own report as it is.
+            config={key: value for key, value in config.items() if key != "score"},
+            synthesis=SYNTHESIS_REPORT,
+        ),
+    shell:
+        "python -m radpath.cli report --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

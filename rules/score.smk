@@ -102,14 +102,18 @@ rule score_clinical:
     conda:
         "../envs/stats.yaml"
     params:
-        patient_ids=lambda wildcards: SCORE_PATIENT_IDS[wildcards.cohort],
-        covariates=config["covariates"],
-        harmonization_covariates=config["harmonization"]["covariates"],
-        missing_covariates=config["missing_covariates"],
-        endpoints=config["endpoints"],
-        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
-    script:
-        "../scripts/score_clinical.py"
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            patient_ids=SCORE_PATIENT_IDS[wildcards.cohort],
+            covariates=config["covariates"],
+            harmonization_covariates=config["harmonization"]["covariates"],
+            missing_covariates=config["missing_covariates"],
+            endpoints=config["endpoints"],
+            schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+        ),
+    shell:
+        "python -m radpath.cli score_clinical --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule score_radiomics_matrix:
@@ -134,10 +138,14 @@ rule score_radiomics_matrix:
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
-        batch_column=config["harmonization"]["batch_column"],
-        unseen_batches=SCORE["unseen_batches"],
-    script:
-        "../scripts/score_radiomics.py"
+        files=job_files,
+        settings=job_settings(
+            batch_column=config["harmonization"]["batch_column"],
+            unseen_batches=SCORE["unseen_batches"],
+        ),
+    shell:
+        "python -m radpath.cli score_radiomics_matrix --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 use rule pathomics_matrices as score_pathomics_matrices with:
@@ -157,7 +165,10 @@ use rule pathomics_matrices as score_pathomics_matrices with:
     log:
         "logs/score/{cohort}/pathomics_matrices.log",
     params:
-        slide_patients=lambda wildcards: SCORE_SLIDES[wildcards.cohort],
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            slide_patients=SCORE_SLIDES[wildcards.cohort],
+        ),
 
 
 use rule pathomics_hpc as score_pathomics_hpc with:
@@ -172,7 +183,10 @@ use rule pathomics_hpc as score_pathomics_hpc with:
     log:
         "logs/score/{cohort}/pathomics_hpc.log",
     params:
-        slide_patients=lambda wildcards: SCORE_SLIDES[wildcards.cohort],
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            slide_patients=SCORE_SLIDES[wildcards.cohort],
+        ),
 
 
 rule score_deep_ct:
@@ -191,9 +205,13 @@ rule score_deep_ct:
         mem_mb=lambda wildcards, attempt: DEEP_CT_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        members=DEEP_CT_MEMBERS,
-    script:
-        "../scripts/score_deep_ct.py"
+        files=job_files,
+        settings=job_settings(
+            members=DEEP_CT_MEMBERS,
+        ),
+    shell:
+        "python -m radpath.cli score_deep_ct --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule score_model:
@@ -210,10 +228,14 @@ rule score_model:
     conda:
         "../envs/stats.yaml"
     params:
-        spec=lambda wildcards: config["models"][wildcards.model],
-        horizons=config["evaluation"]["horizons"],
-    script:
-        "../scripts/score_model.py"
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            spec=config["models"][wildcards.model],
+            horizons=config["evaluation"]["horizons"],
+        ),
+    shell:
+        "python -m radpath.cli score_model --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule score_report:
@@ -254,10 +276,14 @@ rule score_report:
     resources:
         mem_mb=4000,
     params:
-        cohort=lambda wildcards: wildcards.cohort,
-        endpoints=ENDPOINTS,
-        models=lambda wildcards: SCORE_MODELS[wildcards.cohort],
-        unscored=lambda wildcards: SCORE_UNSCORED[wildcards.cohort],
-        config=config,
-    script:
-        "../scripts/score_report.py"
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            cohort=wildcards.cohort,
+            endpoints=ENDPOINTS,
+            models=SCORE_MODELS[wildcards.cohort],
+            unscored=SCORE_UNSCORED[wildcards.cohort],
+            config=config,
+        ),
+    shell:
+        "python -m radpath.cli score_report --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

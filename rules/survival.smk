@@ -27,16 +27,18 @@ rule fit_model:
         mem_mb=lambda wildcards, attempt, threads: (1000 + 1000 * threads) * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        spec=lambda wildcards: config["models"][wildcards.model],
-        selection=lambda wildcards: configuration.model_selection(
-            config, wildcards.model
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            spec=config["models"][wildcards.model],
+            selection=configuration.model_selection(config, wildcards.model),
+            cox=config["cox"],
+            optimism_bootstrap=config["evaluation"]["optimism_bootstrap"],
+            horizons=config["evaluation"]["horizons"],
+            seed=config["seed"],
         ),
-        cox=config["cox"],
-        optimism_bootstrap=config["evaluation"]["optimism_bootstrap"],
-        horizons=config["evaluation"]["horizons"],
-        seed=config["seed"],
-    script:
-        "../scripts/fit_model.py"
+    shell:
+        "python -m radpath.cli fit_model --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule evaluate:
@@ -71,14 +73,18 @@ rule evaluate:
     resources:
         mem_mb=4000,
     params:
-        endpoints=ENDPOINTS,
-        models=MODELS,
-        reference=config["reference_model"],
-        evaluation=config["evaluation"],
-        seed=config["seed"],
-        time_unit=config["time_unit"],
-    script:
-        "../scripts/evaluate.py"
+        files=job_files,
+        settings=job_settings(
+            endpoints=ENDPOINTS,
+            models=MODELS,
+            reference=config["reference_model"],
+            evaluation=config["evaluation"],
+            seed=config["seed"],
+            time_unit=config["time_unit"],
+        ),
+    shell:
+        "python -m radpath.cli evaluate --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 # Absolute risk on validation patients: time-dependent AUC, Brier scores, calibration, net
@@ -114,14 +120,18 @@ rule accuracy:
     resources:
         mem_mb=4000,
     params:
-        endpoints=ENDPOINTS,
-        models=MODELS,
-        reference=config["reference_model"],
-        evaluation=config["evaluation"],
-        seed=config["seed"],
-        time_unit=config["time_unit"],
-    script:
-        "../scripts/accuracy.py"
+        files=job_files,
+        settings=job_settings(
+            endpoints=ENDPOINTS,
+            models=MODELS,
+            reference=config["reference_model"],
+            evaluation=config["evaluation"],
+            seed=config["seed"],
+            time_unit=config["time_unit"],
+        ),
+    shell:
+        "python -m radpath.cli accuracy --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 # Who benefits from treatment (config `treatment`): each model's risk groups x treatment.
@@ -141,12 +151,16 @@ rule treatment_benefit:
     conda:
         "../envs/stats.yaml"
     params:
-        endpoints=ENDPOINTS,
-        models=TREATMENT_MODELS,
-        treatment=config["treatment"],
-        time_unit=config["time_unit"],
-    script:
-        "../scripts/treatment_benefit.py"
+        files=job_files,
+        settings=job_settings(
+            endpoints=ENDPOINTS,
+            models=TREATMENT_MODELS,
+            treatment=config["treatment"],
+            time_unit=config["time_unit"],
+        ),
+    shell:
+        "python -m radpath.cli treatment_benefit --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 # validation.method: repeated_cv: every model's whole pipeline refitted in each fold of
@@ -184,21 +198,23 @@ rule cv_model:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        spec=lambda wildcards: config["models"][wildcards.model],
-        selection=lambda wildcards: configuration.model_selection(
-            config, wildcards.model
+        files=job_files,
+        settings=lambda wildcards: job_settings(
+            spec=config["models"][wildcards.model],
+            selection=configuration.model_selection(config, wildcards.model),
+            cox=config["cox"],
+            covariates=config["covariates"],
+            harmonization=config["harmonization"],
+            missing_covariates=config["missing_covariates"],
+            endpoints=config["endpoints"],
+            schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
+            validation=VALIDATION,
+            pca_components=config["pathology"]["pca_components"],
+            seed=config["seed"],
         ),
-        cox=config["cox"],
-        covariates=config["covariates"],
-        harmonization=config["harmonization"],
-        missing_covariates=config["missing_covariates"],
-        endpoints=config["endpoints"],
-        schema=os.path.join(SCHEMAS, "clinical.schema.yaml"),
-        validation=VALIDATION,
-        pca_components=config["pathology"]["pca_components"],
-        seed=config["seed"],
-    script:
-        "../scripts/cv_model.py"
+    shell:
+        "python -m radpath.cli cv_model --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule cv_summary:
@@ -216,9 +232,13 @@ rule cv_summary:
     conda:
         "../envs/stats.yaml"
     params:
-        endpoints=ENDPOINTS,
-        models=CV_MODELS,
-        folds=VALIDATION["folds"],
-        repeats=VALIDATION["repeats"],
-    script:
-        "../scripts/cv_summary.py"
+        files=job_files,
+        settings=job_settings(
+            endpoints=ENDPOINTS,
+            models=CV_MODELS,
+            folds=VALIDATION["folds"],
+            repeats=VALIDATION["repeats"],
+        ),
+    shell:
+        "python -m radpath.cli cv_summary --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -40,7 +40,7 @@ rule synthesis_layout:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli synthesis-layout --patient {wildcards.patient}"
+        "python -m radpath.cli synthesis_layout --patient {wildcards.patient}"
         " --ct {input.ct:q} --mask {input.mask:q} {params.patient:q}"
         " --lung-label={params.lung_label:q} --settings {params.settings:q}"
         " --layout {output.layout:q} --layout-image {output.image:q}"
@@ -68,14 +68,18 @@ rule synthesis_train:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 1440 * attempt,
     params:
-        settings={
-            key: SYNTHESIS[key]
-            for key in (*configuration.SYNTHESIS_TRAINING_KEYS, "checkpoint_every")
-        },
-        seed=config["seed"],
-        checkpoints="results/synthesis/checkpoints",
-    script:
-        "../scripts/synthesis_train.py"
+        files=job_files,
+        settings=job_settings(
+            settings={
+                key: SYNTHESIS[key]
+                for key in (*configuration.SYNTHESIS_TRAINING_KEYS, "checkpoint_every")
+            },
+            seed=config["seed"],
+            checkpoints="results/synthesis/checkpoints",
+        ),
+    shell:
+        "python -m radpath.cli synthesis_train --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule synthesis_sample:
@@ -109,7 +113,7 @@ rule synthesis_sample:
             on_error=config["on_patient_error"],
         ),
     shell:
-        "python -m radpath.cli synthesis-sample --patient {wildcards.patient}"
+        "python -m radpath.cli synthesis_sample --patient {wildcards.patient}"
         " --ct {input.ct:q}"
         " --layout {input.layout:q} --layout-image {input.layout_image:q}"
         " --model {input.model:q} --variant {wildcards.variant} --draw {wildcards.draw}"
@@ -185,11 +189,15 @@ rule synthesis_quality:
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
     params:
-        **synthesis_quality_params(),
-        settings={"window": SYNTHESIS["window"]},
-        seed=config["seed"],
-    script:
-        "../scripts/synthesis_quality.py"
+        files=job_files,
+        settings=job_settings(
+            **synthesis_quality_params(),
+            settings={"window": SYNTHESIS["window"]},
+            seed=config["seed"],
+        ),
+    shell:
+        "python -m radpath.cli synthesis_quality --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 rule synthesis:

@@ -20,7 +20,7 @@ def small_cohort(tmp_path_factory) -> Path:
     """A 20-patient synthetic cohort (CT, masks, H&E slides, clinical), made once per session,
     and in pretrain/ a 12-patient cohort (CT and clinical only, IDs G001...) for deep CT
     pretraining."""
-    from radpath.demo import SlideSettings, generate_cohort
+    from radpath_demo.cohort import SlideSettings, generate_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, n_patients=20, n_scanners=2, seed=7, slides=SlideSettings())
@@ -44,7 +44,7 @@ def local_run(small_cohort, tmp_path_factory) -> tuple[Path, Path]:
     synthetic-CT augmentation (no random-start twins), synthesis, PathoSig, and four models
     that use every block. Session-scoped: the SLURM tests run the same config on the cluster
     and compare; the augmentation test reads it."""
-    from radpath.defaults import default_config
+    from radpath.inputs.configuration import default_config
     from smk import FAST_STATS, run, write_config
 
     defaults = default_config()

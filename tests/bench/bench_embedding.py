@@ -20,11 +20,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from radpath import embed, wsi  # noqa: E402
-from radpath.defaults import default_config  # noqa: E402
-from radpath.demo_slides import write_synthetic_svs  # noqa: E402
+from radpath.inputs.configuration import default_config  # noqa: E402
+from radpath.nn import training as nn_training
+from radpath.pathology import (
+    embedding,
+    encoders,  # noqa: E402
+    wsi,
+)
+from radpath_demo.slides import write_synthetic_svs  # noqa: E402
 
 TISSUE = default_config()["pathology"]["tissue"]
 
@@ -36,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument(
         "--encoder", "--model", default="resnet50_trunc",
-        help="a radpath.encoders name or a timm model",
+        help="a radpath.pathology.encoders name or a timm model",
     )
-    parser.add_argument("--precision", default="bf16", choices=sorted(embed.PRECISIONS))
+    parser.add_argument("--precision", default="bf16", choices=sorted(embedding.PRECISIONS))
     parser.add_argument(
         "--slide-size", default="6000x4000", help="level-0 WIDTHxHEIGHT at 0.5 um/px"
     )
@@ -74,8 +79,8 @@ def bench_coordinates(slide_path, tiles_cfg, coords_h5) -> tuple[int, float]:
 
 def bench_reading(slide_path, coords_h5, tiles_cfg, args, device) -> tuple[int, float]:
     coords, _ = wsi.read_coords_h5(coords_h5)
-    dataset = embed.TileDataset(slide_path, "BENCH", coords, tiles_cfg)
-    loader = embed.tile_loader(
+    dataset = embedding.TileDataset(slide_path, "BENCH", coords, tiles_cfg)
+    loader = embedding.tile_loader(
         dataset, args.batch_size, args.num_workers, pin_memory=device.type == "cuda"
     )
     start = time.perf_counter()
@@ -86,7 +91,7 @@ def bench_reading(slide_path, coords_h5, tiles_cfg, args, device) -> tuple[int, 
 
 
 def bench_model(args, device) -> tuple[int, float]:
-    encoder = embed.build_encoder(args.encoder, "random")  # throughput only: weights don't matter
+    encoder = encoders.build_encoder(args.encoder, "random")  # throughput only: weights don't matter
     model = encoder.model.to(device).eval().to(memory_format=torch.channels_last)
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1) * 255
@@ -94,15 +99,15 @@ def bench_model(args, device) -> tuple[int, float]:
     tiles = torch.randint(
         0, 256, (args.batch_size, size, size, 3), dtype=torch.uint8, device=device
     )
-    dtype = embed.autocast_dtype(args.precision, device)
+    dtype = embedding.autocast_dtype(args.precision, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     with torch.inference_mode(), autocast:
         for _ in range(2):  # warm-up: kernel selection, allocator
-            model(embed.to_model_input(tiles, mean, std))
+            model(embedding.to_model_input(tiles, mean, std))
         synchronize(device)
         start = time.perf_counter()
         for _ in range(args.model_batches):
-            model(embed.to_model_input(tiles, mean, std))
+            model(embedding.to_model_input(tiles, mean, std))
         synchronize(device)
     return args.batch_size * args.model_batches, time.perf_counter() - start
 
@@ -115,7 +120,7 @@ def bench_end_to_end(slide_path, coords_h5, tiles_cfg, args, device, out_h5) -> 
         "num_workers": args.num_workers,
         "precision": args.precision,
     }
-    summary = embed.embed_slide(
+    summary = embedding.embed_slide(
         slide_path, "BENCH", coords_h5, out_h5, emb_cfg, tiles_cfg, device=device
     )
     return summary["n_tiles"] + summary["n_skipped"], summary["seconds"]
@@ -123,7 +128,7 @@ def bench_end_to_end(slide_path, coords_h5, tiles_cfg, args, device, out_h5) -> 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = embed.resolve_device(args.device)
+    device = nn_training.resolve_device(args.device)
     width, height = (int(v) for v in args.slide_size.lower().split("x"))
     tiles_cfg = {
         "patch_size": args.patch_size,

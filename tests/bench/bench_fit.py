@@ -1,12 +1,12 @@
 """Benchmark (run by hand): one fit_model job on synthetic cohort matrices of growing size.
 
     .venv/bin/python tests/bench/bench_fit.py [--sizes 40 200 1000 5000] [--B 50] [--threads 1]
-        [--save DIR] [--scripts OTHER/scripts] [--config FILE] [--cpu-limit SECONDS]
+        [--save DIR] [--library OTHER/CHECKOUT] [--config FILE] [--cpu-limit SECONDS]
 
 Each size writes the cohort matrices a run would (results/cohort/outcomes.tsv, clinical.tsv
 with age and a one-hot stage, radiomics.tsv with 1,200 skewed, correlated radiomics-like
 features of which a few carry signal; split by the workflow's seeded hash, 30% validation)
-and runs the job's code (radpath.train.load_design and train_and_predict, model
+and runs the job's code (radpath.survival.fit.load_design and train_and_predict, model
 clinical_radiomics, endpoint os, config.yaml's selection and cox settings, optimism bootstrap
 B) in a fresh process with BLAS pinned to one thread, as in the job. Prints per size: training
 patients and events, CPU seconds of the first fit and of the whole job (the process and its
@@ -14,7 +14,7 @@ workers), wall seconds, peak RSS of the job's process and the largest worker's.
 
 ``--threads`` is the job's threads (the optimism refits run in that many worker processes;
 code without the parameter runs them in one). ``--save DIR`` also writes the job's outputs per size (DIR/n<size>/model.json, ...) to
-compare two versions of the code; ``--scripts`` runs another copy of scripts/ (e.g. a
+compare two versions of the code; ``--library`` imports radpath from another checkout (e.g. a
 snapshot of the code before a change). ``--cpu-limit`` stops a size after that many CPU
 seconds and reports it unfinished.
 """
@@ -45,8 +45,8 @@ def write_cohort(folder: Path, n: int, seed: int = SEED) -> dict[str, Path]:
     import numpy as np
     import pandas as pd
 
-    from radpath.cohort import split_draw
-    from radpath.demo import patient_ids
+    from radpath.inputs.cohort import split_draw
+    from radpath_demo.cohort import patient_ids
 
     rng = np.random.default_rng(seed + n)
     ids = pd.Index(patient_ids(n), name="patient_id")
@@ -111,29 +111,29 @@ def run_job(folder: Path, B: int, threads: int, save: Path | None, config_path: 
 
     import yaml
 
-    from radpath import train
-    from radpath.io import write_json, write_tsv
+    from radpath.inputs.io import write_json, write_tsv
+    from radpath.survival import fit as survival_fit
 
     with open(config_path, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     marks = {}
-    real_optimism = train.optimism_corrected_c
+    real_optimism = survival_fit.optimism_corrected_c
 
     def marked_optimism(*args, **kwargs):
         marks["optimism_cpu"] = cpu_seconds()  # the first fit is done
         return real_optimism(*args, **kwargs)
 
-    train.optimism_corrected_c = marked_optimism
+    survival_fit.optimism_corrected_c = marked_optimism
     started_cpu, started_wall = cpu_seconds(), time.perf_counter()
-    outcomes, design, forced, candidates = train.load_design(
+    outcomes, design, forced, candidates = survival_fit.load_design(
         str(folder / "outcomes.tsv"), str(folder / "clinical.tsv"),
         {"radiomics": str(folder / "radiomics.tsv")},
     )  # fmt: skip
     loaded_cpu = cpu_seconds()
     extra = {}
-    if "threads" in inspect.signature(train.train_and_predict).parameters:
+    if "threads" in inspect.signature(survival_fit.train_and_predict).parameters:
         extra["threads"] = threads
-    model, risk, optimism = train.train_and_predict(
+    model, risk, optimism = survival_fit.train_and_predict(
         outcomes, design, forced, candidates, "os", config["selection"], config["cox"], B,
         config["seed"], **extra,
     )  # fmt: skip
@@ -163,7 +163,7 @@ def run_job(folder: Path, B: int, threads: int, save: Path | None, config_path: 
 
 def child_main(args: argparse.Namespace) -> None:
     """One size in this (fresh) process: write the cohort, run the job, print JSON."""
-    sys.path.insert(0, str(Path(args.scripts).resolve()))
+    sys.path.insert(0, str(Path(args.library).resolve()))
     with tempfile.TemporaryDirectory(prefix="bench_fit_") as tmp:
         folder = Path(tmp)
         write_cohort(folder, args.child)
@@ -176,7 +176,7 @@ def run_size(args: argparse.Namespace, size: int) -> dict:
     """Run one size in a child process with BLAS pinned to one thread."""
     env = {**os.environ, **dict.fromkeys(BLAS_ENV, "1")}
     command = [sys.executable, __file__, "--child", str(size), "--B", str(args.B),
-               "--threads", str(args.threads), "--scripts", args.scripts, "--config", args.config]  # fmt: skip
+               "--threads", str(args.threads), "--library", args.library, "--config", args.config]  # fmt: skip
     if args.save:
         command += ["--save", args.save]
 
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--B", type=int, default=50, help="optimism bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="the job's threads")
     parser.add_argument("--save", default="", help="write each size's job outputs here")
-    parser.add_argument("--scripts", default=str(REPO / "scripts"), help="radpath to import")
+    parser.add_argument("--library", default=str(REPO), help="checkout whose radpath to import")
     parser.add_argument(
         "--config",
         default=str(REPO / "config" / "config.yaml"),
@@ -222,7 +222,7 @@ def main() -> None:
         child_main(args)
         return
     print(f"{os.cpu_count()} CPUs, load average {load_average()}; B={args.B}, "
-          f"threads={args.threads}, radpath from {args.scripts}", flush=True)  # fmt: skip
+          f"threads={args.threads}, radpath from {args.library}", flush=True)  # fmt: skip
     header = (f"{'patients':>8} {'train':>6} {'events':>6} {'first fit CPU s':>15} "
               f"{'job CPU s':>10} {'wall s':>8} {'peak MB':>8} {'worker MB':>9} {'B_used':>6}")  # fmt: skip
     print(header, flush=True)

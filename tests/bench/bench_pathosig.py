@@ -23,14 +23,19 @@ import h5py
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_embedding import device_name, synchronize  # noqa: E402
 
-from radpath import contrastive, embed, wsi  # noqa: E402
-from radpath.defaults import default_config  # noqa: E402
-from radpath.demo_slides import TISSUE_PATTERNS, pattern_tile, write_synthetic_svs  # noqa: E402
+from radpath.inputs.configuration import default_config  # noqa: E402
+from radpath.nn import training as nn_training
+from radpath.pathology import (
+    contrastive,
+    embedding,  # noqa: E402
+    wsi,
+)
+from radpath_demo.slides import TISSUE_PATTERNS, pattern_tile, write_synthetic_svs  # noqa: E402
 
 TISSUE = default_config()["pathology"]["tissue"]
 
@@ -46,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-clusters", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-last-block", action="store_true")
-    parser.add_argument("--precision", default="bf16", choices=sorted(embed.PRECISIONS))
+    parser.add_argument("--precision", default="bf16", choices=sorted(embedding.PRECISIONS))
     parser.add_argument("--num-workers", type=int, default=0, help="assignment DataLoader")
     parser.add_argument("--slide-size", default="6000x4000", help="WIDTHxHEIGHT at 0.5 um/px")
     parser.add_argument("--steps", type=int, default=5, help="timed steps for (a)")
@@ -62,7 +67,7 @@ def network_alone(settings: dict, device: torch.device, steps: int) -> tuple[int
     size, batch = settings["input_size"], settings["batch_size"]
     views = torch.randn(2 * batch, 3, size, size, device=device)
     views = views.contiguous(memory_format=torch.channels_last)
-    dtype = embed.autocast_dtype(settings["precision"], device)
+    dtype = embedding.autocast_dtype(settings["precision"], device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def step() -> None:
@@ -97,7 +102,7 @@ def training_tiles(path: Path, n: int, size: int) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = embed.resolve_device(args.device)
+    device = nn_training.resolve_device(args.device)
     settings = contrastive.clustering_settings({
         "backbone": args.backbone, "n_clusters": args.n_clusters, "input_size": args.input_size,
         "batch_size": args.batch_size, "epochs": args.epochs, "precision": args.precision,

@@ -38,13 +38,17 @@ import yaml
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
 
 from radiomics.featureextractor import RadiomicsFeatureExtractor  # noqa: E402
 
-from radpath import demo  # noqa: E402
-from radpath.ct import CTSettings, prepare_case  # noqa: E402
-from radpath.radiomics import extract_patient, load_params, pyradiomics_reference_params  # noqa: E402
+from radpath.inputs.ct import CTSettings, prepare_case  # noqa: E402
+from radpath.radiomics.features import (
+    extract_patient,
+    load_params,
+    pyradiomics_reference_params,
+)  # noqa: E402
+from radpath_demo import cohort as demo_cohort  # noqa: E402
 
 PARAMS = REPO / "config" / "pyradiomics_ct.yaml"
 SHAPE = (80, 256, 256)  # z, y, x
@@ -91,14 +95,14 @@ def write_case(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def write_demo_cases(folder: Path, n: int, demo_cfg: dict, seed: int) -> list[tuple]:
     """The first n patients of the demo cohort as `make demo` draws it (config's demo section
     and seed): (patient, ct, mask, mask label)."""
-    cohort = demo.sample_cohort(demo_cfg["n_patients"], demo_cfg["n_scanners"], seed)
+    cohort = demo_cohort.sample_cohort(demo_cfg["n_patients"], demo_cfg["n_scanners"], seed)
     cases = []
     rows = cohort.patients_sheet.head(n).iterrows()
     for patient, (_, row) in zip(cohort.patients[:n], rows, strict=True):
-        ct, labels = demo.patient_images(patient)
+        ct, labels = demo_cohort.patient_images(patient)
         paths = [folder / f"{row['patient_id']}_{kind}.nii.gz" for kind in ("ct", "mask")]
-        demo.write_image(ct, patient.grid, paths[0])
-        demo.write_image(labels, patient.grid, paths[1])
+        demo_cohort.write_image(ct, patient.grid, paths[0])
+        demo_cohort.write_image(labels, patient.grid, paths[1])
         cases.append((row["patient_id"], *paths, int(row["mask_label"])))
     return cases
 
@@ -142,7 +146,7 @@ def fresh_processes(
 ) -> dict[str, tuple[list, list]]:
     """(d) plain pyradiomics and (e) the radiomics job's command, each a fresh process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO / "scripts")}  # fmt: skip
+           "PYTHONPATH": str(REPO)}  # fmt: skip
     if args.threads:
         env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     reference_file = folder / "reference_params.yaml"

@@ -5,7 +5,7 @@ cohorts of growing size.
         [--folds 5] [--repeats 20]
 
 Each size makes a cohort (age, a three-level stage, radiomics-like features of which two
-carry signal, two scanners with a location and scale effect) and runs radpath.repeated_cv's
+carry signal, two scanners with a location and scale effect) and runs radpath.survival.repeated_cv's
 cross_validate for the model clinical_radiomics (ComBat, selection with config.yaml's
 settings and Cox refitted in every fold), BLAS at one thread as in the job. Prints per size:
 fits, failed fits, mean C, CPU and wall seconds, seconds per fit and the peak RSS.
@@ -23,13 +23,13 @@ from pathlib import Path
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")  # before numpy: one BLAS thread, as in the job
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from radpath.repeated_cv import CohortInputs, cross_validate, summarize  # noqa: E402
+from radpath.survival.repeated_cv import CohortInputs, cross_validate, summarize  # noqa: E402
 
 
 def cohort(n: int, n_features: int, seed: int = 42) -> CohortInputs:

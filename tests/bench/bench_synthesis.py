@@ -5,9 +5,9 @@
         --channels 64 128 256 256 --attention 0 0 1 1 --norm-groups 32 --head-channels 32 \
         --batch-size 1 --steps 50 --sampling-steps 250
 
-Prints training steps/s (radpath.synthesis.train_ddpm on random volumes and layouts held
+Prints training steps/s (radpath.synthesis.diffusion.train_ddpm on random volumes and layouts held
 in host memory, the real loop: batch copy, noising, UNet forward/backward, AdamW, EMA),
-seconds per sampled volume (radpath.synthesis.sample_volume, RePaint on half the volume),
+seconds per sampled volume (radpath.synthesis.diffusion.sample_volume, RePaint on half the volume),
 and on CUDA the peak GPU memory of each.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_embedding import device_name, synchronize  # noqa: E402
 
-from radpath import synthesis  # noqa: E402
+from radpath.synthesis import diffusion  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,11 +67,11 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # one warm-up step (CUDA kernels, MONAI imports), then the timed run
-    synthesis.train_ddpm(volumes, layouts, settings | {"steps": 1, "log_every": 1}, 0,
+    diffusion.train_ddpm(volumes, layouts, settings | {"steps": 1, "log_every": 1}, 0,
                          patient_ids=[str(i) for i in range(len(volumes))], device=device)
     synchronize(device)
     start = time.perf_counter()
-    trained = synthesis.train_ddpm(volumes, layouts, settings, 0,
+    trained = diffusion.train_ddpm(volumes, layouts, settings, 0,
                                    patient_ids=[str(i) for i in range(len(volumes))],
                                    device=device)
     synchronize(device)
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     region = np.zeros(shape[1:], bool)
     region[:, args.size // 2:] = True
     start = time.perf_counter()
-    synthesis.sample_volume(trained, layouts[0], volumes[0], region,
+    diffusion.sample_volume(trained, layouts[0], volumes[0], region,
                             steps=args.sampling_steps, seed=1, device=device)
     synchronize(device)
     seconds = time.perf_counter() - start

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import yaml
 
-from radpath.defaults import default_config
-from radpath.io import read_tsv
+from radpath.inputs.configuration import default_config
+from radpath.inputs.io import read_tsv
 from slurm import SlurmCluster, cancel_all_jobs
 from smk import REPO, SNAKEFILE, assert_same_results, run, write_config
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from radpath.deep import training as dc
+
 CHANNELS = ["ct@16mm", "mask@16mm"]
 
 
@@ -58,3 +60,15 @@ def corner_blob_cohort(n: int, grid: int = 16, seed: int = 0, beta: float = 2.5,
     region = np.zeros((grid, grid, grid), dtype=bool)
     region[:half, :half, :half] = True
     return cubes.astype(np.float16), time, event, region
+
+
+NO_AUGMENTATION = dict.fromkeys(dc.DEFAULTS["augmentation"], False)
+
+ALL_AUGMENTATION = dict.fromkeys(dc.DEFAULTS["augmentation"], True)
+
+TINY = {"networks": ["resnet10"], "width": 4, "epochs": 2, "batch_size": 8,
+        "learning_rate": 1e-2, "augmentation": NO_AUGMENTATION}
+
+def tiny_cohort(n: int = 24, grid: int = 8, seed: int = 0):
+    cubes, time_, event, _ = sphere_cohort(n, grid=grid, seed=seed)
+    return cubes, time_, event

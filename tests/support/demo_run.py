@@ -60,9 +60,9 @@ def finished_demo(scratch: Path) -> FinishedRun:
     if is_finished(REPO, CONFIG):
         return FinishedRun(REPO, CONFIG)
     scratch.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(REPO / "scripts/make_demo_cohort.py"), "--config",
-                    str(CONFIG), "--out-dir", str(scratch / "demo_data")], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "radpath_demo", "--config", str(CONFIG),
+                    "--out-dir", str(scratch / "demo_data")], check=True, capture_output=True,
+                   cwd=REPO)
     for name in INPUTS[1:]:
         (scratch / name).symlink_to(REPO / name)
     run(scratch, CONFIG, *DEMO_OPTIONS)

@@ -16,7 +16,7 @@ from snakemake.settings.types import (
     ResourceSettings,
 )
 
-from radpath.defaults import default_config
+from radpath.inputs.configuration import default_config
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"

@@ -10,18 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from test_radiomics import CT_CFG, FAST_PARAMS, synthetic_case, write
+from ct_cases import CT_CFG, FAST_PARAMS, synthetic_case, write
+from radpath_cli import radpath_cli
 
-from radpath.demo_slides import write_synthetic_svs
-from radpath.jobs import EXCLUSION_PREFIX
+from radpath.inputs.runtime import EXCLUSION_PREFIX
+from radpath_demo.slides import write_synthetic_svs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def radpath_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
-    return subprocess.run([sys.executable, "-m", "radpath.cli", *args], capture_output=True,
-                          text=True, encoding="utf-8", env=env)
 
 
 def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
@@ -72,10 +69,10 @@ SLIDE_OUTPUTS = ("coords.h5", "thumbnail.png", "morphology.tsv", "features.h5")
 
 def slide_commands(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
                    **overrides: dict) -> tuple[list[str], list[str]]:
-    """The `slide-tiles` and `slide-embedding` command lines (the two jobs of a slide)
+    """The `slide_tiles` and `slide_embedding` command lines (the two jobs of a slide)
     writing SLIDE_OUTPUTS under tmp_path/out, default settings updated section by section
     with `overrides` (e.g. embedding={"num_workers": 1})."""
-    from radpath.defaults import default_config
+    from radpath.inputs.configuration import default_config
 
     pathology = default_config()["pathology"]
     settings = {key: pathology[key] | overrides.get(key, {})
@@ -84,14 +81,14 @@ def slide_commands(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
     common = ["--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
               "--log", str(tmp_path / "slide.log")]
     tiles = [
-        "slide-tiles", *common, "--settings", json.dumps(
+        "slide_tiles", *common, "--settings", json.dumps(
             {key: settings[key] for key in ("tissue", "tiles", "morphology")}
             | {"seed": 1, "on_error": on_error}),
         "--coords", out["coords"], "--thumbnail", out["thumbnail"],
         "--morphology", out["morphology"],
     ]
     embedding = [
-        "slide-embedding", *common, "--threads", str(threads), "--settings", json.dumps(
+        "slide_embedding", *common, "--threads", str(threads), "--settings", json.dumps(
             {"tiles": settings["tiles"], "embedding": settings["embedding"], "seed": 1,
              "on_error": on_error}),
         "--coords", out["coords"], "--features", out["features"],
@@ -141,7 +138,7 @@ def test_slide_that_cannot_be_tiled_is_excluded_from_all_its_outputs(tmp_path):
 # use while the tiles are embedded goes to the JSON file argv[1].
 EMBED_SPY = """
 import json, sys, torch
-import radpath.embed as embed
+import radpath.pathology.embedding as embed
 from radpath import cli
 real = embed.embed_tiles
 def spy(loader, *args, **kwargs):
@@ -168,7 +165,7 @@ def test_slide_job_embeds_with_the_cpus_it_is_given(tmp_path, threads, num_worke
                                  embedding={"num_workers": num_workers, "batch_size": 4})
     assert radpath_cli(*tiles).returncode == 0
     observed = tmp_path / "observed.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts"), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", EMBED_SPY, str(observed), *args],
                             capture_output=True, text=True, encoding="utf-8", env=env)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from placeholders import write_placeholder_cohort
-from radpath.cohort import make_split
+from radpath.inputs.cohort import make_split
 from smk import REPO, dry_run, run, touch_all, write_config
 
 COHORT_STEPS = {
@@ -117,7 +117,7 @@ def test_hub_weights_are_staged_once_by_a_local_job(cohort, tmp_path):
     assert "staged/uni.safetensors" in files
     assert embedded_slides(files, "uni") == {f"P{i:05d}_S0" for i in range(1, 13)}
     commands = run(workdir, config, "-n", "-p").stdout
-    assert commands.count("radpath.cli stage-weights") == 1
+    assert commands.count("radpath.cli stage_encoder_weights") == 1
     assert "--weights staged/uni.safetensors" in commands
 
 
@@ -198,7 +198,7 @@ def test_dicom_columns_reach_the_radiomics_command_quoted(cohort):
     sheet.write_text("".join(r + e + "\n" for r, e in zip(rows, extra, strict=True)),
                      encoding="utf-8")
     commands = [line for line in run(workdir, config, "-n", "-p").stdout.splitlines()
-                if "radpath.cli radiomics" in line]
+                if "radpath.cli radiomics " in line]
     by_patient = {line.split("--patient ")[1].split()[0]: line for line in commands}
     assert "--mask-label=1 --ct-series-uid=1.2.840.99.1 '--mask-roi=GTV 1' --params" in (
         by_patient["P00001"])
@@ -218,8 +218,8 @@ def test_export_plans_one_job_per_slide_and_one_cohort_job(cohort):
 
 
 def train_slides(n: int = 12, seed: int = 42, validation_fraction: float = 0.3) -> set[str]:
-    """The placeholder cohort's training patients' slides (the hash split of radpath.cohort)."""
-    from radpath.cohort import split_draw
+    """The placeholder cohort's training patients' slides (the hash split of radpath.inputs.cohort)."""
+    from radpath.inputs.cohort import split_draw
 
     return {f"P{i:05d}_S0" for i in range(1, n + 1)
             if split_draw(f"P{i:05d}", seed) >= validation_fraction}
@@ -237,7 +237,7 @@ def test_pathosig_plans_one_training_job_and_one_assignment_job_per_slide(cohort
     assert {"results/pathosig/training_tiles.h5", "results/pathosig/model.pt",
             "results/cohort/pathomics_hpc.tsv", "results/report/pathosig_mosaics.tsv"} <= set(files)
     commands = run(workdir, config, "-n", "-p").stdout
-    assert commands.count("radpath.cli pathosig-assign") == 12
+    assert commands.count("radpath.cli pathosig_assign") == 12
     # The training tiles job reads the training patients' slides and no other.
     job = commands.split("rule pathosig_training_tiles:")[1].split("\n\n")[0]
     inputs = job.split("input:")[1].split("\n")[0]
@@ -455,7 +455,7 @@ def test_score_plans_only_the_external_cohorts_jobs(cohort):
     (workdir / "ext/patients.tsv").write_text(
         patients.replace("ct/P00002_ct.nii.gz", str(workdir / "data/ct/P00001_ct.nii.gz")),
         encoding="utf-8")
-    from radpath.cohort import split_draw
+    from radpath.inputs.cohort import split_draw
 
     assert split_draw("P00001", 42) >= 0.3  # P00001 is one of the run's training patients
     with pytest.raises(Exception, match="P00002's ct .* is training patient P00001's"):

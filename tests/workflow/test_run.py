@@ -22,10 +22,10 @@ import torch
 import yaml
 
 from demo_run import DEMO_OPTIONS
-from radpath.defaults import default_config
-from radpath.io import read_tsv
-from radpath.survival import harrell_c
-from radpath.train import train_and_predict
+from radpath.inputs.configuration import default_config
+from radpath.inputs.io import read_tsv
+from radpath.survival.fit import train_and_predict
+from radpath.survival.metrics import harrell_c
 from smk import (
     FAST_STATS,
     RESULT_TABLES,
@@ -203,8 +203,8 @@ def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finish
     quality table and the report section exist."""
     import SimpleITK as sitk
 
-    from radpath.synthesis import load_model
-    from radpath.synthesis_layout import region_mask
+    from radpath.synthesis.diffusion import load_model
+    from radpath.synthesis.layout import region_mask
 
     workdir, config_path = finished_run
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))["synthesis"]
@@ -570,7 +570,7 @@ FAULT_INJECTION = '''
 import os
 import pathlib
 
-import radpath.embed as embed
+import radpath.pathology.embedding as embed
 import torch
 
 _marker = pathlib.Path(os.environ["RADPATH_TEST_OOM_MARKER"])
@@ -592,11 +592,11 @@ embed.embed_tiles = _out_of_memory_once
 def test_out_of_memory_fails_the_slide_job_and_a_retry_recovers_it(small_cohort, tmp_path,
                                                                    retries):
     """An out-of-memory error in the embedding (injected once through sitecustomize, in the
-    real `python -m radpath.cli slide-embedding` job) fails the job even with on_patient_error:
+    real `python -m radpath.cli slide_embedding` job) fails the job even with on_patient_error:
     exclude; --retries 1 then reruns it and the slide keeps its real features."""
     import os
 
-    from radpath.jobs import exclusion_reason
+    from radpath.inputs.runtime import exclusion_reason
 
     injection = tmp_path / "inject"
     injection.mkdir()
@@ -605,8 +605,8 @@ def test_out_of_memory_fails_the_slide_job_and_a_retry_recovers_it(small_cohort,
     slide = pd.read_csv(small_cohort / "slides.tsv", sep="\t")["slide_id"].iloc[0]
     target = f"results/pathology/resnet50_trunc/{slide}/features.h5"
     config = write_config(tmp_path / "config.yaml", small_cohort, on_patient_error="exclude")
-    scripts = str(SNAKEFILE.parent / "scripts")
-    env = {"PYTHONPATH": os.pathsep.join([str(injection), scripts]),
+    library = str(SNAKEFILE.parent)
+    env = {"PYTHONPATH": os.pathsep.join([str(injection), library]),
            "RADPATH_TEST_OOM_MARKER": str(marker)}
     result = run(tmp_path, config, target, "--retries", str(retries), check=False, env=env)
     assert marker.exists(), "the fault was injected"

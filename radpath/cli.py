@@ -1,0 +1,393 @@
+"""The one way into a job: every rule of the workflow runs `python -m radpath.cli <rule>`
+(`python -m radpath.cli --help` lists them), with the rule's settings as one JSON object
+(`--settings`, a params value: a changed setting re-runs the rule's jobs) and its log file.
+A job can be re-run by hand with the command its log and Snakemake's output show.
+
+- Per-patient and per-slide rules (`radiomics`, `ct_cubes`, `synthesis_layout`,
+  `synthesis_sample`, `slide_tiles`, `slide_embedding`, `pathosig_assign`, `export_slide`)
+  name their files as options: a cohort of thousands runs thousands of them, and a
+  `shell:` rule costs Snakemake nothing per job while it builds the DAG (a `script:` rule
+  made dry-runs of large cohorts ~1.6x slower). Their functions are below.
+- Cohort rules pass their named files and wildcards as one JSON object (`--files`, see
+  rules/common.smk `job_files`) to the function of the same name in their stage's `jobs`
+  module (COHORT_JOBS), which gets them as `JobFiles`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from radpath.inputs.runtime import run_item, setup_logging
+
+log = logging.getLogger("radpath")
+
+# Cohort rule -> the module whose function of the same name runs it.
+COHORT_JOBS = {
+    **dict.fromkeys(
+        ["cohort_tables", "fit_model", "evaluate", "accuracy", "treatment_benefit",
+         "cv_model", "cv_summary", "score_clinical", "score_radiomics_matrix", "score_model"],
+        "radpath.survival.jobs"),
+    **dict.fromkeys(["radiomics_matrix", "harmonize"], "radpath.radiomics.jobs"),
+    **dict.fromkeys(
+        ["pathomics_matrices", "pathosig_training_tiles", "pathosig_train", "pathomics_hpc",
+         "pathosig_mosaics", "export"], "radpath.pathology.jobs"),
+    **dict.fromkeys(
+        ["deep_ct_folds", "deep_ct_pretrain", "deep_ct_train", "deep_ct_block",
+         "deep_ct_gradcam", "score_deep_ct"], "radpath.deep.jobs"),
+    **dict.fromkeys(["synthesis_train", "synthesis_quality"], "radpath.synthesis.jobs"),
+    **dict.fromkeys(["report", "score_report"], "radpath.report.jobs"),
+}
+
+
+class JobFiles(dict):
+    """A cohort job's named files (or wildcards, or settings) by attribute or key, as
+    Snakemake's `input`, `output`, `params` and `wildcards` give them: `files.risks`,
+    `files["risks"]`; a name the rule does not have is an AttributeError."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def cohort_job(args: argparse.Namespace, settings: dict) -> None:
+    """Run `args.command`'s function in its stage's jobs module (COHORT_JOBS)."""
+    import importlib
+
+    files = json.loads(args.files)
+    job = getattr(importlib.import_module(COHORT_JOBS[args.command]), args.command)
+    job(JobFiles(files["input"]), JobFiles(files["output"]), JobFiles(settings),
+        JobFiles(files["wildcards"]), args.threads)
+
+
+def prepare_job_environment(repo_dir: str, use_conda: bool) -> None:
+    """Make `python -m radpath.cli` work in the shell jobs Snakemake starts from this process.
+
+    radpath comes from the workflow's folder (`repo_dir`); `python` is the rule's conda
+    environment's when conda is used, otherwise the interpreter running Snakemake (whose
+    packages are radpath's), even when its environment was never activated.
+    """
+    paths = [repo_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if not use_conda:
+        bin_dir = os.path.dirname(sys.executable)
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if path[:1] != [bin_dir]:
+            os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
+
+
+def optional_float(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def patient_images(args: argparse.Namespace, settings: dict) -> dict:
+    """The CT and mask arguments the per-patient CT commands share (see `add_patient_images`)."""
+    return {
+        "patient_id": args.patient,
+        "ct_path": args.ct,
+        "mask_path": args.mask,
+        "mask_label": args.mask_label,
+        "ct_cfg": settings["ct"],
+        "ct_series_uid": args.ct_series_uid,
+        "mask_roi": args.mask_roi,
+        "mask_segment": args.mask_segment,
+    }
+
+
+def radiomics(args: argparse.Namespace, settings: dict) -> None:
+    from radpath.radiomics.features import extract_patient
+
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: extract_patient(
+            **patient_images(args, settings),
+            params_path=args.params,
+            features_out=args.features,
+            qc_out=args.qc,
+        ),
+        [args.features, args.qc],
+        settings["on_error"],
+        upstream=args.upstream,
+    )
+
+
+def extra_image(text: str) -> tuple[str, str]:
+    """--extra NAME=PATH -> (NAME, PATH)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name.strip(), path
+
+
+def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
+    """CT + mask (+ extra images on the CT grid) -> the patient's cubes.npz."""
+    from radpath.deep.cubes import CubeSettingsError, extract_cubes
+
+    extras = dict(args.extra)
+    if len(extras) != len(args.extra):
+        raise CubeSettingsError(f"--extra names repeated: {[name for name, _ in args.extra]}")
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: extract_cubes(
+            **patient_images(args, settings),
+            cube_cfg=settings["cubes"],
+            out_path=args.cubes,
+            extra_images=extras,
+        ),
+        [args.cubes],
+        settings["on_error"],
+        upstream=args.upstream,
+    )
+
+
+def synthesis_layout(args: argparse.Namespace, settings: dict) -> None:
+    """CT + tumour mask (+ lung label) -> the synthesis layout files."""
+    from radpath.synthesis.prepare import layout_job
+
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: layout_job(images=patient_images(args, settings), lung_label=args.lung_label,
+                           settings=settings["synthesis"], npz_out=args.layout,
+                           layout_out=args.layout_image, ct_out=args.ct_image),
+        [args.layout, args.layout_image, args.ct_image],
+        settings["on_error"],
+    )
+
+
+def synthesis_sample(args: argparse.Namespace, settings: dict) -> None:
+    """One synthetic CT for a (variant, patient, draw)."""
+    from radpath.synthesis.gpu_jobs import sample_job
+
+    outputs = [args.image, args.mask, args.layout_out]
+    run_item(
+        args.patient,
+        "patient_id",
+        lambda: sample_job(
+            patient=args.patient, ct_path=args.ct,
+            layout_npz=args.layout, layout_image=args.layout_image, model_path=args.model,
+            variant=args.variant, draw=args.draw, settings=settings["synthesis"],
+            seed=settings["seed"], threads=args.threads, outputs=outputs,
+        ),
+        outputs,
+        settings["on_error"],
+    )
+
+
+def slide_tiles(args: argparse.Namespace, settings: dict) -> None:
+    """Tissue mask, tile coordinates and thumbnail; morphology (CPU, no torch).
+
+    With on_error "exclude", a slide whose tiling fails is excluded from all its outputs
+    (and from its embedding job, which finds the exclusion in coords.h5); a morphology
+    failure leaves the embedding alone.
+    """
+    from radpath.pathology.morphology import morphology_features
+    from radpath.pathology.wsi import tile_slide
+
+    run_item(
+        args.slide_id,
+        "slide_id",
+        lambda: tile_slide(
+            args.slide, args.slide_id, settings["tissue"], settings["tiles"], settings["seed"],
+            args.coords, args.thumbnail, mpp_override=args.mpp,
+        ),
+        [args.coords, args.thumbnail],
+        settings["on_error"],
+    )
+    run_item(
+        args.slide_id,
+        "slide_id",
+        lambda: morphology_features(
+            args.slide, args.slide_id, args.coords, settings["morphology"], settings["tiles"],
+            settings["seed"], args.morphology, mpp_override=args.mpp,
+        ),
+        [args.morphology],
+        settings["on_error"],
+        upstream=[args.coords],
+    )
+
+
+def slide_embedding(args: argparse.Namespace, settings: dict) -> None:
+    """Every tile of coords.h5 through the configured encoder -> features.h5 (GPU if any)."""
+    from radpath.pathology.embedding import embed_slide
+
+    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
+        log.info(
+            "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+
+    def embed() -> None:
+        summary = embed_slide(
+            args.slide, args.slide_id, args.coords, args.features, settings["embedding"],
+            settings["tiles"], mpp_override=args.mpp, seed=settings["seed"],
+            threads=args.threads,
+        )
+        log.info("embedding summary: %s", summary)
+
+    run_item(args.slide_id, "slide_id", embed, [args.features], settings["on_error"],
+             upstream=[args.coords])
+
+
+def pathosig_assign(args: argparse.Namespace, settings: dict) -> None:
+    """Every tile of coords.h5 -> its PathoSig phenotype cluster (GPU if any)."""
+    from radpath.pathology.contrastive import assign_slide
+
+    def assign() -> None:
+        summary = assign_slide(
+            args.slide, args.slide_id, args.coords, args.model, args.clusters,
+            settings["network"], settings["tiles"], mpp_override=args.mpp, threads=args.threads,
+        )
+        log.info("assignment summary: %s", summary)
+
+    run_item(args.slide_id, "slide_id", assign, [args.clusters], settings["on_error"],
+             upstream=[args.coords])
+
+
+def stage_encoder_weights(args: argparse.Namespace, settings: dict) -> None:
+    """The hub's weights of an encoder -> a local safetensors file (login node, once)."""
+    from radpath.pathology.encoders import stage_hub_weights
+
+    provenance = stage_hub_weights(settings["encoder"], args.weights, settings["timm_kwargs"])
+    log.info("staged weights: %s", provenance)
+
+
+def export_slide(args: argparse.Namespace, settings: dict) -> None:
+    """features.h5 -> float32 CLAM and TRIDENT files in the slide's staging folder (rule
+    export_slide); a slide excluded upstream gets only a status row saying why."""
+    from radpath.pathology.export import export_slide as stage_slide
+
+    status = stage_slide(args.slide_id, args.features, args.out,
+                         trident_encoder=settings.get("trident_encoder", ""))
+    log.info("export status: %s", status)
+
+
+def add_patient_images(sub: argparse.ArgumentParser) -> None:
+    """A per-patient CT command's patient, CT and mask options (read by `patient_images`)."""
+    sub.add_argument("--patient", required=True)
+    sub.add_argument("--ct", required=True)
+    sub.add_argument("--mask", required=True)
+    sub.add_argument("--mask-label", type=int, required=True)
+    sub.add_argument("--ct-series-uid", default="",
+                     help="SeriesInstanceUID to read from a DICOM CT folder ('' = the one CT series)")
+    sub.add_argument("--mask-roi", default="", help="RTSTRUCT ROI name ('' = the only ROI)")
+    sub.add_argument("--mask-segment", default="",
+                     help="DICOM-SEG segment number or label ('' = the only segment)")
+    sub.add_argument("--upstream", action="append", default=[],
+                     help="an input an earlier job may have marked as excluded (the patient "
+                          "stays excluded); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m radpath.cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, job, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(job=job)
+        sub.add_argument("--settings", required=True, help="JSON object of the rule's settings")
+        sub.add_argument("--log", required=True, help="log file of this job")
+        return sub
+
+    sub = command("radiomics", radiomics, "CT + mask -> features.tsv and qc.tsv")
+    add_patient_images(sub)
+    sub.add_argument("--params", required=True, help="pyradiomics parameter file")
+    sub.add_argument("--features", required=True)
+    sub.add_argument("--qc", required=True)
+
+    sub = command("synthesis_layout", synthesis_layout,
+                  "CT + tumour mask -> the synthesis layout (lungs, nodule) on the model grid")
+    add_patient_images(sub)
+    sub.add_argument("--lung-label", default="",
+                     help="label of the lungs in the mask file ('' = segment them)")
+    sub.add_argument("--layout", required=True, help="the .npz file to write")
+    sub.add_argument("--layout-image", required=True, help="the layout on the CT grid (NIfTI)")
+    sub.add_argument("--ct-image", required=True, help="the CT as read (NIfTI)")
+
+    sub = command("synthesis_sample", synthesis_sample,
+                  "DDPM + layout -> one synthetic CT on the source CT's grid")
+    sub.add_argument("--patient", required=True)
+    sub.add_argument("--ct", required=True, help="the layout job's NIfTI copy of the CT")
+    sub.add_argument("--layout", required=True)
+    sub.add_argument("--layout-image", required=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--variant", choices=["real", "fresh", "heldout"], required=True)
+    sub.add_argument("--draw", type=int, required=True)
+    sub.add_argument("--threads", type=int, required=True)
+    for output in ("--image", "--mask", "--layout-out"):
+        sub.add_argument(output, required=True)
+
+    sub = command("ct_cubes", ct_cubes,
+                  "CT + mask (+ registered images) -> the patient's concentric cubes (.npz)")
+    add_patient_images(sub)
+    sub.add_argument("--extra", type=extra_image, action="append", default=[],
+                     metavar="NAME=PATH",
+                     help="an extra image registered to the CT (deep_ct.cubes.channels); repeatable")
+    sub.add_argument("--cubes", required=True, help="the .npz file to write")
+
+    sub = command("slide_tiles", slide_tiles,
+                  "slide -> coords.h5, thumbnail.png, morphology.tsv")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    for output in ("--coords", "--thumbnail", "--morphology"):
+        sub.add_argument(output, required=True)
+
+    sub = command("slide_embedding", slide_embedding, "slide + coords.h5 -> features.h5")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    sub.add_argument("--threads", type=int, required=True,
+                     help="CPUs of this job (the rule's threads): DataLoader workers plus torch "
+                          "threads, whatever OMP_NUM_THREADS says")
+    sub.add_argument("--coords", required=True)
+    sub.add_argument("--features", required=True)
+
+    sub = command("pathosig_assign", pathosig_assign,
+                  "slide + coords.h5 + PathoSig model -> clusters.h5")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--slide", required=True)
+    sub.add_argument("--mpp", type=optional_float, default=None,
+                     help="microns per pixel override ('' = from the slide)")
+    sub.add_argument("--threads", type=int, required=True,
+                     help="CPUs of this job (DataLoader workers plus torch threads)")
+    sub.add_argument("--coords", required=True)
+    sub.add_argument("--model", required=True, help="results/pathosig/model.pt")
+    sub.add_argument("--clusters", required=True)
+
+    sub = command("stage_encoder_weights", stage_encoder_weights,
+                  "hub weights of an encoder -> a local safetensors file (needs network)")
+    sub.add_argument("--weights", required=True, help="the safetensors file to write")
+
+    sub = command("export_slide", export_slide,
+                  "features.h5 -> float32 CLAM/TRIDENT files in a staging folder")
+    sub.add_argument("--slide-id", required=True)
+    sub.add_argument("--features", required=True, help="the slide's features.h5")
+    sub.add_argument("--out", required=True, help="the slide's staging folder")
+
+    for name, module in COHORT_JOBS.items():
+        sub = command(name, cohort_job, f"cohort job ({module}.{name})")
+        sub.add_argument("--files", required=True,
+                         help="JSON object: the rule's named input and output files, wildcards")
+        sub.add_argument("--threads", type=int, default=1, help="CPUs of this job")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    args.job(args, json.loads(args.settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The deep CT rules' entry points, one function per rule (`python -m radpath.cli <rule>`
+calls it): folds, pretraining, fold training, the block and Grad-CAM, and the scoring of an
+external cohort. The GPU work is radpath.deep.gpu_jobs'.
+
+Each job function takes the rule's files and settings as `python -m radpath.cli` passes
+them (radpath.cli.JobFiles: `inputs`, `outputs`, `params`, `wildcards`) and imports
+what it needs inside: each rule runs in its own conda environment (envs/*.yaml).
+"""
+
+from __future__ import annotations
+
+
+def deep_ct_folds(inputs, outputs, params, wildcards, threads: int) -> None:
+    """The cross-validation folds of the training patients for one endpoint."""
+    from radpath.deep.cohort import fold_table
+    from radpath.inputs.io import read_tsv, write_tsv
+
+    outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
+    cube_files = {path.rsplit("/", 1)[-1].removesuffix(".npz"): path for path in inputs.cubes}
+    table = fold_table(outcomes, wildcards.endpoint, cube_files,
+                       params.folds, params.seed)
+    write_tsv(table, outputs.folds)
+
+
+def deep_ct_pretrain(inputs, outputs, params, wildcards, threads: int) -> None:
+    """One network trained on the pretraining cohort, the start of the
+    endpoint's fold models (GPU)."""
+    from radpath.deep.gpu_jobs import pretrain_job
+
+    p = params
+    pretrain_job(
+        endpoint=wildcards.endpoint,
+        member=wildcards.member,
+        member_spec=p.member,
+        settings=p.settings,
+        epochs=p.epochs,
+        seed=p.seed,
+        clinical_path=inputs.clinical[0],
+        columns=p.columns,
+        cube_paths=list(inputs.cubes),
+        checkpoint_dir=p.checkpoints,
+        outputs=outputs,
+        threads=threads,
+    )
+
+
+def deep_ct_train(inputs, outputs, params, wildcards, threads: int) -> None:
+    """One network x one fold of the endpoint's deep CT model (GPU)."""
+    from radpath.deep.gpu_jobs import train_fold_job
+
+    p = params
+    train_fold_job(
+        endpoint=wildcards.endpoint,
+        member=wildcards.member,
+        fold=int(wildcards.fold),
+        member_spec=p.member,
+        settings=p.settings,
+        seed=p.seed,
+        folds_path=inputs.folds,
+        outcomes_path=inputs.outcomes,
+        cube_paths=list(inputs.cubes),
+        init_path=inputs.init[0] if inputs.init else None,
+        checkpoint_dir=p.checkpoints,
+        outputs=outputs,
+        threads=threads,
+        synthetic_paths=list(inputs.synthetic),
+    )
+
+
+def deep_ct_block(inputs, outputs, params, wildcards, threads: int) -> None:
+    """The endpoint's deep CT scores as a feature block, after the leakage
+    audit, with a per-fold training summary and the training curves."""
+    import pandas as pd
+
+    from radpath.deep.cohort import (
+        block_members,
+        block_scores,
+        check_usage,
+        plot_training_curves,
+        read_folds,
+        start_comparison,
+        synthetic_comparison,
+        training_summary,
+    )
+    from radpath.inputs.io import read_tsv, write_tsv
+
+    endpoint = wildcards.endpoint
+    folds = read_folds(inputs.folds)
+    outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
+
+
+    def gather(paths):
+        return pd.concat([read_tsv(path) for path in paths], ignore_index=True)
+
+
+    scores, histories, usage = (
+        gather(inputs[name]) for name in ("scores", "history", "usage")
+    )
+    p = params
+    check_usage(usage, folds)
+    write_tsv(block_scores(scores, folds, block_members(p.members)), outputs.matrix)
+    write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
+              outputs.summary, index=False)
+    write_tsv(start_comparison(scores, p.members, p.start, outcomes, endpoint, p.bootstrap, p.seed),
+              outputs.starts, index=False)
+    write_tsv(synthetic_comparison(scores, p.members, outcomes, endpoint, p.bootstrap, p.seed),
+              outputs.synthetic, index=False)
+    plot_training_curves(histories, endpoint, outputs.curves)
+
+
+def deep_ct_gradcam(inputs, outputs, params, wildcards, threads: int) -> None:
+    """Grad-CAM maps of validation patients, averaged over the ensemble."""
+    from radpath.deep.gpu_jobs import gradcam_job
+
+    gradcam_job(
+        endpoint=wildcards.endpoint,
+        folds_path=inputs.folds,
+        cube_paths=list(inputs.cubes),
+        model_paths=list(inputs.models),
+        n_patients=params.n_patients,
+        out_dir=outputs.maps,
+        threads=threads,
+    )
+
+
+def score_deep_ct(inputs, outputs, params, wildcards, threads: int) -> None:
+    """An external cohort's deep CT block from the run's fold models."""
+    from radpath.deep.gpu_jobs import score_external_job
+
+    score_external_job(
+        members=params.members,
+        model_paths=list(inputs.models),
+        cube_paths=list(inputs.cubes),
+        output=outputs.matrix,
+        threads=threads,
+    )

@@ -1,0 +1,46 @@
+"""The synthesis rules' entry points, one function per rule (`python -m radpath.cli
+<rule>` calls it): DDPM training and the quality checks. The work is
+radpath.synthesis.gpu_jobs'.
+
+Each job function takes the rule's files and settings as `python -m radpath.cli` passes
+them (radpath.cli.JobFiles: `inputs`, `outputs`, `params`, `wildcards`) and imports
+what it needs inside: each rule runs in its own conda environment (envs/*.yaml).
+"""
+
+from __future__ import annotations
+
+
+def synthesis_train(inputs, outputs, params, wildcards, threads: int) -> None:
+    """The layout-conditioned DDPM on the synthesis patients (GPU)."""
+    from radpath.synthesis.gpu_jobs import train_job
+
+    train_job(
+        layout_paths=list(inputs.layouts),
+        settings=params.settings,
+        seed=params.seed,
+        checkpoint_dir=params.checkpoints,
+        threads=threads,
+        model_out=outputs.model,
+        history_out=outputs.history,
+        plot_out=outputs.loss_plot,
+    )
+
+
+def synthesis_quality(inputs, outputs, params, wildcards, threads: int) -> None:
+    """Voxel metrics of held-out reconstructions and radiomics
+    realism (real vs synthetic) in one table, and the real-vs-synthetic figure."""
+    from radpath.synthesis.gpu_jobs import quality_job
+
+    p = params
+    quality_job(
+        heldout=p.heldout,
+        real_features=p.real_features,
+        synthetic_features=p.synthetic_features,
+        pairs=p.pairs,
+        settings=p.settings,
+        seed=p.seed,
+        quality_out=outputs.quality,
+        volumes_out=outputs.volumes,
+        ks_out=outputs.ks,
+        figure_out=outputs.figure,
+    )
