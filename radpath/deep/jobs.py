@@ -27,18 +27,17 @@ def deep_ct_pretrain(inputs, outputs, params, wildcards, threads: int) -> None:
     endpoint's fold models (GPU)."""
     from radpath.deep.gpu_jobs import pretrain_job
 
-    p = params
     pretrain_job(
         endpoint=wildcards.endpoint,
         member=wildcards.member,
-        member_spec=p.member,
-        settings=p.settings,
-        epochs=p.epochs,
-        seed=p.seed,
+        member_spec=params.member,
+        settings=params.settings,
+        epochs=params.epochs,
+        seed=params.seed,
         clinical_path=inputs.clinical[0],
-        columns=p.columns,
+        columns=params.columns,
         cube_paths=list(inputs.cubes),
-        checkpoint_dir=p.checkpoints,
+        checkpoint_dir=params.checkpoints,
         outputs=outputs,
         threads=threads,
     )
@@ -48,19 +47,18 @@ def deep_ct_train(inputs, outputs, params, wildcards, threads: int) -> None:
     """One network x one fold of the endpoint's deep CT model (GPU)."""
     from radpath.deep.gpu_jobs import train_fold_job
 
-    p = params
     train_fold_job(
         endpoint=wildcards.endpoint,
         member=wildcards.member,
         fold=int(wildcards.fold),
-        member_spec=p.member,
-        settings=p.settings,
-        seed=p.seed,
+        member_spec=params.member,
+        settings=params.settings,
+        seed=params.seed,
         folds_path=inputs.folds,
         outcomes_path=inputs.outcomes,
         cube_paths=list(inputs.cubes),
         init_path=inputs.init[0] if inputs.init else None,
-        checkpoint_dir=p.checkpoints,
+        checkpoint_dir=params.checkpoints,
         outputs=outputs,
         threads=threads,
         synthetic_paths=list(inputs.synthetic),
@@ -88,22 +86,19 @@ def deep_ct_block(inputs, outputs, params, wildcards, threads: int) -> None:
     folds = read_folds(inputs.folds)
     outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
 
-
     def gather(paths):
         return pd.concat([read_tsv(path) for path in paths], ignore_index=True)
-
 
     scores, histories, usage = (
         gather(inputs[name]) for name in ("scores", "history", "usage")
     )
-    p = params
     check_usage(usage, folds)
-    write_tsv(block_scores(scores, folds, block_members(p.members)), outputs.matrix)
+    write_tsv(block_scores(scores, folds, block_members(params.members)), outputs.matrix)
     write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
               outputs.summary, index=False)
-    write_tsv(start_comparison(scores, p.members, p.start, outcomes, endpoint, p.bootstrap, p.seed),
+    write_tsv(start_comparison(scores, params.members, params.start, outcomes, endpoint, params.bootstrap, params.seed),
               outputs.starts, index=False)
-    write_tsv(synthetic_comparison(scores, p.members, outcomes, endpoint, p.bootstrap, p.seed),
+    write_tsv(synthetic_comparison(scores, params.members, outcomes, endpoint, params.bootstrap, params.seed),
               outputs.synthetic, index=False)
     plot_training_curves(histories, endpoint, outputs.curves)
 

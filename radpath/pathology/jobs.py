@@ -42,8 +42,7 @@ def pathomics_matrices(inputs, outputs, params, wildcards, threads: int) -> None
         pooled_embeddings,
     )
 
-    p = params
-    slide_ids = list(p.slide_patients)
+    slide_ids = list(params.slide_patients)
     features, excluded_embed = usable_slides(dict(zip(slide_ids, inputs.features, strict=True)))
     morph_files = dict(zip(slide_ids, inputs.morphology, strict=True))
     morph_rows = {s: read_tsv(f) for s, f in morph_files.items()}
@@ -53,21 +52,21 @@ def pathomics_matrices(inputs, outputs, params, wildcards, threads: int) -> None
         pd.DataFrame([{"slide_id": s, "reason": morph_rows[s]["error"].iloc[0]}
                       for s in morph_files if s not in morph_ok], columns=["slide_id", "reason"]),
     ]).drop_duplicates("slide_id")
-    excluded.insert(1, "patient_id", [p.slide_patients[s] for s in excluded["slide_id"]])
+    excluded.insert(1, "patient_id", [params.slide_patients[s] for s in excluded["slide_id"]])
 
     if hasattr(inputs, "frozen_pca"):
-        embedding = frozen_embedding_matrix(features, p.slide_patients,
+        embedding = frozen_embedding_matrix(features, params.slide_patients,
                                             read_json(inputs.frozen_pca))
     else:
-        pooled = pooled_embeddings(features, p.slide_patients, p.pooling)
+        pooled = pooled_embeddings(features, params.slide_patients, params.pooling)
         write_tsv(pooled, outputs.pooled)  # what repeated CV refits the PCA on, per fold
         split = read_tsv(inputs.outcomes, index_col="patient_id")["split"]
         train = [pid for pid in pooled.index if split.get(pid) == "train"]
-        embedding, pca_info = embedding_pca(pooled, train, p.pca_components, p.pooling)
+        embedding, pca_info = embedding_pca(pooled, train, params.pca_components, params.pooling)
         write_json(pca_info, outputs.pca)
     write_tsv(embedding, outputs.embedding)
     write_json(encoder_provenance(features), outputs.encoder)
-    write_tsv(morphology_matrix(morph_ok, p.slide_patients), outputs.morphology)
+    write_tsv(morphology_matrix(morph_ok, params.slide_patients), outputs.morphology)
     write_tsv(excluded, outputs.excluded, index=False)
 
 
@@ -75,12 +74,11 @@ def pathosig_training_tiles(inputs, outputs, params, wildcards, threads: int) ->
     """A seeded tile sample of the training patients' slides."""
     from radpath.pathology.pathosig import sample_training_tiles
 
-    p = params
     slides = {
         slide_id: {**source, "coords": coords}
-        for (slide_id, source), coords in zip(p.slides.items(), inputs.coords, strict=True)
+        for (slide_id, source), coords in zip(params.slides.items(), inputs.coords, strict=True)
     }
-    sample_training_tiles(slides, p.tiles, p.tiles_per_slide, p.seed, outputs.tiles)
+    sample_training_tiles(slides, params.tiles, params.tiles_per_slide, params.seed, outputs.tiles)
 
 
 def pathosig_train(inputs, outputs, params, wildcards, threads: int) -> None:
@@ -93,16 +91,15 @@ def pathosig_train(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.pathology.contrastive import save_clustering_model, train_clustering
     from radpath.pathology.pathosig import read_training_tiles
 
-    p = params
     h5, tiles, _ = read_training_tiles(inputs.tiles)
     try:
-        result = train_clustering(tiles, p.network, p.checkpoints, seed=p.seed,
+        result = train_clustering(tiles, params.network, params.checkpoints, seed=params.seed,
                                   threads=threads)
     finally:
         h5.close()
-    save_clustering_model(outputs.model, result, p.network)
+    save_clustering_model(outputs.model, result, params.network)
     write_tsv(pd.DataFrame(result["history"]), outputs.history, index=False)
-    shutil.rmtree(p.checkpoints, ignore_errors=True)  # the model is written: nothing to resume
+    shutil.rmtree(params.checkpoints, ignore_errors=True)  # the model is written: nothing to resume
 
 
 def pathomics_hpc(inputs, outputs, params, wildcards, threads: int) -> None:
@@ -132,8 +129,7 @@ def pathosig_mosaics(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.pathology.contrastive import read_clusters_h5
     from radpath.pathology.pathosig import write_mosaics
 
-    p = params
-    usable, _ = usable_slides(dict(zip(p.slides, inputs.clusters, strict=True)))
+    usable, _ = usable_slides(dict(zip(params.slides, inputs.clusters, strict=True)))
     assignments = {slide_id: read_clusters_h5(path)[:3] for slide_id, path in usable.items()}
-    write_mosaics(assignments, p.slides, p.tiles, p.n_clusters, p.n_tiles,
+    write_mosaics(assignments, params.slides, params.tiles, params.n_clusters, params.n_tiles,
                   outputs.mosaics, outputs.table)

@@ -13,12 +13,11 @@ def report(inputs, outputs, params, wildcards, threads: int) -> None:
     """Render results/report/report.html."""
     from radpath.report.html import render_report
 
-    p = params
     render_report(
-        inputs, p.endpoints, p.models, p.config, outputs.html,
-        slides=dict(zip(p.slide_ids, inputs.thumbnails, strict=True)),
-        slide_patients=p.slide_patients,
-        synthesis_meta=p.synthesis,
+        inputs, params.endpoints, params.models, params.config, outputs.html,
+        slides=dict(zip(params.slide_ids, inputs.thumbnails, strict=True)),
+        slide_patients=params.slide_patients,
+        synthesis_meta=params.synthesis,
     )
 
 
@@ -33,36 +32,31 @@ def score_report(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.survival.modeling import FittedModel
     from radpath.survival.scoring import external_evaluation
 
-    p = params
-    out = outputs
-    keys = list(itertools.product(p.endpoints, p.models))  # expand() order: endpoints outer
-
+    keys = list(itertools.product(params.endpoints, params.models))  # expand() order: endpoints outer
 
     def by_key(paths, read):
         return {key: read(path) for key, path in zip(keys, paths, strict=True)}
 
-
-    plot_dirs = {name: Path(getattr(out, name)) for name in ("km", "calibration_plots", "decision_plots")}
+    plot_dirs = {name: Path(getattr(outputs, name)) for name in ("km", "calibration_plots", "decision_plots")}
     for folder in plot_dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     tables = external_evaluation(
-        p.cohort, p.endpoints, p.models,
+        params.cohort, params.endpoints, params.models,
         by_key(inputs.run_risks, lambda path: read_tsv(path, index_col="patient_id")),
         by_key(inputs.risks, lambda path: read_tsv(path, index_col="patient_id")),
         by_key(inputs.models, lambda path: FittedModel.from_dict(read_json(path))),
-        p.config["reference_model"], p.config["evaluation"], p.config["seed"],
-        p.config["time_unit"],
+        params.config["reference_model"], params.config["evaluation"], params.config["seed"],
+        params.config["time_unit"],
         {"km": plot_dirs["km"], "calibration": plot_dirs["calibration_plots"],
-         "decision_curve": plot_dirs["decision_plots"], "forest": out.forest},
+         "decision_curve": plot_dirs["decision_plots"], "forest": outputs.forest},
     )
     for name, table in tables.items():
-        write_tsv(table, getattr(out, name), index=False)
-    inp = inputs
+        write_tsv(table, getattr(outputs, name), index=False)
     files = SimpleNamespace(
-        cindex=out.cindex, accuracy=out.accuracy, forest=out.forest, km=out.km,
-        calibration_plots=out.calibration_plots, decision_plots=out.decision_plots,
-        outcomes=inp.outcomes, imputation=inp.imputation, batches=list(inp.batches),
-        radiomics_excluded=list(inp.radiomics_excluded),
-        pathomics_excluded=list(inp.pathomics_excluded), template=inp.template,
+        cindex=outputs.cindex, accuracy=outputs.accuracy, forest=outputs.forest, km=outputs.km,
+        calibration_plots=outputs.calibration_plots, decision_plots=outputs.decision_plots,
+        outcomes=inputs.outcomes, imputation=inputs.imputation, batches=list(inputs.batches),
+        radiomics_excluded=list(inputs.radiomics_excluded),
+        pathomics_excluded=list(inputs.pathomics_excluded), template=inputs.template,
     )
-    render_external_report(p.cohort, files, p.endpoints, p.models, p.unscored, p.config, out.html)
+    render_external_report(params.cohort, files, params.endpoints, params.models, params.unscored, params.config, outputs.html)

@@ -20,29 +20,28 @@ def cohort_tables(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.inputs.io import write_tsv
     from radpath.survival.modeling import categorical_levels, encode_clinical
 
-    p = params
     clinical = sheets.load_clinical(
-        inputs.clinical, p.schema, p.patient_ids, p.covariates, p.harmonization_covariates,
-        p.missing_covariates, endpoints=p.endpoints,
-    ).loc[p.patient_ids]
-    split = pd.Series(p.split, name="split").loc[clinical.index]
+        inputs.clinical, params.schema, params.patient_ids, params.covariates, params.harmonization_covariates,
+        params.missing_covariates, endpoints=params.endpoints,
+    ).loc[params.patient_ids]
+    split = pd.Series(params.split, name="split").loc[clinical.index]
     split.index.name = "patient_id"
     write_tsv(split.to_frame(), outputs.split)
-    write_tsv(outcomes_table(clinical, split, p.endpoints), outputs.outcomes)
+    write_tsv(outcomes_table(clinical, split, params.endpoints), outputs.outcomes)
 
     train_ids = list(split.index[split == "train"])
     clinical, imputation = impute_covariates(
-        clinical, p.covariates, p.harmonization_covariates, train_ids
+        clinical, params.covariates, params.harmonization_covariates, train_ids
     )
     write_tsv(imputation, outputs.imputation, index=False)
     # Category levels come from the training patients only; a level that no training patient has
     # is an error naming the patient (encode_clinical).
-    levels = categorical_levels(clinical.loc[train_ids], p.covariates)
-    encoded = encode_clinical(clinical, p.covariates, levels)
+    levels = categorical_levels(clinical.loc[train_ids], params.covariates)
+    encoded = encode_clinical(clinical, params.covariates, levels)
     encoded.index.name = "patient_id"
     write_tsv(encoded, outputs.clinical)
     # ComBat covariates stay raw: the harmonization module encodes them itself.
-    write_tsv(clinical[list(p.harmonization_covariates)], outputs.batch_covariates)
+    write_tsv(clinical[list(params.harmonization_covariates)], outputs.batch_covariates)
 
 
 def score_clinical(inputs, outputs, params, wildcards, threads: int) -> None:
@@ -52,15 +51,14 @@ def score_clinical(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.inputs.io import read_tsv, write_tsv
     from radpath.survival.scoring import external_clinical
 
-    p = params
     clinical = sheets.load_clinical(
-        inputs.clinical, p.schema, p.patient_ids, p.covariates,
-        p.harmonization_covariates, p.missing_covariates, endpoints=p.endpoints,
-    ).loc[p.patient_ids]
+        inputs.clinical, params.schema, params.patient_ids, params.covariates,
+        params.harmonization_covariates, params.missing_covariates, endpoints=params.endpoints,
+    ).loc[params.patient_ids]
     outcomes, encoded, batch_covariates, filled = external_clinical(
-        clinical, p.covariates, p.endpoints, read_tsv(inputs.imputation),
+        clinical, params.covariates, params.endpoints, read_tsv(inputs.imputation),
         list(read_tsv(inputs.run_clinical, index_col="patient_id").columns),
-        p.harmonization_covariates,
+        params.harmonization_covariates,
     )
     write_tsv(outcomes, outputs.outcomes)
     write_tsv(encoded, outputs.clinical)
@@ -77,7 +75,6 @@ def score_radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> 
     from radpath.radiomics.harmonize import ComBatModel
     from radpath.survival.scoring import external_harmonized, training_medians
 
-    p = params
     raw, excluded = assemble_rows(inputs.features, "patient_id")
     run_raw = read_tsv(inputs.run_matrix, index_col="patient_id")
     run_split = read_tsv(inputs.run_split, index_col="patient_id")["split"]
@@ -86,8 +83,8 @@ def score_radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> 
     harmonized, treatment = external_harmonized(
         raw, training_medians(run_raw, run_split),
         ComBatModel.from_dict(read_json(inputs.combat)),
-        patients[p.batch_column], batch_covariates if len(batch_covariates.columns) else None,
-        p.unseen_batches,
+        patients[params.batch_column], batch_covariates if len(batch_covariates.columns) else None,
+        params.unseen_batches,
     )
     write_tsv(raw, outputs.raw)
     write_tsv(harmonized, outputs.harmonized)
@@ -102,8 +99,7 @@ def score_model(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.survival.modeling import FittedModel
     from radpath.survival.scoring import score_patients
 
-    p = params
-    spec = p.spec
+    spec = params.spec
     outcomes, design, _, _ = load_design(
         inputs.outcomes,
         inputs.clinical if spec["clinical"] else None,
@@ -111,7 +107,7 @@ def score_model(inputs, outputs, params, wildcards, threads: int) -> None:
     )
     risk = score_patients(
         FittedModel.from_dict(read_json(inputs.model)), design, outcomes,
-        wildcards.endpoint, p.horizons,
+        wildcards.endpoint, params.horizons,
         read_tsv(inputs.run_risk, index_col="patient_id"),
     )
     write_tsv(risk, outputs.risk)
@@ -122,8 +118,7 @@ def fit_model(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.inputs.io import write_json, write_tsv
     from radpath.survival.fit import load_design, train_and_predict
 
-    p = params
-    spec = p.spec
+    spec = params.spec
     block_paths = dict(zip(spec["blocks"], inputs.blocks, strict=True))
     outcomes, design, forced, candidates = load_design(
         inputs.outcomes,
@@ -132,8 +127,8 @@ def fit_model(inputs, outputs, params, wildcards, threads: int) -> None:
     )
     model, risk, optimism = train_and_predict(
         outcomes, design, forced, candidates, wildcards.endpoint,
-        p.selection, p.cox, p.optimism_bootstrap, p.seed, threads=threads,
-        horizons=p.horizons,
+        params.selection, params.cox, params.optimism_bootstrap, params.seed, threads=threads,
+        horizons=params.horizons,
     )
     write_json(model.to_dict(), outputs.model)
     write_tsv(model.coefficients, outputs.coefficients, index=False)
@@ -153,21 +148,20 @@ def evaluate(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.survival.evaluation import evaluate_endpoint, km_validation
     from radpath.survival.plots import plot_forest
 
-    p = params
     km_dir = Path(outputs.km)
     km_dir.mkdir(parents=True, exist_ok=True)
     # Inputs come in expand() order: endpoints outer, models inner.
-    keys = list(itertools.product(p.endpoints, p.models))
+    keys = list(itertools.product(params.endpoints, params.models))
     risk_files = dict(zip(keys, inputs.risks, strict=True))
     optimism_files = dict(zip(keys, inputs.optimism, strict=True))
     tables = []
-    for endpoint in p.endpoints:
-        risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in p.models}
-        optimism = {m: read_json(optimism_files[endpoint, m]) for m in p.models}
-        table = evaluate_endpoint(endpoint, risks, optimism, p.reference, p.evaluation, p.seed)
+    for endpoint in params.endpoints:
+        risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in params.models}
+        optimism = {m: read_json(optimism_files[endpoint, m]) for m in params.models}
+        table = evaluate_endpoint(endpoint, risks, optimism, params.reference, params.evaluation, params.seed)
         logrank = {
-            m: km_validation(endpoint, m, risks[m], p.time_unit, km_dir / f"{endpoint}_{m}.png")
-            for m in p.models
+            m: km_validation(endpoint, m, risks[m], params.time_unit, km_dir / f"{endpoint}_{m}.png")
+            for m in params.models
         }
         table["logrank_p"] = [
             logrank[m] if cohort == "validation" else float("nan")
@@ -191,10 +185,9 @@ def accuracy(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.survival.evaluation import endpoint_accuracy
     from radpath.survival.modeling import FittedModel
 
-    p = params
-    ev = p.evaluation
+    ev = params.evaluation
     # Inputs come in expand() order: endpoints outer, models inner.
-    keys = list(itertools.product(p.endpoints, p.models))
+    keys = list(itertools.product(params.endpoints, params.models))
     risk_files = dict(zip(keys, inputs.risks, strict=True))
     model_files = dict(zip(keys, inputs.models, strict=True))
     calibration_dir, decision_dir = Path(outputs.calibration_plots), Path(
@@ -202,13 +195,13 @@ def accuracy(inputs, outputs, params, wildcards, threads: int) -> None:
     calibration_dir.mkdir(parents=True, exist_ok=True)
     decision_dir.mkdir(parents=True, exist_ok=True)
     tables = {"accuracy": [], "calibration": [], "decision_curve": []}
-    for endpoint in p.endpoints:
-        risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in p.models}
-        fitted = {m: FittedModel.from_dict(read_json(model_files[endpoint, m])) for m in p.models}
+    for endpoint in params.endpoints:
+        risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in params.models}
+        fitted = {m: FittedModel.from_dict(read_json(model_files[endpoint, m])) for m in params.models}
         baselines = {m: (f.baseline_time, f.baseline_cumhaz) for m, f in fitted.items()}
         accuracy, calibration, decision = endpoint_accuracy(
-            endpoint, risks, baselines, ev, p.seed, p.time_unit, "validation", calibration_dir,
-            decision_dir / f"{endpoint}.png", p.reference)
+            endpoint, risks, baselines, ev, params.seed, params.time_unit, "validation", calibration_dir,
+            decision_dir / f"{endpoint}.png", params.reference)
         tables["accuracy"].append(accuracy)
         tables["calibration"].append(calibration)
         tables["decision_curve"].append(decision)
@@ -228,12 +221,11 @@ def treatment_benefit(inputs, outputs, params, wildcards, threads: int) -> None:
         treatment_benefit,
     )
 
-    p = params
-    keys = [(endpoint, model) for endpoint in p.endpoints for model in p.models]
+    keys = [(endpoint, model) for endpoint in params.endpoints for model in params.models]
     risks = {key: read_tsv(path, index_col="patient_id")
              for key, path in zip(keys, inputs.risks, strict=True)}
     clinical = read_tsv(inputs.clinical, index_col="patient_id")
-    treated = treated_flags(clinical, p.treatment["column"], p.treatment["treated"])
+    treated = treated_flags(clinical, params.treatment["column"], params.treatment["treated"])
     table = treatment_benefit(risks, treated)
     plots = Path(outputs.plots)
     plots.mkdir(parents=True, exist_ok=True)
@@ -243,7 +235,7 @@ def treatment_benefit(inputs, outputs, params, wildcards, threads: int) -> None:
         title = (f"{endpoint.upper()} - {model} (validation): interaction p = "
                  + ("n/a" if p_interaction != p_interaction else f"{p_interaction:.3g}"))
         plot_benefit(benefit_frame(risk, treated, "validation"), title,
-                     plots / f"{endpoint}_{model}.png", p.time_unit, p.treatment["column"])
+                     plots / f"{endpoint}_{model}.png", params.time_unit, params.treatment["column"])
     write_tsv(table, outputs.table, index=False)
 
 
@@ -254,23 +246,22 @@ def cv_model(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.inputs.io import read_tsv, write_tsv
     from radpath.survival.repeated_cv import CohortInputs, cross_validate
 
-    p = params
     outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
     clinical = sheets.load_clinical(
-        inputs.clinical, p.schema, list(outcomes.index), p.covariates,
-        p.harmonization["covariates"], p.missing_covariates, endpoints=p.endpoints,
+        inputs.clinical, params.schema, list(outcomes.index), params.covariates,
+        params.harmonization["covariates"], params.missing_covariates, endpoints=params.endpoints,
     ).loc[outcomes.index]
     patients = sheets.read_sheet(inputs.patients, "patients").set_index("patient_id")
     inputs = CohortInputs(
         outcomes=outcomes,
         clinical=clinical,
         blocks={block: read_tsv(path, index_col="patient_id")
-                for block, path in zip(p.spec["blocks"], inputs.blocks, strict=True)},
-        batch=patients[p.harmonization["batch_column"]],
+                for block, path in zip(params.spec["blocks"], inputs.blocks, strict=True)},
+        batch=patients[params.harmonization["batch_column"]],
     )
     table = cross_validate(
-        inputs, p.spec, wildcards.endpoint, p.covariates, p.harmonization, p.selection,
-        p.cox, p.validation["folds"], p.validation["repeats"], p.seed, p.pca_components,
+        inputs, params.spec, wildcards.endpoint, params.covariates, params.harmonization, params.selection,
+        params.cox, params.validation["folds"], params.validation["repeats"], params.seed, params.pca_components,
     )
     write_tsv(table, outputs.folds, index=False)
 
@@ -285,10 +276,9 @@ def cv_summary(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.survival.plots import plot_repeated_cv
     from radpath.survival.repeated_cv import summarize
 
-    p = params
-    keys = list(itertools.product(p.endpoints, p.models))  # expand() order: endpoints outer
+    keys = list(itertools.product(params.endpoints, params.models))  # expand() order: endpoints outer
     folds = {key: read_tsv(path) for key, path in zip(keys, inputs.folds, strict=True)}
     table = pd.DataFrame([summarize(endpoint, model, folds[endpoint, model])
                           for endpoint, model in keys])
     write_tsv(table, outputs.table, index=False)
-    plot_repeated_cv(folds, p.folds, p.repeats, outputs.plot)
+    plot_repeated_cv(folds, params.folds, params.repeats, outputs.plot)

@@ -31,14 +31,13 @@ def synthesis_quality(inputs, outputs, params, wildcards, threads: int) -> None:
     realism (real vs synthetic) in one table, and the real-vs-synthetic figure."""
     from radpath.synthesis.gpu_jobs import quality_job
 
-    p = params
     quality_job(
-        heldout=p.heldout,
-        real_features=p.real_features,
-        synthetic_features=p.synthetic_features,
-        pairs=p.pairs,
-        settings=p.settings,
-        seed=p.seed,
+        heldout=params.heldout,
+        real_features=params.real_features,
+        synthetic_features=params.synthetic_features,
+        pairs=params.pairs,
+        settings=params.settings,
+        seed=params.seed,
         quality_out=outputs.quality,
         volumes_out=outputs.volumes,
         ks_out=outputs.ks,
