@@ -30,7 +30,6 @@ def edge_label(edge: float) -> str:
     return f"{float(edge):g}mm"
 
 
-
 def read_cubes(path: str | os.PathLike) -> Cubes:
     """A cube file written by `extract_cubes`; ValueError for an exclusion record."""
     reason = exclusion_reason(path)

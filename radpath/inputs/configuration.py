@@ -101,7 +101,8 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
         yield f"{where}: must be {bounds[kind]} {error.validator_value}, got {value!r}"
         return
     if kind == "oneOf" and error.absolute_path and error.absolute_path[-1] == "resample_spacing":
-        yield f"{where}: must be null or a list of 3 numbers > 0, got {value!r}"
+        yield (f"{where}: must be null or a list of 3 numbers >= 0 (mm; 0 keeps that axis' "
+               f"native spacing), got {value!r}")
         return
     if kind == "pattern" and error.absolute_path and error.absolute_path[-1] == "encoder":
         yield (

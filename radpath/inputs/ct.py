@@ -666,6 +666,7 @@ def load_checked_case(
     )
     mask = geometry.mask
     native_voxels = count_roi_voxels(mask)
+    lo, hi = roi_bounding_box(mask) if native_voxels else (np.zeros(3, int), -np.ones(3, int))
     notes = {
         "radpath_ct_path": os.fspath(ct_path),
         "radpath_mask_path": os.fspath(mask_path),
@@ -677,6 +678,7 @@ def load_checked_case(
         "radpath_ct_pixel_type": ct.GetPixelIDTypeAsString(),
         "radpath_mask_geometry": geometry.note,
         "radpath_roi_voxels_native": str(native_voxels),
+        "radpath_roi_slices_native": str(int(hi[2] - lo[2] + 1)),
         "radpath_roi_volume_mm3": f"{native_voxels * math.prod(ct.GetSpacing()):.6g}",
     }
     return CheckedCase(ct, mask, notes)

@@ -34,6 +34,13 @@ from radpath.pathology.feature_files import attrs_dict
 log = logging.getLogger(__name__)
 
 MPP_TOLERANCE = 0.03  # a level within 3% of the target mpp counts as that resolution
+# Level-0 resolutions a brightfield slide scan can have: 0.1 um/px (100x) to a few um/px (a
+# 2.5x overview scan). Outside this range the metadata is wrong or in the wrong unit (e.g.
+# TIFF resolution tags of 352.8 um/px), and tiles would cover a fraction of a pixel.
+PLAUSIBLE_MPP = (0.05, 5.0)
+# A tile may be read from fewer level-0 pixels than it has (upsampled) by this factor at most:
+# beyond it the slide is much coarser than the tiles the encoder needs.
+MAX_UPSAMPLING = 4.0
 MIN_OTSU_SATURATION = 15  # floor on Otsu's threshold so clean glass never becomes "tissue"
 MASK_STRIP_PIXELS = 1 << 24  # pixels read per strip when building the low-resolution image
 QC_MAX_SIDE = 1024
@@ -159,7 +166,7 @@ def open_slide(
     try:
         osr = openslide.OpenSlide(str(path))
     except openslide.OpenSlideError as err:  # an OSError (I/O) is not bad input: it propagates
-        raise SlideError(f"{label}: not readable by OpenSlide: {_why_unreadable(path)}") from err
+        raise SlideError(f"{label}: not readable by OpenSlide: {_why_unreadable(path, err)}") from err
     try:
         mpp = slide_mpp(osr, label, mpp_override)
         slide = Slide(osr, path, slide_id, mpp)
@@ -172,23 +179,52 @@ def open_slide(
 
 
 def slide_mpp(osr: openslide.OpenSlide, label: str, mpp_override: float | None = None) -> float:
-    """Level-0 um/px: a valid override wins, else OpenSlide's mpp-x property."""
+    """Level-0 um/px: a valid override wins, else OpenSlide's mpp-x property. Either must be
+    a plausible brightfield resolution (PLAUSIBLE_MPP), else a SlideError says where the value
+    came from and how to override it."""
     if not _is_missing(mpp_override):
         mpp = _as_positive_float(mpp_override)
         if mpp is None:
             raise SlideError(f"{label}: mpp override {mpp_override!r} is not a positive number")
-        return mpp
+        return _plausible(mpp, label, "the `mpp` column of slides.tsv")
     mpp = _as_positive_float(osr.properties.get(openslide.PROPERTY_NAME_MPP_X))
     if mpp is None:
         raise SlideError(
-            f"{label}: no microns-per-pixel in metadata; set the `mpp` column in slides.tsv"
+            f"{label}: no microns-per-pixel in metadata (OpenSlide reports no "
+            f"{openslide.PROPERTY_NAME_MPP_X}); set the `mpp` column in slides.tsv"
         )
+    mpp = _plausible(mpp, label, _mpp_source(osr))
     mpp_y = _as_positive_float(osr.properties.get(openslide.PROPERTY_NAME_MPP_Y))
     if mpp_y is not None and abs(mpp_y - mpp) > 0.01 * mpp:
         log.warning(
             "%s: non-square pixels (mpp-x %.4g, mpp-y %.4g); using mpp-x", label, mpp, mpp_y
         )
     return mpp
+
+
+def _plausible(mpp: float, label: str, source: str) -> float:
+    low, high = PLAUSIBLE_MPP
+    if not low <= mpp <= high:
+        override = ("correct that value" if source.startswith("the `mpp` column")
+                    else "set the right value in the `mpp` column of slides.tsv")
+        raise SlideError(
+            f"{label}: level-0 resolution {mpp:.4g} um/px (from {source}) is outside the "
+            f"plausible range of brightfield scans ({low:g}-{high:g} um/px); {override}"
+        )
+    return mpp
+
+
+def _mpp_source(osr: openslide.OpenSlide) -> str:
+    """Where OpenSlide took mpp-x from, in the words of the file's own metadata."""
+    props = osr.properties
+    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "")
+    if "tiff.XResolution" in props and vendor in ("generic-tiff", ""):
+        unit = props.get("tiff.ResolutionUnit", "?")
+        return (f"the TIFF resolution tags: XResolution {props['tiff.XResolution']} per "
+                f"{unit}")
+    if vendor:
+        return f"the {vendor} metadata ({openslide.PROPERTY_NAME_MPP_X})"
+    return f"OpenSlide's {openslide.PROPERTY_NAME_MPP_X}"
 
 
 def _is_missing(value) -> bool:
@@ -206,13 +242,17 @@ def _as_positive_float(value) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _why_unreadable(path: Path) -> str:
+def _why_unreadable(path: Path, error: openslide.OpenSlideError) -> str:
+    """What we can tell (empty, truncated), else OpenSlide's own reason."""
     size = path.stat().st_size
     if size == 0:
         return "the file is empty"
     truncation = _tiff_truncation(path)
     if truncation:
         return truncation
+    reason = str(error).strip()
+    if reason:
+        return f"OpenSlide says {reason!r}"
     return "unsupported format, or a corrupt or truncated file"
 
 
@@ -277,6 +317,13 @@ def best_level_for_mpp(slide: Slide, target_mpp: float, patch_size: int) -> Tile
         )
     downsample = float(slide.level_downsamples[level])
     size0 = patch_size * target_mpp / slide.mpp
+    if size0 * MAX_UPSAMPLING < patch_size:
+        raise SlideError(
+            f"{slide.label()}: a {patch_size}-px tile at {target_mpp:g} um/px would be read "
+            f"from {size0:.3g} px of level 0 ({slide.mpp:.4g} um/px), upsampled more than "
+            f"{MAX_UPSAMPLING:g}x; check the slide's resolution (the `mpp` column of "
+            "slides.tsv overrides it) or lower tiles.mpp"
+        )
     return TileGeometry(
         patch_size=int(patch_size),
         target_mpp=float(target_mpp),

@@ -197,6 +197,14 @@ def extract_patient(
         mask_roi=mask_roi,
         mask_segment=mask_segment,
     )
+    if case.notes["radpath_roi_slices_native"] == "1" and not setting.get("force2D"):
+        raise RadiomicsError(
+            f"patient {patient_id}: mask {os.fspath(mask_path)}: the ROI lies on one slice of "
+            "the CT, so 3D shape and texture features would describe the slice thickness, not "
+            "the lesion; draw it on every slice it spans, or, for a cohort of such thin "
+            "lesions, extract 2D features (force2D: true in the pyradiomics parameter file, "
+            "and ct.resample_spacing with 0 along z to keep the slices)"
+        )
     extractor.settings.update(run_settings(resampled=ct_settings.resample_spacing is not None))
     features, diagnostics = extract_features(case.image, case.mask, extractor, patient_id)
     nan_features = [name for name, value in features.items() if math.isnan(value)]

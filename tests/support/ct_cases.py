@@ -37,6 +37,7 @@ FAST_PARAMS = {  # original image only, every feature class: fast but exercises 
     },
 }
 
+
 def synthetic_case(shape=SMALL, label: int = 1, seed: int = 0):
     """Int16 CT (lung-like background, textured ellipsoid lesion) and its label mask."""
     rng = np.random.default_rng(seed)
@@ -56,6 +57,7 @@ def synthetic_case(shape=SMALL, label: int = 1, seed: int = 0):
     mask = sitk.GetImageFromArray((lesion * label).astype(np.uint8))
     mask.CopyInformation(ct)
     return ct, mask
+
 
 def write(image: sitk.Image, path: Path) -> Path:
     sitk.WriteImage(image, str(path))

@@ -69,6 +69,7 @@ ALL_AUGMENTATION = dict.fromkeys(dc.DEFAULTS["augmentation"], True)
 TINY = {"networks": ["resnet10"], "width": 4, "epochs": 2, "batch_size": 8,
         "learning_rate": 1e-2, "augmentation": NO_AUGMENTATION}
 
+
 def tiny_cohort(n: int = 24, grid: int = 8, seed: int = 0):
     cubes, time_, event, _ = sphere_cohort(n, grid=grid, seed=seed)
     return cubes, time_, event

@@ -1,7 +1,6 @@
 """A signal-free cohort shaped like the demo's training set, for the selection and model tests."""
 
 
-
 import numpy as np
 import pandas as pd
 

@@ -19,8 +19,6 @@ from radpath_demo.slides import write_synthetic_svs
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
     import yaml
 

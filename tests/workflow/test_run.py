@@ -26,6 +26,7 @@ from radpath.inputs.configuration import default_config
 from radpath.inputs.io import read_tsv
 from radpath.survival.fit import train_and_predict
 from radpath.survival.metrics import harrell_c
+from radpath_demo.slides import synthetic_he_image, write_pyramidal_tiff
 from smk import (
     FAST_STATS,
     RESULT_TABLES,
@@ -513,8 +514,9 @@ def test_shuffled_outcomes_give_chance_validation_c(finished_run):
 
 
 def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_path):
-    """on_patient_error=exclude: an empty mask and a truncated slide are reported, the other
-    patients and slides still finish and are modelled."""
+    """on_patient_error=exclude: an empty mask, a lesion drawn on one slice, a truncated slide
+    and a slide with implausible resolution tags are reported, the other patients and slides
+    still finish and are modelled."""
     import SimpleITK as sitk
 
     cohort = tmp_path / "cohort"
@@ -525,27 +527,45 @@ def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_pa
     empty = sitk.Image(mask.GetSize(), mask.GetPixelID())
     empty.CopyInformation(mask)
     sitk.WriteImage(empty, str(cohort / bad["mask"]))
+    flat = patients.iloc[6]  # its lesion (label 1) kept on the middle slice only
+    labels = sitk.ReadImage(str(cohort / flat["mask"]))
+    array = sitk.GetArrayFromImage(labels)
+    lesion_slices = np.flatnonzero((array == flat["mask_label"]).any(axis=(1, 2)))
+    others = np.arange(len(array)) != lesion_slices[len(lesion_slices) // 2]
+    array[others] = np.where(array[others] == flat["mask_label"], 0, array[others])
+    flat_mask = sitk.GetImageFromArray(array)
+    flat_mask.CopyInformation(labels)
+    sitk.WriteImage(flat_mask, str(cohort / flat["mask"]))
     slides = pd.read_csv(cohort / "slides.tsv", sep="\t")
     bad_slide = slides.iloc[-1]
     slide_file = cohort / bad_slide["path"]
     slide_file.write_bytes(slide_file.read_bytes()[: slide_file.stat().st_size // 2])
+    # A slide whose TIFF resolution tags are in the wrong unit (352.8 um/px).
+    unit_slide = slides.iloc[-2]
+    image, _, _ = synthetic_he_image(1200, 900, 0.5, seed=3)
+    write_pyramidal_tiff(cohort / unit_slide["path"], image, 352.8, kind="generic")
     # The models that read the excluded patient's and slide's blocks (no PathoSig, no deep CT).
     models = {name: spec for name, spec in default_config()["models"].items()
               if name in ("clinical", "radiomics", "clinical_pathomics")}
     config = write_config(tmp_path / "config.yaml", cohort, on_patient_error="exclude",
                           models=models, **FAST_STATS)
     run(tmp_path, config, "--keep-going")
-    excluded = pd.read_csv(tmp_path / "results/cohort/radiomics_excluded.tsv", sep="\t")
-    assert excluded["patient_id"].tolist() == [bad["patient_id"]]
+    excluded = pd.read_csv(tmp_path / "results/cohort/radiomics_excluded.tsv", sep="\t",
+                           index_col="patient_id")
+    assert sorted(excluded.index) == sorted([bad["patient_id"], flat["patient_id"]])
     html = (tmp_path / "results/report/report.html").read_text(encoding="utf-8")
-    assert bad["patient_id"] in html and "mask" in excluded["reason"][0].lower()
-    slide_excluded = pd.read_csv(tmp_path / "results/cohort/pathomics_excluded.tsv", sep="\t")
-    assert slide_excluded["slide_id"].tolist() == [bad_slide["slide_id"]]
-    assert "truncated" in slide_excluded["reason"][0]
-    assert bad_slide["slide_id"] in html
+    assert bad["patient_id"] in html and "mask" in excluded.loc[bad["patient_id"], "reason"]
+    assert "the ROI lies on one slice" in excluded.loc[flat["patient_id"], "reason"]
+    slide_excluded = pd.read_csv(tmp_path / "results/cohort/pathomics_excluded.tsv", sep="\t",
+                                 index_col="slide_id")
+    assert sorted(slide_excluded.index) == sorted([bad_slide["slide_id"], unit_slide["slide_id"]])
+    assert "truncated" in slide_excluded.loc[bad_slide["slide_id"], "reason"]
+    assert ("352.8 um/px (from the TIFF resolution tags" in
+            slide_excluded.loc[unit_slide["slide_id"], "reason"])
+    assert bad_slide["slide_id"] in html and unit_slide["slide_id"] in html
     cindex = pd.read_csv(tmp_path / "results/report/cindex.tsv", sep="\t")
     radiomics_n = cindex.query("model == 'radiomics' and endpoint == 'os'")["n"].sum()
-    assert radiomics_n == 19
+    assert radiomics_n == 18
 
 
 def test_bad_patient_stops_cohort_but_not_other_patients(small_cohort, tmp_path):

@@ -1,7 +1,6 @@
 """radpath.deep.cube_files: a scale's channels are found by their edge."""
 
 
-
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """radpath.deep.gpu_jobs: a pretraining job writes a start that the fold models load strictly."""
 
 
-
 import numpy as np
 import pandas as pd
 import torch

@@ -1,7 +1,6 @@
 """radpath.deep.gradcam: the ensemble's Grad-CAM points at the region that drives the outcome."""
 
 
-
 import numpy as np
 from deep_ct_data import (
     NO_AUGMENTATION,

@@ -2,7 +2,6 @@
 names its Grad-CAM layer; start checkpoints load strictly, naming every mismatched key."""
 
 
-
 import numpy as np
 import pytest
 import torch

@@ -110,7 +110,7 @@ def test_minimal_config_gets_every_default():
     (lambda c: c["pathology"]["embedding"].update(batch_size="64"),
      "config: pathology.embedding.batch_size: must be an integer, got '64'"),
     (lambda c: c["ct"].update(resample_spacing=[1, 1]),
-     "config: ct.resample_spacing: must be null or a list of 3 numbers > 0"),
+     "config: ct.resample_spacing: must be null or a list of 3 numbers >= 0"),
     (lambda c: c.pop("models"), "config: models: required key is missing"),
     (lambda c: c.update(reference_model="nope"),
      "config: reference_model: 'nope' is not one of the models"),

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from radpath.inputs.configuration import default_config
 from radpath.pathology import wsi
@@ -56,8 +57,8 @@ def test_missing_mpp_is_a_clear_error_and_override_fixes_it(tmp_path):
     with pytest.raises(wsi.SlideError) as err:
         wsi.open_slide(info.path, "S3")
     assert str(err.value) == (
-        f"slide S3 ({info.path}): no microns-per-pixel in metadata; "
-        "set the `mpp` column in slides.tsv"
+        f"slide S3 ({info.path}): no microns-per-pixel in metadata (OpenSlide reports no "
+        "openslide.mpp-x); set the `mpp` column in slides.tsv"
     )
     with wsi.open_slide(info.path, "S3", mpp_override=0.5) as slide:
         assert slide.mpp == 0.5
@@ -68,6 +69,48 @@ def test_generic_tiff_mpp_from_resolution_tags(tmp_path):
     path = write_pyramidal_tiff(tmp_path / "g.tif", image, 0.25, kind="generic")
     with wsi.open_slide(path, "G1") as slide:
         assert slide.mpp == pytest.approx(0.25)
+
+
+def test_implausible_resolution_tags_are_refused_naming_where_they_came_from(tmp_path):
+    """Resolution tags in the wrong unit (352.8 um/px) would cut sub-pixel tiles: refused,
+    saying which tags, with the sheet's `mpp` column as the way out; an implausible sheet
+    value is refused too."""
+    image, _, _ = synthetic_he_image(600, 400, 0.5, seed=1)
+    path = write_pyramidal_tiff(tmp_path / "unit.tif", image, 352.8, kind="generic")
+    with pytest.raises(wsi.SlideError, match=(
+            r"slide T1 \(.*unit\.tif\): level-0 resolution 352\.8 um/px \(from the TIFF "
+            r"resolution tags: XResolution 28\.34\d* per centimeter\) is outside the plausible "
+            r"range of brightfield scans \(0\.05-5 um/px\); set the right value in the `mpp` "
+            r"column of slides\.tsv$")):
+        wsi.open_slide(path, "T1")
+    with wsi.open_slide(path, "T1", mpp_override=0.5) as slide:
+        assert slide.mpp == 0.5
+    with pytest.raises(wsi.SlideError, match=r"0\.001 um/px \(from the `mpp` column of "
+                                              r"slides\.tsv\) is outside .*correct that value"):
+        wsi.open_slide(path, "T1", mpp_override=0.001)
+
+
+def test_a_slide_much_coarser_than_the_tiles_is_refused(tmp_path):
+    image, _, _ = synthetic_he_image(600, 400, 4.0, seed=1)
+    path = write_pyramidal_tiff(tmp_path / "overview.tif", image, 4.0, kind="generic")
+    with wsi.open_slide(path, "T2") as slide:
+        assert wsi.best_level_for_mpp(slide, 2.0, 224).read_size == 112  # 2x: allowed
+        with pytest.raises(wsi.SlideError, match=(
+                r"slide T2 .*: a 224-px tile at 0\.5 um/px would be read from 28 px of level 0 "
+                r"\(4 um/px\), upsampled more than 4x")):
+            wsi.best_level_for_mpp(slide, 0.5, 224)
+
+
+def test_openslide_s_own_reason_is_kept(tmp_path):
+    """A compression OpenSlide cannot decode (JPEG 2000 in a generic TIFF) is named."""
+    image, _, _ = synthetic_he_image(512, 512, 0.5, seed=1)
+    path = tmp_path / "j2k.tif"
+    tifffile.imwrite(path, image, tile=(256, 256), compression="jpeg2000", photometric="rgb",
+                     metadata=None)
+    with pytest.raises(wsi.SlideError, match=(
+            r"slide T3 \(.*j2k\.tif\): not readable by OpenSlide: OpenSlide says "
+            r"'Unsupported TIFF compression: 34712'$")):
+        wsi.open_slide(path, "T3", mpp_override=0.5)
 
 
 @pytest.mark.parametrize("keep", [0.6, 0.9999])

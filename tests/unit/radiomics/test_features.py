@@ -25,10 +25,6 @@ from radpath.radiomics.features import (
 REPO = Path(__file__).resolve().parents[3]
 
 
-
-
-
-
 @pytest.fixture
 def fast_params(tmp_path) -> Path:
     path = tmp_path / "params.yaml"
@@ -239,9 +235,9 @@ def test_nan_features_are_written_as_nan(tmp_path):
 
 def test_pyradiomics_failure_names_the_patient(tmp_path, fast_params):
     ct, mask = synthetic_case()
-    flat = sitk.GetArrayFromImage(mask)
-    flat[: SMALL[0] // 2] = 0
-    flat[SMALL[0] // 2 + 1 :] = 0  # one slice: fails minimumROIDimensions 3
+    flat = sitk.GetArrayFromImage(mask)  # z, y, x
+    flat[:, : SMALL[1] // 2] = 0
+    flat[:, SMALL[1] // 2 + 1 :] = 0  # one row of every slice: fails minimumROIDimensions 3
     single = sitk.GetImageFromArray(flat)
     single.CopyInformation(mask)
     ct_path, mask_path = write(ct, tmp_path / "ct.nii.gz"), write(single, tmp_path / "mask.nii.gz")
@@ -320,3 +316,30 @@ def write_dicom_series(image: sitk.Image, directory: Path, series_uid: str) -> N
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(directory / f"slice_{k:03d}.dcm"))
         writer.Execute(plane)
+
+
+def test_a_lesion_drawn_on_one_slice_is_refused_in_the_users_words(tmp_path, fast_params):
+    """A contour on one slice gives 3D features of the slice thickness: refused, naming the
+    patient and mask and the way out; with force2D (and z kept native) it is extracted."""
+    ct, mask = synthetic_case()
+    array = sitk.GetArrayFromImage(mask)  # z, y, x
+    single = np.zeros_like(array)
+    single[SMALL[0] // 2] = array[SMALL[0] // 2]
+    flat = sitk.GetImageFromArray(single)
+    flat.CopyInformation(mask)
+    ct_path, mask_path = write(ct, tmp_path / "ct.nii.gz"), write(flat, tmp_path / "flat.nii.gz")
+    with pytest.raises(RadiomicsError, match=(
+            r"^patient P7: mask .*flat\.nii\.gz: the ROI lies on one slice of the CT, .*"
+            r"force2D: true in the pyradiomics parameter file, and ct\.resample_spacing with 0 "
+            r"along z")):
+        run_ours(tmp_path, ct_path, mask_path, fast_params, patient_id="P7")
+    params_2d = tmp_path / "params_2d.yaml"
+    params_2d.write_text(yaml.safe_dump({**FAST_PARAMS, "setting": {
+        **FAST_PARAMS["setting"], "force2D": True, "force2Ddimension": 0,
+        "minimumROIDimensions": 2}}))
+    features, qc, _ = run_ours(tmp_path, ct_path, mask_path, params_2d, patient_id="P7",
+                               ct_cfg={**CT_CFG, "resample_spacing": [1.0, 1.0, 0.0]})
+    assert qc["radpath_roi_slices_native"] == "1"
+    assert features["original_glcm_Contrast"] > 0
+    _, qc_3d, _ = run_ours(tmp_path, ct_path, write(mask, tmp_path / "m.nii.gz"), fast_params)
+    assert int(qc_3d["radpath_roi_slices_native"]) > 1

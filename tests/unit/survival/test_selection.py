@@ -442,8 +442,6 @@ def test_fold_cox_on_forced_columns_survives_constant_and_separated_columns():
 # --------------------------------------------------------------------------- Coxnet failures
 
 
-
-
 WEIGHTS_TOO_LARGE = "Coxnet failed (Numerical error, because weights are too large)"
 
 
