@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,10 +414,39 @@ def check_fit(
     )
 
 
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole dotted component that is a number
+
+
 def _key_patterns(keys: list[str]) -> list[str]:
-    """Keys with block numbers starred and counted: `blocks.*.ls1.gamma (x24)`."""
-    counts = Counter(re.sub(r"(?<![^.])\d+(?![^.])", "*", key) for key in keys)
-    return [f"{pattern} (x{n})" if n > 1 else pattern for pattern, n in counts.items()]
+    """The real key names, those that differ only in one block number grouped with the
+    numbers listed: `blocks.[0-23].ls1.gamma (24 keys)`; keys that differ in several
+    numbers as their first and last: `layer1.0.conv3.weight ... layer4.2.conv3.weight
+    (12 keys)`."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(_INDEX.sub("*", key), []).append(key)
+    described = []
+    for pattern, members in groups.items():
+        if len(members) == 1:
+            described.append(members[0])
+            continue
+        numbers = [_INDEX.findall(key) for key in members]
+        if all(len(found) == 1 for found in numbers):
+            listed = _ranges(sorted(int(found[0]) for found in numbers))
+            described.append(f"{pattern.replace('*', f'[{listed}]')} ({len(members)} keys)")
+        else:
+            described.append(f"{members[0]} ... {members[-1]} ({len(members)} keys)")
+    return described
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    parts, start = [], numbers[0]
+    for previous, current in zip(numbers, [*numbers[1:], None], strict=True):
+        if current != previous + 1:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            start = current
+    return ",".join(parts)
 
 
 def _counted(n: int, noun: str, items: list[str], plural: str = "s") -> str:

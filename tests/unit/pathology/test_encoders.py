@@ -172,7 +172,7 @@ def test_weights_of_another_architecture_list_missing_and_mismatched_keys(tmp_pa
     assert message.startswith(
         f"encoder resnet50_trunc: weights {path} do not fit resnet50.tv_in1k: "
     )
-    assert "missing keys (" in message and "layer1.*.conv3.weight (x3)" in message
+    assert "missing keys (" in message and "layer1.[0-2].conv3.weight (3 keys)" in message
     assert "shape mismatches (" in message
     assert "layer1.0.conv1.weight: file (64, 64, 3, 3) vs model (64, 64, 1, 1)" in message
 
@@ -220,7 +220,7 @@ def test_uni_weights_in_a_plain_vit_large_are_rejected(uni_file):
     message = one_line_error(excinfo)
     assert message.startswith(
         f"encoder vit_large_patch16_224: weights {path} do not fit vit_large_patch16_224: "
-        "48 unexpected keys (blocks.*.ls1.gamma (x24), blocks.*.ls2.gamma (x24))"
+        "48 unexpected keys (blocks.[0-23].ls1.gamma (24 keys), blocks.[0-23].ls2.gamma (24 keys))"
     )
     assert "missing" not in message and "mismatch" not in message
 
