@@ -91,14 +91,20 @@ def read_folds(path) -> pd.DataFrame:
 
 
 def check_usage(usage: pd.DataFrame, folds: pd.DataFrame) -> None:
-    """The leakage audit: no validation patient is fitted or early-stopped on, and every
-    usable training patient is held out by exactly one fold model per network, which never
-    fitted or early-stopped on it. `usage`: patient_id, member, fold, role."""
+    """The leakage audit: no validation patient, nor a synthetic copy of one, is fitted or
+    early-stopped on, and every usable training patient is held out by exactly one fold
+    model per network, which never fitted or early-stopped on it or on a synthetic copy of
+    it. `usage`: patient_id, member, fold, role, source (the patient a synthetic copy was
+    made from; the patient itself for real rows)."""
+    usage = with_sources(usage)
     validation = set(folds.index[folds["split"] == "validation"])
-    trained = usage[usage["role"].isin([FIT, INNER])]
-    leaked = sorted(validation & set(trained["patient_id"]))
-    if leaked:
-        raise AssertionError(f"validation patients used in training: {', '.join(leaked[:10])}")
+    trained = usage[usage["role"].isin([FIT, INNER, SYNTHETIC])]
+    leaked = trained[trained["source"].isin(validation)]
+    if len(leaked):
+        raise AssertionError("validation patients used in training: " + ", ".join(
+            f"{row.patient_id} (of {row.source}) by {row.member} fold {row.fold}"
+            if row.patient_id != row.source else f"{row.patient_id} by {row.member} fold "
+            f"{row.fold}" for row in leaked.head(10).itertuples()))
     wanted = set(folds.index[(folds["split"] == "train") & (folds["fold"] > 0)])
     for member, rows in usage.groupby("member"):
         held = rows[rows["role"] == HELDOUT]
@@ -110,13 +116,25 @@ def check_usage(usage: pd.DataFrame, folds: pd.DataFrame) -> None:
                 f"{member}: training patients held out more than once ({', '.join(twice[:10])})"
                 f" or never ({', '.join(missing[:10])})"
             )
-        seen = rows[rows["role"].isin([FIT, INNER])][["patient_id", "fold"]]
-        clash = held.merge(seen, on=["patient_id", "fold"])
+        seen = rows[rows["role"].isin([FIT, INNER, SYNTHETIC])][["patient_id", "source", "fold"]]
+        clash = held[["patient_id", "fold"]].merge(
+            seen.rename(columns={"patient_id": "used", "source": "patient_id"}),
+            on=["patient_id", "fold"])
         if len(clash):
-            raise AssertionError(
-                f"{member}: fold models scored patients they trained on: "
-                f"{', '.join(sorted(set(clash['patient_id']))[:10])}"
-            )
+            raise AssertionError(f"{member}: fold models scored patients they trained on: " +
+                                 ", ".join(f"{row.patient_id} (as {row.used}, fold {row.fold})"
+                                           if row.used != row.patient_id else
+                                           f"{row.patient_id} (fold {row.fold})"
+                                           for row in clash.head(10).itertuples()))
+
+
+def with_sources(usage: pd.DataFrame) -> pd.DataFrame:
+    """`usage` with its `source` column; usage tables written before it had one name a
+    synthetic copy `<patient>~synthetic<k>`."""
+    if "source" in usage.columns:
+        return usage
+    return usage.assign(source=usage["patient_id"].astype(str).str.replace(
+        r"~synthetic\d+$", "", regex=True))
 
 
 def block_scores(scores: pd.DataFrame, folds: pd.DataFrame,

@@ -794,6 +794,7 @@ def train_fold(
     train_cubes, train_ids = cubes, ids
     train_time, train_event = np.asarray(time, float), event
     synthetic_ids: list[str] = []
+    sources: list[str] = []
     extra = [(p, synthetic_cubes[p]) for p in fit_ids if synthetic_cubes and p in synthetic_cubes]
     if extra:
         stacked = np.concatenate([np.asarray(c, dtype=np.asarray(cubes).dtype)
@@ -827,8 +828,10 @@ def train_fold(
              + [(p, INNER) for p in trained.inner_ids]
              + [(p, HELDOUT) for p in heldout] + [(p, VALIDATION) for p in validation])
     usage = pd.DataFrame(roles, columns=["patient_id", "role"])
+    source_of = dict(zip(synthetic_ids, sources, strict=True)) if synthetic_ids else {}
     usage.insert(1, "member", member)
     usage.insert(2, "fold", int(fold))
+    usage["source"] = [source_of.get(p, p) for p in usage["patient_id"]]
     history = trained.history.copy()
     history.insert(0, "member", member)
     history.insert(1, "fold", int(fold))

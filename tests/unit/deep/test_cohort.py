@@ -8,6 +8,7 @@ from radpath.deep.cohort import (
     FIT,
     HELDOUT,
     INNER,
+    SYNTHETIC,
     VALIDATION,
     assign_folds,
     block_scores,
@@ -113,6 +114,37 @@ def test_the_audit_passes_an_honest_run_and_catches_each_leak(folds):
                                            columns=usage.columns)])
     with pytest.raises(AssertionError, match="held out more than once"):
         check_usage(twice, folds)
+
+
+def test_the_audit_follows_synthetic_copies_to_their_source_patient(folds):
+    """A synthetic CT counts as its source patient: a copy of a validation patient in any
+    training set, or of a held-out patient in its own fold's, fails, naming both."""
+    usage, _ = usage_and_scores(folds)
+    usage["source"] = usage["patient_id"]
+    check_usage(usage, folds)
+    validation = folds.index[folds["split"] == "validation"][0]
+    copy = pd.DataFrame([(f"{validation}~synthetic1", "net", 2, SYNTHETIC, validation)],
+                        columns=usage.columns)
+    with pytest.raises(AssertionError, match=(
+            rf"validation patients used in training: {validation}~synthetic1 \(of "
+            rf"{validation}\) by net fold 2")):
+        check_usage(pd.concat([usage, copy]), folds)
+    heldout = usage[usage["role"] == HELDOUT].iloc[0]
+    own = pd.DataFrame([(f"{heldout['patient_id']}~synthetic1", "net", heldout["fold"],
+                         SYNTHETIC, heldout["patient_id"])], columns=usage.columns)
+    with pytest.raises(AssertionError, match=(
+            rf"net: fold models scored patients they trained on: {heldout['patient_id']} "
+            rf"\(as {heldout['patient_id']}~synthetic1, fold {heldout['fold']}\)")):
+        check_usage(pd.concat([usage, own]), folds)
+    # A copy of a fit patient in a fold that does not hold it out is what augmentation does.
+    fit = usage[(usage["role"] == FIT)].iloc[0]
+    fine = pd.DataFrame([(f"{fit['patient_id']}~synthetic1", "net", fit["fold"], SYNTHETIC,
+                          fit["patient_id"])], columns=usage.columns)
+    check_usage(pd.concat([usage, fine]), folds)
+    # Tables written before the source column: the copy's name says its source.
+    legacy = pd.concat([usage, copy]).drop(columns="source")
+    with pytest.raises(AssertionError, match="validation patients used in training"):
+        check_usage(legacy, folds)
 
 
 def test_block_takes_out_of_fold_scores_for_training_and_the_mean_for_validation(folds):

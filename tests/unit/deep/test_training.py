@@ -273,6 +273,10 @@ def test_synthetic_cts_join_only_the_folds_that_fit_their_patient():
         roles = result.usage.groupby("role")["patient_id"].apply(set)
         fit = roles[FIT]
         assert roles[SYNTHETIC] == {f"{p}~synthetic{k}" for p in fit for k in (1, 2)}
+        copies = result.usage[result.usage["role"] == SYNTHETIC]
+        assert (copies["source"] == copies["patient_id"].str.split("~").str[0]).all()
+        real = result.usage[result.usage["role"] != SYNTHETIC]
+        assert (real["source"] == real["patient_id"]).all()
         assert fit == {p for p in result.trained.fit_ids if "~" not in p}
         assert not any("~" in p for p in result.scores["patient_id"])
         assert not any("~" in p for p in result.trained.inner_ids)
