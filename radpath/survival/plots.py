@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from radpath.inputs.figures import save_figure  # noqa: E402
+from radpath.inputs.figures import plt, save_figure  # pyplot on the Agg backend
 
 
 def plot_forest(cindex: pd.DataFrame, path, title: str) -> None:
