@@ -38,7 +38,8 @@ COHORT_JOBS = {
     **dict.fromkeys(
         ["deep_ct_folds", "deep_ct_pretrain", "deep_ct_train", "deep_ct_block",
          "deep_ct_gradcam", "score_deep_ct"], "radpath.deep.jobs"),
-    **dict.fromkeys(["synthesis_train", "synthesis_quality"], "radpath.synthesis.jobs"),
+    **dict.fromkeys(["synthesis_layouts_qc", "synthesis_train", "synthesis_quality"],
+                    "radpath.synthesis.jobs"),
     **dict.fromkeys(["report", "score_report"], "radpath.report.jobs"),
 }
 

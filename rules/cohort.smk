@@ -35,10 +35,12 @@ rule radiomics_matrix:
     input:
         features=expand("results/radiomics/{patient}/features.tsv", patient=PATIENT_IDS),
         qc=expand("results/radiomics/{patient}/qc.tsv", patient=PATIENT_IDS),
+        split="results/cohort/split.tsv",
     output:
         matrix="results/cohort/radiomics_raw.tsv",
         qc="results/cohort/radiomics_qc.tsv",
         excluded="results/cohort/radiomics_excluded.tsv",
+        missing="results/cohort/radiomics_missing.tsv",
     log:
         "logs/cohort/radiomics_matrix.log",
     conda:
@@ -47,7 +49,9 @@ rule radiomics_matrix:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
     params:
         files=job_files,
-        settings=job_settings(),
+        settings=job_settings(
+            missing_features=config["radiomics"]["missing_features"],
+        ),
     shell:
         "python -m radpath.cli radiomics_matrix --files {params.files:q}"
         " --settings {params.settings:q} --threads {threads} --log {log:q}"

@@ -12,6 +12,7 @@ rule report:
         outcomes="results/cohort/outcomes.tsv",
         imputation="results/cohort/imputation.tsv",
         excluded="results/cohort/radiomics_excluded.tsv",
+        radiomics_missing="results/cohort/radiomics_missing.tsv",
         batch_tests="results/cohort/harmonization/radiomics_batch_tests.tsv",
         pca="results/cohort/harmonization/radiomics_pca.png",
         coefficients=expand(
@@ -92,6 +93,9 @@ rule report:
         ),
         synthesis_loss=(
             ["results/report/synthesis/training_loss.png"] if SYNTHESIS_USED else []
+        ),
+        synthesis_layouts_qc=(
+            ["results/synthesis/layouts_qc.tsv"] if SYNTHESIS_USED else []
         ),
         template=REPORT_TEMPLATE,
     output:

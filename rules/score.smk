@@ -130,6 +130,7 @@ rule score_radiomics_matrix:
         raw="results/score/{cohort}/cohort/radiomics_raw.tsv",
         harmonized="results/score/{cohort}/cohort/radiomics.tsv",
         excluded="results/score/{cohort}/cohort/radiomics_excluded.tsv",
+        missing="results/score/{cohort}/cohort/radiomics_missing.tsv",
         batches="results/score/{cohort}/cohort/harmonization_batches.tsv",
     log:
         "logs/score/{cohort}/radiomics_matrix.log",
@@ -142,6 +143,7 @@ rule score_radiomics_matrix:
         settings=job_settings(
             batch_column=config["harmonization"]["batch_column"],
             unseen_batches=SCORE["unseen_batches"],
+            missing_features=config["radiomics"]["missing_features"],
         ),
     shell:
         "python -m radpath.cli score_radiomics_matrix --files {params.files:q}"

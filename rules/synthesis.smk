@@ -2,7 +2,8 @@
 # nodule), trained on TRAINING patients only, sampled and judged. `snakemake synthesis`.
 #
 # 1. synthesis_layout (CPU, per training patient): lungs (mask label or segmented) and
-#    nodule on the CT grid, and CT + layout on the model's size^3 grid.
+#    nodule on the CT grid, and CT + layout on the model's size^3 grid; synthesis_layouts_qc
+#    tables the lung volumes and flags implausible ones before the model trains.
 # 2. synthesis_train (GPU): the DDPM on the "fit" patients (not the held-out ones);
 #    checkpoints every checkpoint_every steps, so a killed job resumes.
 # 3. synthesis_sample (GPU, per variant x patient x draw): real = a fit patient's own
@@ -47,11 +48,35 @@ rule synthesis_layout:
         " --ct-image {output.ct:q} --log {log:q}"
 
 
+rule synthesis_layouts_qc:
+    input:
+        layouts=expand(
+            "results/synthesis/layouts/{patient}.npz", patient=SYNTHESIS_PATIENTS
+        ),
+    output:
+        qc="results/synthesis/layouts_qc.tsv",
+    log:
+        "logs/synthesis/layouts_qc.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        files=job_files,
+        settings=job_settings(
+            patients=SYNTHESIS_PATIENTS,
+            plausible_lung_ml=SYNTHESIS["plausible_lung_ml"],
+        ),
+    shell:
+        "python -m radpath.cli synthesis_layouts_qc --files {params.files:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
+
+
 rule synthesis_train:
     input:
         layouts=expand(
             "results/synthesis/layouts/{patient}.npz", patient=SYNTHESIS_PLAN["fit"]
         ),
+        # checked (and flagged in its log) before the model trains on them
+        layouts_qc="results/synthesis/layouts_qc.tsv",
     output:
         model="results/synthesis/model.pt",
         history="results/synthesis/training_history.tsv",
@@ -203,6 +228,7 @@ rule synthesis_quality:
 rule synthesis:
     input:
         "results/synthesis/quality.tsv",
+        "results/synthesis/layouts_qc.tsv",
         "results/report/synthesis/training_loss.png",
         "results/report/synthesis/real_vs_synthetic.png",
         synthesis_sample_files("ct.nii.gz"),

@@ -52,6 +52,8 @@ SUPPORTED_FORMATS = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series d
 LABEL_MAP = "label map"
 BSPLINE_SUPPORT = 2  # voxels each side a cubic B-spline reads around a sample point
 BSPLINE_DECAY_MARGIN = 40  # extra voxels so the cropped prefilter equals the full one
+# The pixel type every CT is cast to before resampling and extraction (see prepare_case).
+RADIOMICS_PIXEL_TYPE = sitk.sitkFloat32
 ROI_BOUNDS_TOLERANCE = 1e-3  # voxels; same slack as pyradiomics' _checkROI
 
 
@@ -721,7 +723,10 @@ def prepare_case(
     notes["radpath_resample_spacing"] = (
         "native" if settings.resample_spacing is None else _fmt(settings.resample_spacing)
     )
-    image = ct
+    # pyradiomics resamples and filters in the image's own pixel type: the same scan stored
+    # as int16 or as float32 would give different features (interpolated values rounded to
+    # integers), so every CT is cast to one type first (after the crop: less to convert).
+    notes["radpath_ct_cast_to"] = sitk.GetPixelIDValueAsString(RADIOMICS_PIXEL_TYPE)
     if settings.resample_spacing is not None:
         source = (
             crop_ct_for_resampling(ct, mask, settings.resample_spacing, pad_distance)
@@ -732,13 +737,15 @@ def prepare_case(
         notes["radpath_ct_region_read"] = f"start {_fmt(start)} size {_fmt(source.GetSize())}"
         try:
             image, mask = resample_case(
-                source, mask, settings.resample_spacing, interpolator, pad_distance
+                sitk.Cast(source, RADIOMICS_PIXEL_TYPE), mask, settings.resample_spacing,
+                interpolator, pad_distance,
             )
         except (ValueError, RuntimeError) as exc:
             where = _where(patient_id, ROLE_CT, ct_path)
             raise CaseInputError(f"{where}: resampling failed: {_one_line(exc)}") from None
         stage = f"after resampling to {_fmt(settings.resample_spacing)} mm"
     else:
+        image = sitk.Cast(ct, RADIOMICS_PIXEL_TYPE)
         stage = "on the native grid"
     n_voxels = check_roi_size(mask, settings.min_roi_voxels, patient_id, mask_path, stage)
     notes["radpath_roi_voxels"] = str(n_voxels)

@@ -1,19 +1,21 @@
 """pyradiomics features for one patient, written as one-row feature and QC tables.
 
 Our result equals plain pyradiomics run on the raw files with
-`pyradiomics_reference_params(params, ct.resample_spacing, mask_label)`: `radpath.inputs.ct`
-resamples with pyradiomics' own function and settings, then pyradiomics runs without
-resampling. `diagnostics_*` entries never enter the features; they go to the QC table.
+`pyradiomics_reference_params(params, ct.resample_spacing, mask_label)` and the CT cast to
+32-bit float: `radpath.inputs.ct` casts every CT to that one type (so a scan gives the same
+features whether its file stores int16 or float) and resamples with pyradiomics' own
+function and settings, then pyradiomics runs without resampling. `diagnostics_*` entries never enter the features; they go to the QC table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import SimpleITK as sitk
 import yaml
@@ -26,6 +28,7 @@ from radpath.inputs.io import atomic_write
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_PREFIX = "diagnostics_"
+PYRADIOMICS_WARNINGS = "radpath_pyradiomics_warnings"  # QC column
 PYRADIOMICS_DEFAULTS = RadiomicsFeatureExtractor._getDefaultSettings()
 
 
@@ -155,11 +158,38 @@ def extract_features(
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Run a pyradiomics extractor on an image and mask; (features, diagnostics), in
     pyradiomics' order."""
+    with pyradiomics_warnings() as warnings:
+        try:
+            result = extractor.execute(image, mask)
+        except (ValueError, RuntimeError) as exc:
+            raise RadiomicsError(
+                f"patient {patient_id}: pyradiomics failed: {_one_line(exc)}"
+            ) from exc
+    features, diagnostics = split_result(result, patient_id)
+    if warnings:
+        diagnostics[PYRADIOMICS_WARNINGS] = "; ".join(dict.fromkeys(warnings))
+    return features, diagnostics
+
+
+@contextlib.contextmanager
+def pyradiomics_warnings() -> Iterator[list[str]]:
+    """The messages of pyradiomics' warnings while the block runs (they are also logged).
+
+    pyradiomics skips what it cannot compute (e.g. a LoG filter on a CT only a few slices
+    thick) with a warning and leaves those features out; the QC table keeps its reason."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(_one_line(record.getMessage(), limit=None))
+
+    source = logging.getLogger("radiomics")
+    handler = Collect(logging.WARNING)
+    source.addHandler(handler)
     try:
-        result = extractor.execute(image, mask)
-    except (ValueError, RuntimeError) as exc:
-        raise RadiomicsError(f"patient {patient_id}: pyradiomics failed: {_one_line(exc)}") from exc
-    return split_result(result, patient_id)
+        yield messages
+    finally:
+        source.removeHandler(handler)
 
 
 def extract_patient(
@@ -208,10 +238,17 @@ def extract_patient(
     extractor.settings.update(run_settings(resampled=ct_settings.resample_spacing is not None))
     features, diagnostics = extract_features(case.image, case.mask, extractor, patient_id)
     nan_features = [name for name, value in features.items() if math.isnan(value)]
+    warnings = diagnostics.pop(PYRADIOMICS_WARNINGS, "")
+    if warnings:
+        logger.warning(
+            "patient %s: pyradiomics computed %d features and warned: %s",
+            patient_id, len(features), warnings,
+        )
     qc = {
         **case.notes,
         "radpath_n_features": str(len(features)),
         "radpath_nan_features": " ".join(nan_features),
+        PYRADIOMICS_WARNINGS: warnings,
         **diagnostics,
     }
     write_row_tsv(features_out, {"patient_id": patient_id, **features})

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 
 def radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> None:
-    """Per-patient radiomics rows -> cohort matrix, QC, exclusions."""
+    """Per-patient radiomics rows -> cohort matrix, QC, exclusions, and the features missing
+    for some patients handled by radiomics.missing_features (radpath.radiomics.missing)."""
     import pandas as pd
 
     from radpath.inputs.cohort import assemble_rows
     from radpath.inputs.io import read_tsv, write_tsv
+    from radpath.radiomics.missing import handle_missing_features, per_patient_summary
 
-    matrix, excluded = assemble_rows(inputs.features, "patient_id")
+    assembled, excluded = assemble_rows(inputs.features, "patient_id")
+    split = read_tsv(inputs.split, index_col="patient_id")["split"]
+    matrix, missing = handle_missing_features(assembled, params.missing_features, split)
     qc = pd.concat([read_tsv(p, index_col="patient_id") for p in inputs.qc], sort=False)
+    summary = per_patient_summary(missing, assembled.columns, assembled.index)
+    qc = qc.join(summary)
     write_tsv(matrix, outputs.matrix)
     write_tsv(qc, outputs.qc)
     write_tsv(excluded, outputs.excluded)
+    write_tsv(missing, outputs.missing, index=False)
 
 
 def harmonize(inputs, outputs, params, wildcards, threads: int) -> None:

@@ -446,6 +446,23 @@ def patient_flow(outcomes: pd.DataFrame, radiomics_excluded: pd.DataFrame,
     return rows
 
 
+def missing_features_summary(missing: pd.DataFrame, policy: str) -> dict:
+    """The radiomics features some patients lack (results/cohort/radiomics_missing.tsv): how
+    many, what became of them under radiomics.missing_features, and per patient which."""
+    if missing.empty:
+        return {}
+    per_patient = [
+        {"patient_id": patient, "n": len(part),
+         "types": ", ".join(f"{kind} ({n})" for kind, n in
+                            part["image_type"].value_counts(sort=False).items())}
+        for patient, part in missing.astype({"patient_id": str}).groupby("patient_id")
+    ]
+    actions = missing.groupby("action")["feature"].nunique()
+    return {"policy": policy, "n_features": int(missing["feature"].nunique()),
+            "n_values": len(missing), "patients": per_patient,
+            "actions": [{"action": a, "n_features": int(n)} for a, n in actions.items()]}
+
+
 def batch_summary(tests: pd.DataFrame) -> dict:
     """Share of features whose distribution differs by batch (p < 0.05) before and after."""
     summary = {}
@@ -503,8 +520,21 @@ def render_html(template_path, context: dict, out_path) -> None:
         handle.write(template.render(**context))
 
 
-def synthesis_section(quality: str, figure: str, loss: str, model_meta: dict) -> dict:
-    """The synthesis section: quality rows (synthetic vs reference), figure, loss curve."""
+def layouts_qc_summary(path: str) -> dict:
+    """The synthesis patients' lungs (results/synthesis/layouts_qc.tsv): volume range, how
+    many the field of view cuts, and the flagged patients with the reason."""
+    table = read_tsv(path).fillna({"lungs_cut_by": "", "flag": ""})
+    volumes = table["lungs_ml"].dropna()
+    return {"n": len(table),
+            "ml_range": f"{volumes.min():.0f} to {volumes.max():.0f}" if len(volumes) else "",
+            "n_cut": int((table["lungs_cut_by"] != "").sum()),
+            "flagged": table.loc[table["flag"] != "", ["patient_id", "flag"]].to_dict("records")}
+
+
+def synthesis_section(quality: str, figure: str, loss: str, model_meta: dict,
+                      layouts_qc: str | None = None) -> dict:
+    """The synthesis section: quality rows (synthetic vs reference), figure, loss curve, and
+    the layout QC (lung volumes, flags)."""
     table = read_tsv(quality)
     rows = []
     for r in table.to_dict("records"):
@@ -520,6 +550,7 @@ def synthesis_section(quality: str, figure: str, loss: str, model_meta: dict) ->
                          "value": f"{r['mean']:.3g}{sd}", "reference": "",
                          "n": f"{int(r['n_volumes'])} volumes"})
     return {"rows": rows, "figure": embed_png(figure), "loss": embed_png(loss),
+            "lungs": layouts_qc_summary(layouts_qc) if layouts_qc else {},
             "reference_splits": int(table["reference_splits"].max())
             if "reference_splits" in table.columns and table["reference_splits"].notna().any()
             else 0, **model_meta}
@@ -551,6 +582,8 @@ def render_report(
             {s: slide_patients[s] for s in slides} if slides else {},
         ),
         "excluded": excluded.to_dict("records"),
+        "missing_features": missing_features_summary(
+            read_tsv(inputs.radiomics_missing), config["radiomics"]["missing_features"]),
         "imputation": [
             r for r in read_tsv(inputs.imputation).to_dict("records")
             if r["n_train_filled"] or r["n_validation_filled"]
@@ -588,7 +621,8 @@ def render_report(
         ),
         "synthesis": (
             synthesis_section(inputs.synthesis_quality[0], inputs.synthesis_figure[0],
-                              inputs.synthesis_loss[0], synthesis_meta)
+                              inputs.synthesis_loss[0], synthesis_meta,
+                              inputs.synthesis_layouts_qc[0])
             if getattr(inputs, "synthesis_quality", None) else {}
         ),
         "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,

@@ -68,27 +68,39 @@ def score_clinical(inputs, outputs, params, wildcards, threads: int) -> None:
 
 def score_radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> None:
     """An external cohort's radiomics rows -> its raw matrix, and
-    the matrix harmonized with the run's training medians and ComBat estimates."""
+    the matrix harmonized with the run's training medians and ComBat estimates; patients
+    missing some of the run's features are excluded or imputed (radiomics.missing_features)."""
+    import pandas as pd
+
     from radpath.inputs.cohort import assemble_rows
     from radpath.inputs.io import read_json, read_tsv, write_tsv
     from radpath.inputs.sheets import read_sheet
     from radpath.radiomics.harmonize import ComBatModel
-    from radpath.survival.scoring import external_harmonized, training_medians
+    from radpath.radiomics.missing import external_missing
+    from radpath.survival.scoring import (
+        external_harmonized,
+        require_run_features,
+        training_medians,
+    )
 
-    raw, excluded = assemble_rows(inputs.features, "patient_id")
+    assembled, excluded = assemble_rows(inputs.features, "patient_id")
     run_raw = read_tsv(inputs.run_matrix, index_col="patient_id")
     run_split = read_tsv(inputs.run_split, index_col="patient_id")["split"]
     batch_covariates = read_tsv(inputs.batch_covariates, index_col="patient_id")
     patients = read_sheet(inputs.patients, "patients").set_index("patient_id")
+    combat = ComBatModel.from_dict(read_json(inputs.combat))
+    require_run_features(assembled, combat.features)
+    raw, missing, incomplete = external_missing(assembled, combat.features,
+                                                params.missing_features)
     harmonized, treatment = external_harmonized(
-        raw, training_medians(run_raw, run_split),
-        ComBatModel.from_dict(read_json(inputs.combat)),
+        raw, training_medians(run_raw, run_split), combat,
         patients[params.batch_column], batch_covariates if len(batch_covariates.columns) else None,
         params.unseen_batches,
     )
     write_tsv(raw, outputs.raw)
     write_tsv(harmonized, outputs.harmonized)
-    write_tsv(excluded, outputs.excluded)
+    write_tsv(pd.concat([excluded, incomplete]), outputs.excluded)
+    write_tsv(missing, outputs.missing, index=False)
     write_tsv(treatment, outputs.batches, index=False)
 
 

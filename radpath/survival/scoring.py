@@ -98,6 +98,16 @@ def training_medians(run_matrix: pd.DataFrame, run_split: pd.Series) -> pd.Serie
     return run_matrix.loc[train].median()
 
 
+def require_run_features(raw: pd.DataFrame, run_features: list[str]) -> None:
+    """Every feature of the run must be a column of the external matrix (a feature no
+    external patient has means other pyradiomics parameters, not a patient's problem)."""
+    absent = [f for f in run_features if f not in raw.columns]
+    if absent:
+        raise HarmonizationError(f"external radiomics lack {len(absent)} feature(s) of the run "
+                                 f"({', '.join(absent[:5])}): extract them with the run's "
+                                 "pyradiomics parameters")
+
+
 def external_harmonized(
     raw: pd.DataFrame,
     medians: pd.Series,
@@ -111,11 +121,7 @@ def external_harmonized(
     batch the model never saw, or `estimate` its effect from this cohort's patients of it."""
     if unseen not in UNSEEN_BATCH_POLICIES:
         raise ValueError(f"score.unseen_batches must be one of {UNSEEN_BATCH_POLICIES}")
-    missing = [f for f in model.features if f not in raw.columns]
-    if missing:
-        raise HarmonizationError(f"external radiomics lack {len(missing)} feature(s) of the run "
-                                 f"({', '.join(missing[:5])}): extract them with the run's "
-                                 "pyradiomics parameters")
+    require_run_features(raw, model.features)
     features = raw[model.features].fillna(medians[model.features])
     batch = batch.loc[features.index].astype(str)
     new = unseen_batches(model, batch)

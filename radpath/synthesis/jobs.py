@@ -10,6 +10,22 @@ what it needs inside: each rule runs in its own conda environment (envs/*.yaml).
 from __future__ import annotations
 
 
+def synthesis_layouts_qc(inputs, outputs, params, wildcards, threads: int) -> None:
+    """Per synthesis patient its lungs (volume, field of view, nodule inside), flagged where
+    implausible for an adult, before a model trains on them."""
+    import logging
+
+    from radpath.inputs.io import write_tsv
+    from radpath.synthesis.layout import layouts_qc
+
+    table = layouts_qc(dict(zip(params.patients, inputs.layouts, strict=True)),
+                       params.plausible_lung_ml)
+    for row in table[table["flag"] != ""].itertuples():
+        logging.getLogger(__name__).warning("synthesis layout of patient %s: %s",
+                                            row.patient_id, row.flag)
+    write_tsv(table, outputs.qc, index=False)
+
+
 def synthesis_train(inputs, outputs, params, wildcards, threads: int) -> None:
     """The layout-conditioned DDPM on the synthesis patients (GPU)."""
     from radpath.synthesis.gpu_jobs import train_job

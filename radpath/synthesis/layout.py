@@ -11,6 +11,7 @@ model's inside.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -216,6 +217,69 @@ def segment_lungs(ct: sitk.Image, settings: Mapping) -> LungSearch:
             tuple(slice(p, -p if p else None) for p, _ in pad)]
     lungs = _slicewise_fill(ndimage.binary_fill_holes(lungs))
     return LungSearch(lungs, **search)
+
+
+FACES = {"first slice": (0, 0), "last slice": (0, -1), "anterior or posterior edge": (1, None),
+         "left or right edge": (2, None)}
+
+
+def faces_touched(mask: np.ndarray) -> list[str]:
+    """The sides of the field of view a (z, y, x) mask reaches: where it does, the scan cuts
+    the organ and its volume is only a lower bound of the organ's."""
+    touched = []
+    for name, (axis, end) in FACES.items():
+        ends = (0, -1) if end is None else (end,)
+        if any(np.take(mask, e, axis=axis).any() for e in ends):
+            touched.append(name)
+    return touched
+
+
+def lung_facts(lungs: np.ndarray, nodule: np.ndarray, spacing_xyz: Sequence[float]) -> dict:
+    """What the layout QC reports per patient: lung volume (ml), the sides of the field of
+    view the lungs reach, and the share of the nodule inside the lungs."""
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    nodule = nodule.astype(bool)
+    return {"lungs_ml": float(lungs.sum() * voxel_ml),
+            "lungs_cut_by": "; ".join(faces_touched(lungs)),
+            "nodule_in_lungs": float((lungs & nodule).sum() / max(int(nodule.sum()), 1))}
+
+
+def lung_flag(facts: Mapping, plausible_ml: Sequence[float]) -> str:
+    """'' when the lung volume is plausible for an adult, else why not. Lungs cut by the
+    field of view (a crop) are only checked against the upper bound: their volume is part of
+    the lungs'."""
+    low, high = float(plausible_ml[0]), float(plausible_ml[1])
+    volume = float(facts["lungs_ml"])
+    if volume > high:
+        return f"{volume:.0f} ml of lung is more than an adult's {high:.0f} ml: air or bowel taken for lung?"
+    if not facts["lungs_cut_by"] and volume < low:
+        return (f"{volume:.0f} ml of lung in a scan that holds the whole lungs is less than an "
+                f"adult's {low:.0f} ml: a lung missed or cut off?")
+    return ""
+
+
+def layouts_qc(paths: Mapping[str, str], plausible_ml: Sequence[float]):
+    """One row per synthesis patient from its layout file (patient -> .npz): lung source,
+    volume, the sides of the field of view that cut the lungs, the nodule's share inside
+    them, and `flag` (why the lungs look wrong, see `lung_flag`) or the job's exclusion."""
+    import pandas as pd
+
+    from radpath.inputs.runtime import exclusion_reason
+
+    rows = []
+    for patient, path in paths.items():
+        reason = exclusion_reason(path)
+        if reason is not None:
+            rows.append({"patient_id": patient, "flag": f"no layout: {reason}"})
+            continue
+        with np.load(path, allow_pickle=False) as data:
+            facts = json.loads(str(data["lungs"]))
+            source = str(data["lungs_source"])
+        rows.append({"patient_id": patient, "lungs_source": source, **facts,
+                     "flag": lung_flag(facts, plausible_ml)})
+    columns = ["patient_id", "lungs_source", "lungs_ml", "lungs_cut_by", "nodule_in_lungs",
+               "flag"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def make_layout(nodule: np.ndarray, lungs: np.ndarray) -> np.ndarray:

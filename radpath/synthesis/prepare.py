@@ -18,6 +18,7 @@ from radpath.inputs.io import atomic_path
 from radpath.synthesis.layout import (
     NODULE,
     LayoutError,
+    lung_facts,
     lungs_from_label,
     make_layout,
     model_grid,
@@ -59,14 +60,17 @@ def layout_job(*, images: Mapping, lung_label: str, settings: Mapping, npz_out: 
         raise LayoutError(f"patient {patient}: mask {images['mask_path']}: the nodule "
                              f"vanishes on the {settings['size']}^3 model grid (spacing "
                              f"{', '.join(f'{s:.2f}' for s in grid.spacing)} mm)")
-    log.info("patient %s: lungs %s (%.1f ml), nodule %d voxels; model grid %s mm", patient,
-             source, lungs.sum() * np.prod(ct.GetSpacing()) / 1000, int(nodule.sum()),
-             ", ".join(f"{s:.2f}" for s in grid.spacing))
+    facts = lung_facts(lungs, nodule, ct.GetSpacing())
+    log.info("patient %s: lungs %s (%.1f ml%s), nodule %d voxels (%.0f%% inside the lungs); "
+             "model grid %s mm", patient, source, facts["lungs_ml"],
+             f", cut by the field of view at its {facts['lungs_cut_by']}"
+             if facts["lungs_cut_by"] else "", int(nodule.sum()),
+             100 * facts["nodule_in_lungs"], ", ".join(f"{s:.2f}" for s in grid.spacing))
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer, ct=window_to_unit(hu, settings["window"]).astype(np.float16),
         layout=model_layout.astype(np.uint8), grid=json.dumps(grid.as_dict()),
-        lungs_source=source, patient_id=patient,
+        lungs_source=source, patient_id=patient, lungs=json.dumps(facts),
     )
     with atomic_path(npz_out) as tmp:
         tmp.write_bytes(buffer.getvalue())

@@ -247,6 +247,13 @@ def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finish
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
     assert "Synthetic CT: layout-conditioned 3D diffusion (Lung-DDPM)" in html
     assert 'alt="real vs synthetic"' in html and 'alt="DDPM training loss"' in html
+    # Layout QC: every synthesis patient's lungs; the demo's crops cut them, so none is
+    # held to an adult's whole-lung volume.
+    layouts_qc = read_tsv(workdir / "results/synthesis/layouts_qc.tsv", index_col="patient_id")
+    assert set(layouts_qc.index) == set(model.fit_ids) | heldout
+    assert (layouts_qc["lungs_ml"] > 0).all() and layouts_qc["lungs_cut_by"].notna().all()
+    assert layouts_qc["flag"].isna().all()
+    assert "Layout QC" in html and "No layout is flagged." in html
 
 
 def test_deep_ct_pretrains_on_its_own_cohort_and_reports_what_the_start_changed(finished_run,
@@ -516,7 +523,7 @@ def test_shuffled_outcomes_give_chance_validation_c(finished_run):
 def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_path):
     """on_patient_error=exclude: an empty mask, a lesion drawn on one slice, a truncated slide
     and a slide with implausible resolution tags are reported, the other patients and slides
-    still finish and are modelled."""
+    still finish and are modelled; a CT too thin for some features loses them visibly."""
     import SimpleITK as sitk
 
     cohort = tmp_path / "cohort"
@@ -536,6 +543,16 @@ def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_pa
     flat_mask = sitk.GetImageFromArray(array)
     flat_mask.CopyInformation(labels)
     sitk.WriteImage(flat_mask, str(cohort / flat["mask"]))
+    # A CT three 1-mm slices thick through the lesion: too thin for pyradiomics' LoG filters.
+    thin = patients.iloc[9]
+    labels = sitk.ReadImage(str(cohort / thin["mask"]))
+    lesion_z = np.flatnonzero((sitk.GetArrayFromImage(labels) == thin["mask_label"]).any(
+        axis=(1, 2)))
+    middle = int(lesion_z[len(lesion_z) // 2])
+    for column in ("ct", "mask"):
+        image = sitk.ReadImage(str(cohort / thin[column]))[:, :, middle - 1:middle + 2]
+        image.SetSpacing((*image.GetSpacing()[:2], 1.0))
+        sitk.WriteImage(image, str(cohort / thin[column]))
     slides = pd.read_csv(cohort / "slides.tsv", sep="\t")
     bad_slide = slides.iloc[-1]
     slide_file = cohort / bad_slide["path"]
@@ -566,6 +583,20 @@ def test_bad_patient_is_excluded_and_listed_with_keep_going(small_cohort, tmp_pa
     cindex = pd.read_csv(tmp_path / "results/report/cindex.tsv", sep="\t")
     radiomics_n = cindex.query("model == 'radiomics' and endpoint == 'os'")["n"].sum()
     assert radiomics_n == 18
+    # The thin CT's LoG features are listed, counted, and dropped for the whole cohort
+    # (radiomics.missing_features: drop), never filled with a median.
+    missing = pd.read_csv(tmp_path / "results/cohort/radiomics_missing.tsv", sep="\t")
+    assert set(missing["patient_id"]) == {thin["patient_id"]}
+    assert len(missing) == 3 * 92 and set(missing["action"]) == {"dropped from the cohort"}
+    assert all(f.startswith("log-sigma-") for f in missing["feature"])
+    raw = read_tsv(tmp_path / "results/cohort/radiomics_raw.tsv", index_col="patient_id")
+    assert raw.shape[1] == 1118 - 3 * 92 and not raw.isna().any().any()
+    assert thin["patient_id"] in raw.index
+    qc = read_tsv(tmp_path / "results/cohort/radiomics_qc.tsv", index_col="patient_id")
+    assert qc.loc[thin["patient_id"], "radpath_n_missing_features"] == 3 * 92
+    assert "LoG" in qc.loc[thin["patient_id"], "radpath_pyradiomics_warnings"]
+    assert "Radiomics features that could not be computed for every patient" in html
+    assert f"<td>{thin['patient_id']}</td><td>276</td>" in html
 
 
 def test_bad_patient_stops_cohort_but_not_other_patients(small_cohort, tmp_path):

@@ -304,8 +304,10 @@ def test_prepare_case_resamples_like_pyradiomics_on_the_full_ct(tmp_path):
     assert case.image.GetSpacing() == (1.0, 1.0, 1.0)
     assert case.mask.GetSpacing() == (1.0, 1.0, 1.0)
     assert case.notes["radpath_ct_region_read"] == "start (6, 5, 8) size (123, 125, 105)"
-    # the CT crop before resampling changes nothing: same as resampling the whole CT
-    ct, mask = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(mask_path))
+    # the CT crop before resampling changes nothing: same as resampling the whole CT (as
+    # 32-bit float, the type every CT is cast to)
+    ct = sitk.Cast(sitk.ReadImage(str(ct_path)), sitk.sitkFloat32)
+    mask = sitk.ReadImage(str(mask_path))
     full_image, full_mask = resample_case(ct, sitk.Cast(mask == 2, sitk.sitkUInt8), [1.0, 1.0, 1.0])
     assert case.image.GetOrigin() == full_image.GetOrigin()
     assert np.array_equal(sitk.GetArrayFromImage(case.image), sitk.GetArrayFromImage(full_image))

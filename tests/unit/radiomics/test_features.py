@@ -41,9 +41,11 @@ def run_ours(tmp_path, ct, mask, params_path, label=1, ct_cfg=CT_CFG, patient_id
 
 
 def run_pyradiomics(ct, mask, params_path, label=1, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Plain pyradiomics on the CT cast to radpath's pixel type (32-bit float)."""
     params = pyradiomics_reference_params(load_params(params_path), spacing, label)
-    image_or_path = [str(x) if isinstance(x, Path) else x for x in (ct, mask)]
-    result = RadiomicsFeatureExtractor(params).execute(*image_or_path)
+    image = sitk.ReadImage(str(ct)) if isinstance(ct, Path) else ct
+    mask = str(mask) if isinstance(mask, Path) else mask
+    result = RadiomicsFeatureExtractor(params).execute(sitk.Cast(image, sitk.sitkFloat32), mask)
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
 
@@ -343,3 +345,55 @@ def test_a_lesion_drawn_on_one_slice_is_refused_in_the_users_words(tmp_path, fas
     assert features["original_glcm_Contrast"] > 0
     _, qc_3d, _ = run_ours(tmp_path, ct_path, write(mask, tmp_path / "m.nii.gz"), fast_params)
     assert int(qc_3d["radpath_roi_slices_native"]) > 1
+
+
+@pytest.mark.parametrize("spacing", [[1.0, 1.0, 1.0], None], ids=["resampled", "native"])
+def test_the_same_scan_gives_the_same_features_whatever_pixel_type_its_file_stores(
+        tmp_path, spacing):
+    """pyradiomics resamples in the image's own type (an int16 CT's interpolated values are
+    rounded): radpath casts every CT to 32-bit float first, so int16, int32, float32 and
+    float64 files of one scan give identical features."""
+    params_path = REPO / "config" / "pyradiomics_ct.yaml"
+    ct, mask = synthetic_case()
+    mask_path = write(mask, tmp_path / "mask.nii.gz")
+    ct_cfg = {**CT_CFG, "resample_spacing": spacing}
+    results = {}
+    for name, pixel_type in (("int16", sitk.sitkInt16), ("int32", sitk.sitkInt32),
+                             ("float32", sitk.sitkFloat32), ("float64", sitk.sitkFloat64)):
+        ct_path = write(sitk.Cast(ct, pixel_type), tmp_path / f"ct_{name}.nii.gz")
+        results[name], qc, _ = run_ours(tmp_path / name, ct_path, mask_path, params_path,
+                                        ct_cfg=ct_cfg)
+        assert qc["radpath_ct_cast_to"] == "32-bit float"
+    assert qc["radpath_ct_pixel_type"] == "64-bit float"
+    for name in ("int32", "float32", "float64"):
+        assert_identical(results[name], results["int16"])
+    if spacing is not None:  # plain pyradiomics on the int16 file differs: the cast matters
+        params = pyradiomics_reference_params(load_params(params_path), spacing, 1)
+        plain = RadiomicsFeatureExtractor(params).execute(
+            str(tmp_path / "ct_int16.nii.gz"), str(mask_path))
+        differing = [k for k, v in results["float32"].items()
+                     if not math.isclose(float(plain[k]), v, rel_tol=0.01, abs_tol=1e-9)]
+        assert len(differing) > 10
+
+
+def test_features_pyradiomics_cannot_compute_are_left_out_with_its_reason_in_the_qc(
+        tmp_path, caplog):
+    """A CT three slices thick: pyradiomics skips its LoG images (too small for the filter)
+    and says so; the row lacks those features and the QC keeps pyradiomics' reason."""
+    params_path = REPO / "config" / "pyradiomics_ct.yaml"
+    ct, mask = synthetic_case()
+    middle = SMALL[0] // 2
+    thin_ct, thin_mask = ct[:, :, middle - 1:middle + 2], mask[:, :, middle - 1:middle + 2]
+    for image in (thin_ct, thin_mask):
+        image.SetSpacing((0.8, 0.8, 1.0))
+    ct_path = write(thin_ct, tmp_path / "ct.nii.gz")
+    mask_path = write(thin_mask, tmp_path / "mask.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        features, qc, out = run_ours(tmp_path, ct_path, mask_path, params_path, patient_id="P9")
+    assert not any(name.startswith("log-sigma") for name in features)
+    assert len(features) == 14 + 9 * 92  # original and 8 wavelet images; no LoG
+    assert "Image too small to apply LoG filter" in qc["radpath_pyradiomics_warnings"]
+    assert "Image too small to apply LoG filter" in read_row(out / "qc.tsv")[
+        "radpath_pyradiomics_warnings"]
+    assert any(r.name == "radpath.radiomics.features" and "patient P9" in r.getMessage()
+               and "LoG" in r.getMessage() for r in caplog.records)

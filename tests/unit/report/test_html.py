@@ -128,3 +128,26 @@ def test_patient_flow_counts_patients_and_events_per_split():
         "2 (OS 2 events)", "1 (OS 0 events)")
     assert table["without a usable slide"] == ("2 (OS 1 events)", "1 (OS 1 events)")
     assert table["analysed by the pathomics models"] == ("1 (OS 1 events)", "1 (OS 0 events)")
+
+
+def test_features_missing_for_some_patients_are_counted_in_the_cohort_section():
+    missing = pd.DataFrame({
+        "patient_id": ["P7", "P7", "P9"],
+        "feature": ["log-sigma-1-0-mm-3D_glcm_Idmn", "log-sigma-1-0-mm-3D_glcm_Idm",
+                    "original_glcm_Idmn"],
+        "image_type": ["log-sigma-1-0-mm-3D", "log-sigma-1-0-mm-3D", "original"],
+        "action": ["dropped from the cohort"] * 3,
+    })
+    summary = report_html.missing_features_summary(missing, "drop")
+    assert summary["n_features"] == 3 and summary["n_values"] == 3
+    assert summary["patients"] == [
+        {"patient_id": "P7", "n": 2, "types": "log-sigma-1-0-mm-3D (2)"},
+        {"patient_id": "P9", "n": 1, "types": "original (1)"}]
+    assert report_html.missing_features_summary(missing.iloc[:0], "drop") == {}
+    text = (REPO / "resources" / "report" / "report.html.j2").read_text(encoding="utf-8")
+    block = text[text.index("{% if missing_features %}"):text.index("{% if imputation %}")]
+    html = jinja2.Template(block, autoescape=True).render(missing_features=summary)
+    assert "3 features, 3 values" in html and "3 dropped from the cohort" in html
+    assert "<td>P7</td><td>2</td><td>log-sigma-1-0-mm-3D (2)</td>" in html
+    empty = jinja2.Template(block, autoescape=True).render(missing_features={})
+    assert "Every radiomics feature was computed for every patient" in empty

@@ -212,3 +212,71 @@ def test_the_model_grid_covers_the_scan():
     centre = np.array(cube.origin) + np.array(cube.spacing) * 7.5
     np.testing.assert_allclose(centre, ct.TransformContinuousIndexToPhysicalPoint(
         (44.5, 44.5, 11.5)), atol=1e-6)
+
+
+def _layout_files(tmp_path, patient: str, ct: sitk.Image, lungs_z: slice | None = None):
+    """layout_job on a phantom, its lungs kept only on the slices `lungs_z` (soft tissue
+    elsewhere), with a nodule in the left lung; returns the .npz path."""
+    from radpath.inputs.configuration import default_config
+    from radpath.synthesis.prepare import layout_job
+
+    array = sitk.GetArrayFromImage(ct)
+    if lungs_z is not None:
+        outside = np.ones(array.shape[0], bool)
+        outside[lungs_z] = False
+        lung_voxels = array < -700
+        lung_voxels[~outside] = False
+        array[lung_voxels] = 40
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(ct)
+    lungs = layouts.segment_lungs(image, LUNG_SETTINGS).lungs
+    nodule = np.zeros(array.shape, np.uint8)
+    z, y, x = (int(np.mean(a)) for a in np.nonzero(lungs))
+    ys, xs = np.nonzero(lungs[z])
+    left = xs < array.shape[2] // 2
+    y, x = int(np.median(ys[left])), int(np.median(xs[left]))
+    nodule[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3] = 1
+    mask = sitk.GetImageFromArray(nodule)
+    mask.CopyInformation(image)
+    folder = tmp_path / patient
+    folder.mkdir()
+    sitk.WriteImage(image, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(mask, str(folder / "mask.nii.gz"))
+    config = default_config()
+    images = {"patient_id": patient, "ct_path": str(folder / "ct.nii.gz"),
+              "mask_path": str(folder / "mask.nii.gz"), "mask_label": 1,
+              "ct_cfg": config["ct"]}
+    layout_job(images=images, lung_label="", settings={**config["synthesis"], "size": 48,
+                                                       "lungs": LUNG_SETTINGS},
+               npz_out=str(folder / "layout.npz"), layout_out=str(folder / "layout.nii.gz"),
+               ct_out=str(folder / "ct_out.nii.gz"))
+    return str(folder / "layout.npz")
+
+
+def test_layout_qc_reports_lung_volumes_and_flags_them_knowing_the_field_of_view(tmp_path):
+    """Whole lungs (inside the scan) are checked against an adult's range; lungs that the
+    field of view cuts (an in-plane crop) only against its upper bound."""
+    from radpath.inputs.runtime import EXCLUSION_PREFIX
+
+    ct, _ = chest_phantom(seed=2)
+    paths = {
+        "WHOLE": _layout_files(tmp_path, "WHOLE", ct, lungs_z=slice(6, 34)),
+        "SMALL": _layout_files(tmp_path, "SMALL", ct, lungs_z=slice(16, 24)),
+        "CROP": _layout_files(tmp_path, "CROP", crop(ct, {}, x_mm=(-100, 100),
+                                                     y_mm=(-112, 60))[0], slice(16, 24)),
+    }
+    (tmp_path / "failed.npz").write_text(f"{EXCLUSION_PREFIX}mask is empty\n")
+    paths["FAILED"] = str(tmp_path / "failed.npz")
+    qc = layouts.layouts_qc(paths, [1500.0, 10000.0]).set_index("patient_id")
+    assert qc.loc["WHOLE", "lungs_cut_by"] == "" and qc.loc["WHOLE", "flag"] == ""
+    assert 1500 < qc.loc["WHOLE", "lungs_ml"] < 3500  # two 100 x 140 mm ellipses, 112 mm
+    assert qc.loc["WHOLE", "nodule_in_lungs"] == 1.0
+    assert qc.loc["WHOLE", "lungs_source"] == "segmented from the CT"
+    assert qc.loc["SMALL", "flag"].startswith(
+        f"{qc.loc['SMALL', 'lungs_ml']:.0f} ml of lung in a scan that holds the whole lungs "
+        "is less than an adult's 1500 ml")
+    assert qc.loc["CROP", "lungs_ml"] < 1500 and qc.loc["CROP", "flag"] == ""
+    assert qc.loc["CROP", "lungs_cut_by"] == "anterior or posterior edge; left or right edge"
+    assert qc.loc["FAILED", "flag"] == "no layout: mask is empty"
+    too_much = layouts.layouts_qc({"WHOLE": paths["WHOLE"]}, [100.0, 500.0])
+    assert "more than an adult's 500 ml" in too_much.loc[0, "flag"]
