@@ -49,6 +49,12 @@ rule evaluate:
             endpoint=ENDPOINTS,
             model=MODELS,
         ),
+        # Each model's final features: a model that kept none gets a status, not a C-index.
+        models=expand(
+            "results/models/{endpoint}/{model}/model.json",
+            endpoint=ENDPOINTS,
+            model=MODELS,
+        ),
     output:
         cindex=report(
             "results/report/cindex.tsv",
@@ -77,6 +83,7 @@ rule evaluate:
         settings=job_settings(
             endpoints=ENDPOINTS,
             models=MODELS,
+            specs={model: config["models"][model] for model in MODELS},
             reference=config["reference_model"],
             evaluation=config["evaluation"],
             seed=config["seed"],
@@ -124,6 +131,7 @@ rule accuracy:
         settings=job_settings(
             endpoints=ENDPOINTS,
             models=MODELS,
+            specs={model: config["models"][model] for model in MODELS},
             reference=config["reference_model"],
             evaluation=config["evaluation"],
             seed=config["seed"],

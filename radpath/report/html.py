@@ -19,7 +19,9 @@ from PIL import Image
 from radpath.inputs.cohort import outcome_endpoints
 from radpath.inputs.io import atomic_write, read_json, read_tsv
 from radpath.inputs.runtime import exclusion_reason
-from radpath.survival.modeling import Z_95
+from radpath.survival.modeling import Z_95, FittedModel
+from radpath.survival.selection import STEP_LABELS, where_emptied
+from radpath.survival.status import OK, has_constant_risk, has_result, status_text
 
 MODEL_DESCRIPTIONS = {
     "clinical": "clinical covariates only",
@@ -68,41 +70,12 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def selected_imaging_features(coefficients: pd.DataFrame) -> list[str]:
-    """Features of a final model that come from a feature block (`block:name`), not clinical."""
-    return [f for f in coefficients["feature"] if ":" in str(f)]
-
-
-def model_notes(
-    coefficient_files: dict[tuple[str, str], str], model_specs: dict[str, dict]
-) -> dict[tuple[str, str], str]:
-    """Per (endpoint, model): why a model's numbers look the way they do, when they need it."""
-    notes = {}
-    for (endpoint, model), path in coefficient_files.items():
-        spec = model_specs.get(model, {})
-        if not spec.get("blocks"):
-            continue
-        coefficients = read_tsv(path)
-        if selected_imaging_features(coefficients):
-            continue
-        if spec.get("clinical"):
-            notes[endpoint, model] = (
-                "no imaging feature was selected: this is the clinical model (ΔC = 0 by "
-                "construction)"
-            )
-        else:
-            notes[endpoint, model] = (
-                "no feature was selected: the same risk for everyone (C = 0.5)"
-            )
-    return notes
-
-
-def performance_rows(
-    cindex: pd.DataFrame, reference: str, notes: dict[tuple[str, str], str] | None = None
-) -> list[dict]:
-    notes = notes or {}
+def performance_rows(cindex: pd.DataFrame, reference: str) -> list[dict]:
+    """The C-index table's rows, formatted. A model without a result of its own
+    (radpath.survival.status) shows its status instead of numbers."""
     rows = []
     for r in cindex.to_dict("records"):
+        status = status_text(r.get("status"))
         row = {
             "endpoint": r["endpoint"].upper(),
             "model": r["model"],
@@ -110,13 +83,19 @@ def performance_rows(
             "cohort": r["cohort"],
             "n": int(r["n"]),
             "events": int(r["events"]),
-            "harrell": fmt_ci(r["harrell_c"], r["harrell_lo"], r["harrell_hi"]),
-            "uno": fmt_ci(r["uno_c"], r["uno_lo"], r["uno_hi"]),
+            "status": status,
+            "harrell": "",
+            "uno": "",
             "delta": "",
             "corrected": "",
-            "logrank": fmt_p(r.get("logrank_p", np.nan)),
-            "note": notes.get((r["endpoint"], r["model"]), ""),
+            "logrank": "",
         }
+        if status != OK:
+            rows.append(row)
+            continue
+        row.update(harrell=fmt_ci(r["harrell_c"], r["harrell_lo"], r["harrell_hi"]),
+                   uno=fmt_ci(r["uno_c"], r["uno_lo"], r["uno_hi"]),
+                   logrank=fmt_p(r.get("logrank_p", np.nan)))
         if r["model"] != reference and np.isfinite(r.get("delta_harrell", np.nan)):
             row["delta"] = (
                 f"{r['delta_harrell']:+.3f} ({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f}), "
@@ -132,6 +111,32 @@ def performance_rows(
                 )
         rows.append(row)
     return rows
+
+
+def model_statuses(cindex: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(endpoint, model) -> status, from the C-index table (ok for a table without one)."""
+    return {(r["endpoint"], r["model"]): status_text(r.get("status"))
+            for r in cindex.to_dict("records")}
+
+
+def left_out_models(statuses: dict[tuple[str, str], str]) -> list[dict]:
+    """The models the forest plot and the comparisons leave out, with why."""
+    return [{"endpoint": endpoint.upper(), "model": model, "status": status}
+            for (endpoint, model), status in statuses.items() if status != OK]
+
+
+def constant_risk_models(statuses: dict[tuple[str, str], str]) -> list[dict]:
+    """The models without a Kaplan-Meier plot (a constant risk)."""
+    return [r for r in left_out_models(statuses) if has_constant_risk(r["status"])]
+
+
+def km_figures(km_dir: Path, keys, statuses: dict[tuple[str, str], str]) -> list[dict]:
+    """The KM plots to show: every model's except those with a constant risk (none drawn)."""
+    return [
+        {"endpoint": e.upper(), "model": m, "img": embed_png(Path(km_dir) / f"{e}_{m}.png"),
+         "status": statuses.get((e, m), OK)}
+        for e, m in keys if not has_constant_risk(statuses.get((e, m), OK))
+    ]  # fmt: skip
 
 
 def hazard_ratio_row(r: dict) -> dict:
@@ -275,10 +280,11 @@ def accuracy_section(accuracy_path, calibration_dir, decision_dir, keys, endpoin
     rows = []
     for r in read_tsv(accuracy_path).to_dict("records"):
         note = r["note"] if isinstance(r["note"], str) else ""
+        status = status_text(r.get("status"))
         row = {"endpoint": r["endpoint"].upper(), "model": r["model"],
                "horizon": f"{r['horizon']:g}", "events": int(r["events_by_horizon"]),
-               "note": note}  # fmt: skip
-        if not note:
+               "note": note, "status": status}  # fmt: skip
+        if not note and status == OK:
             row.update(
                 risk=f"{r['predicted_risk']:.2f} / {r['observed_risk']:.2f}",
                 auc=fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]),
@@ -334,7 +340,8 @@ def model_check_rows(model_files: dict[tuple[str, str], str]) -> list[dict]:
 
 
 def caveats(cindex: pd.DataFrame, reference: str) -> dict:
-    """Plain statements of how far the validation numbers can be trusted."""
+    """Plain statements of how far the validation numbers can be trusted; the comparisons
+    count the models with a result of their own only."""
     validation = cindex[cindex["cohort"] == "validation"]
     if validation.empty:
         return {"small": [], "n_comparisons": 0}
@@ -345,6 +352,10 @@ def caveats(cindex: pd.DataFrame, reference: str) -> dict:
         if r.events < SMALL_VALIDATION_EVENTS
     ]
     compared = validation[validation["model"] != reference]
+    if "status" in compared.columns:
+        # Nothing is compared with a reference that has no result of its own.
+        reference_ok = validation.loc[validation["model"] == reference, "status"].map(has_result)
+        compared = compared[compared["status"].map(has_result) & reference_ok.all()]
     return {"small": small, "n_comparisons": int(len(compared))}
 
 
@@ -383,14 +394,56 @@ def _git(folder: Path, *args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def selection_tables(files: dict[tuple[str, str], str]) -> list[dict]:
-    tables = []
-    for (endpoint, model), path in files.items():
-        log = read_tsv(path).fillna("")
-        tables.append(
-            {"endpoint": endpoint.upper(), "model": model, "rows": log.to_dict("records")}
-        )
-    return tables
+def step_label(step: str) -> str:
+    return STEP_LABELS.get(step, step)
+
+
+def emptied_sentence(block: str, where: dict) -> str:
+    """'radiomics: univariable Cox filter kept 0 of 812'."""
+    return f"{block}: {step_label(where['step'])} kept {where['n_out']} of {where['n_in']}"
+
+
+def block_count_rows(counts: pd.DataFrame, steps: list[str]) -> list[dict]:
+    """Per block: its columns, the count after each of ``steps`` ("" where the step does not
+    apply to it: forced columns skip the filters) and the step that left it empty."""
+    emptied = where_emptied(counts)
+    rows = []
+    for block, part in counts.groupby("block", sort=False):
+        after = dict(zip(part["step"], part["n_out"], strict=True))
+        rows.append({
+            "block": block, "columns": int(part["n_in"].iloc[0]),
+            "counts": [after.get(step, "") for step in steps],
+            "emptied": emptied_sentence(block, emptied[block]) if block in emptied else "",
+        })  # fmt: skip
+    return rows
+
+
+def selection_section(model: FittedModel, log: pd.DataFrame, endpoint: str, name: str,
+                      status: str) -> dict:
+    """One model's feature selection: per block the count after each step and where a block
+    lost its last column (models fitted before radpath counted them: the log only), and the
+    selection log (selection.tsv) with its notes."""
+    counts = model.selection_by_block
+    recorded = set(counts["step"])
+    steps = [step for step in STEP_LABELS if step in recorded]  # in the pipeline's order
+    steps += sorted(recorded.difference(steps))
+    blocks = block_count_rows(counts, steps) if len(counts) else []
+    return {
+        "endpoint": endpoint.upper(), "model": name, "status": status,
+        "steps": [step_label(step) for step in steps], "blocks": blocks,
+        "emptied": [b["emptied"] for b in blocks if b["emptied"]],
+        "rows": log.fillna("").to_dict("records"),
+    }  # fmt: skip
+
+
+def selection_sections(model_files: dict[tuple[str, str], str],
+                       log_files: dict[tuple[str, str], str],
+                       statuses: dict[tuple[str, str], str]) -> list[dict]:
+    return [
+        selection_section(FittedModel.from_dict(read_json(path)), read_tsv(log_files[key]),
+                          key[0], key[1], statuses.get(key, OK))
+        for key, path in model_files.items()
+    ]
 
 
 def cohort_summary(outcomes: pd.DataFrame) -> list[dict]:
@@ -570,6 +623,7 @@ def render_report(
     keys = list(itertools.product(endpoints, models))
     slides = slides or {}
     cindex = read_tsv(inputs.cindex)
+    statuses = model_statuses(cindex)
     outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
     excluded = read_tsv(inputs.excluded)
     km_dir = Path(inputs.km)
@@ -629,10 +683,8 @@ def render_report(
                                      inputs.decision_plots, keys, endpoints),
         "validation": validation_section(config, getattr(inputs, "repeated_cv", None), outcomes),
         "checks": model_check_rows(dict(zip(keys, inputs.models, strict=True))),
-        "performance": performance_rows(
-            cindex, config["reference_model"],
-            model_notes(dict(zip(keys, inputs.coefficients, strict=True)), config["models"]),
-        ),
+        "performance": performance_rows(cindex, config["reference_model"]),
+        "left_out": left_out_models(statuses),
         "caveats": caveats(cindex, config["reference_model"]),
         "provenance": provenance(
             workflow_dir or Path(inputs.template).parents[2],  # resources/report/ -> workflow
@@ -640,14 +692,13 @@ def render_report(
              "slides": config.get("slides", "")},
         ),
         "forest": embed_png(inputs.forest),
-        "km": [
-            {"endpoint": e.upper(), "model": m, "img": embed_png(km_dir / f"{e}_{m}.png")}
-            for e, m in keys
-        ],
+        "km": km_figures(km_dir, keys, statuses),
+        "km_missing": constant_risk_models(statuses),
         "pca": embed_png(inputs.pca),
         "batch": batch_summary(read_tsv(inputs.batch_tests)),
         "coefficients": coefficient_tables(dict(zip(keys, inputs.coefficients, strict=True))),
-        "selection": selection_tables(dict(zip(keys, inputs.selection, strict=True))),
+        "selection": selection_sections(dict(zip(keys, inputs.models, strict=True)),
+                                        dict(zip(keys, inputs.selection, strict=True)), statuses),
         "models": [{"name": m, "description": MODEL_DESCRIPTIONS.get(m, ""),
                     **config["models"][m]} for m in models],
     }
@@ -667,6 +718,7 @@ def render_external_report(
     how each scanner was harmonized, and the run's metrics on this cohort."""
     keys = list(itertools.product(endpoints, models))
     cindex = read_tsv(inputs.cindex)
+    statuses = model_statuses(cindex)
     outcomes = read_tsv(inputs.outcomes, index_col="patient_id")
     excluded = [
         {"block": block, "slide_id": "", **row}
@@ -684,10 +736,11 @@ def render_external_report(
         "batches": (read_tsv(inputs.batches[0]).to_dict("records") if inputs.batches else []),
         "unscored": unscored,
         "performance": performance_rows(cindex, config["reference_model"]),
+        "left_out": left_out_models(statuses),
         "caveats": caveats(cindex.assign(cohort="validation"), config["reference_model"]),
         "forest": embed_png(inputs.forest),
-        "km": [{"endpoint": e.upper(), "model": m,
-                "img": embed_png(Path(inputs.km) / f"{e}_{m}.png")} for e, m in keys],
+        "km": km_figures(Path(inputs.km), keys, statuses),
+        "km_missing": constant_risk_models(statuses),
         "accuracy": accuracy_section(inputs.accuracy, inputs.calibration_plots,
                                      inputs.decision_plots, keys, endpoints),
         "provenance": provenance(

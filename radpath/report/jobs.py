@@ -49,6 +49,7 @@ def score_report(inputs, outputs, params, wildcards, threads: int) -> None:
         params.config["time_unit"],
         {"km": plot_dirs["km"], "calibration": plot_dirs["calibration_plots"],
          "decision_curve": plot_dirs["decision_plots"], "forest": outputs.forest},
+        params.config["models"],
     )
     for name, table in tables.items():
         write_tsv(table, getattr(outputs, name), index=False)

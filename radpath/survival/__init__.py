@@ -1,7 +1,8 @@
 """Survival statistics and models: concordance, bootstrap intervals, Kaplan-Meier and
 log-rank (metrics); feature selection (selection); the Cox pipeline fitted on training
 patients (modeling) and one model's job (fit); the evaluation tables and figures
-(evaluation, plots), time-dependent accuracy, calibration and decision curves (accuracy),
+(evaluation, plots) and which models have a result of their own to report (status),
+time-dependent accuracy, calibration and decision curves (accuracy),
 treatment benefit (benefit), repeated cross-validation (repeated_cv), and frozen models
 applied to external cohorts (scoring).
 

@@ -15,10 +15,26 @@ from radpath.survival.metrics import (
     plot_km_by_group,
     risk_groups,
 )
+from radpath.survival.status import (
+    OK,
+    blank_without_result,
+    has_constant_risk,
+    has_result,
+    left_out,
+)
 
 log = logging.getLogger(__name__)
 
 COHORTS = ("train", "validation")
+# A model without a result of its own (radpath.survival.status) keeps n and events only.
+C_RESULT_COLUMNS = (
+    "harrell_c", "harrell_lo", "harrell_hi", "uno_c", "uno_lo", "uno_hi",
+    "optimism_apparent_c", "optimism_optimism", "optimism_corrected_c", "logrank_p",
+)  # fmt: skip
+DELTA_COLUMNS = (
+    "delta_harrell", "delta_lo", "delta_hi", "delta_p",
+    "delta_uno", "delta_uno_lo", "delta_uno_hi", "delta_uno_p",
+)  # fmt: skip
 
 
 def endpoint_tau(risk: pd.DataFrame, endpoint: str, eval_cfg: dict) -> float:
@@ -41,8 +57,15 @@ def evaluate_endpoint(
     reference: str,
     eval_cfg: dict,
     seed: int,
+    statuses: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per model x cohort with C-indices, CIs and the paired difference to reference."""
+    """One row per model x cohort with C-indices, CIs and the paired difference to reference.
+
+    ``statuses`` (radpath.survival.status.endpoint_statuses; None: every model ok) go into a
+    `status` column; a model without a result of its own keeps n and events but no C, CI or
+    difference, and with a reference without one no model has a difference.
+    """
+    statuses = statuses or dict.fromkeys(risks, OK)
     tau = endpoint_tau(risks[reference], endpoint, eval_cfg)
     rows = []
     for model, risk in risks.items():
@@ -63,13 +86,18 @@ def evaluate_endpoint(
                 tau=tau,
             )
             row = table.loc[model].to_dict() if model in table.index else table.iloc[0].to_dict()
-            row.update(endpoint=endpoint, model=model, cohort=cohort, tau=tau)
+            row.update(endpoint=endpoint, model=model, cohort=cohort, status=statuses[model],
+                       tau=tau)
             if cohort == "train":
                 row.update(optimism_columns(optimism[model]))
             rows.append(row)
     table = pd.DataFrame(rows)
-    first = ["endpoint", "model", "cohort"]
-    return table[first + [c for c in table.columns if c not in first]]
+    first = ["endpoint", "model", "cohort", "status"]
+    table = blank_without_result(table[first + [c for c in table.columns if c not in first]],
+                                 C_RESULT_COLUMNS + DELTA_COLUMNS)
+    if not has_result(statuses[reference]):
+        table.loc[:, [c for c in DELTA_COLUMNS if c in table.columns]] = np.nan
+    return table
 
 
 def optimism_columns(optimism: dict) -> dict:
@@ -79,6 +107,25 @@ def optimism_columns(optimism: dict) -> dict:
     failures = optimism.get("failures") or {}
     columns["optimism_failures"] = "; ".join(f"{why}: {n}" for why, n in failures.items())
     return columns
+
+
+def km_plots(
+    endpoint: str, risks: dict[str, pd.DataFrame], statuses: dict[str, str], time_unit: str,
+    km_dir: Path, label: str = "validation",
+) -> dict[str, float]:
+    """The KM plot (`<endpoint>_<model>.png` in km_dir) and log-rank p of each model, except
+    those with a constant risk: at the training median everyone is in one group, so they get
+    no plot. The p of a model without a result of its own is NaN."""
+    p_values = {}
+    for model, risk in risks.items():
+        if has_constant_risk(statuses[model]):
+            log.info("%s %s: no Kaplan-Meier plot (%s)", endpoint, model, statuses[model])
+            p_values[model] = float("nan")
+            continue
+        p_value = km_validation(endpoint, model, risk, time_unit,
+                                Path(km_dir) / f"{endpoint}_{model}.png", label)
+        p_values[model] = p_value if has_result(statuses[model]) else float("nan")
+    return p_values
 
 
 def km_validation(
@@ -105,11 +152,15 @@ def km_validation(
 def endpoint_accuracy(
     endpoint: str, risks: dict[str, pd.DataFrame], baselines: dict[str, tuple], eval_cfg: dict,
     seed: int, time_unit: str, label: str, calibration_dir: Path, decision_path: Path,
-    reference: str,
+    reference: str, statuses: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Accuracy, calibration and decision-curve tables of one endpoint's models on their
     validation patients (`label` names them in the plot titles), with a calibration plot per
-    model in `calibration_dir` and the decision curves at `decision_path`."""
+    model in `calibration_dir` and the decision curves at `decision_path`.
+
+    A model without a result of its own (``statuses``, None: every model ok) keeps its
+    accuracy rows with the status and no metric (its calibration plot says why), and has no
+    calibration groups and no decision curve (the plot names it)."""
     from radpath.survival.accuracy import (
         accuracy_table,
         calibration_table,
@@ -117,17 +168,34 @@ def endpoint_accuracy(
     )
     from radpath.survival.plots import plot_calibration, plot_decision_curve
 
+    statuses = statuses or dict.fromkeys(risks, OK)
     horizons = eval_cfg["horizons"]
-    accuracy = accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed)
+    accuracy = accuracy_without_results(
+        accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed),
+        statuses)
     calibration = calibration_table(endpoint, risks, baselines, horizons,
                                     eval_cfg["calibration_groups"])
+    calibration = calibration[calibration["model"].map(lambda m: has_result(statuses[m]))]
     decision = decision_curve_table(endpoint, risks, baselines, eval_cfg["decision_horizon"])
+    decision = decision[~decision["model"].isin(left_out(statuses))]
     for m in risks:
-        plot_calibration(calibration[calibration["model"] == m],
-                         accuracy[accuracy["model"] == m], time_unit,
+        rows = accuracy[accuracy["model"] == m]
+        if not has_result(statuses[m]):
+            rows = rows.assign(note=statuses[m])
+        plot_calibration(calibration[calibration["model"] == m], rows, time_unit,
                          f"{endpoint.upper()} - {m} ({label})",
                          Path(calibration_dir) / f"{endpoint}_{m}.png")
     plot_decision_curve(decision, time_unit,
                         f"{endpoint.upper()} ({label}, {eval_cfg['decision_horizon']:g} "
-                        f"{time_unit})", decision_path, reference)
-    return accuracy, calibration, decision
+                        f"{time_unit})", decision_path, reference, left_out(statuses))
+    return accuracy, calibration.reset_index(drop=True), decision.reset_index(drop=True)
+
+
+def accuracy_without_results(accuracy: pd.DataFrame, statuses: dict[str, str]) -> pd.DataFrame:
+    """The accuracy table with a `status` column after `model`; the metrics of models
+    without a result of their own blank (an AUC of 0.5 (0.5-0.5) for a constant risk)."""
+    kept = ("endpoint", "model", "status", "horizon", "n", "events_by_horizon", "note")
+    accuracy = accuracy.copy()
+    accuracy.insert(accuracy.columns.get_loc("model") + 1, "status",
+                    accuracy["model"].map(statuses))
+    return blank_without_result(accuracy, [c for c in accuracy.columns if c not in kept])

@@ -12,6 +12,7 @@ import pandas as pd
 from radpath.inputs.io import read_tsv
 from radpath.survival.accuracy import horizon_column
 from radpath.survival.modeling import fit_model, one_blas_thread, optimism_corrected_c
+from radpath.survival.selection import BLOCK_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def load_design(
         forced = list(clinical.columns)
     candidates: list[str] = []
     for block, path in block_paths.items():
-        matrix = read_tsv(path, index_col="patient_id").add_prefix(f"{block}:")
+        matrix = read_tsv(path, index_col="patient_id").add_prefix(f"{block}{BLOCK_SEPARATOR}")
         design = design.join(matrix, how="inner")
         if block in SCORE_BLOCKS:
             forced += list(matrix.columns)

@@ -150,15 +150,16 @@ def fit_model(inputs, outputs, params, wildcards, threads: int) -> None:
 
 
 def evaluate(inputs, outputs, params, wildcards, threads: int) -> None:
-    """C-index table over all models, KM plots, forest plot."""
+    """C-index table over all models (with each model's status), KM plots, forest plot."""
     import itertools
     from pathlib import Path
 
     import pandas as pd
 
     from radpath.inputs.io import read_json, read_tsv, write_tsv
-    from radpath.survival.evaluation import evaluate_endpoint, km_validation
+    from radpath.survival.evaluation import evaluate_endpoint, km_plots
     from radpath.survival.plots import plot_forest
+    from radpath.survival.status import endpoint_statuses
 
     km_dir = Path(outputs.km)
     km_dir.mkdir(parents=True, exist_ok=True)
@@ -166,15 +167,16 @@ def evaluate(inputs, outputs, params, wildcards, threads: int) -> None:
     keys = list(itertools.product(params.endpoints, params.models))
     risk_files = dict(zip(keys, inputs.risks, strict=True))
     optimism_files = dict(zip(keys, inputs.optimism, strict=True))
+    model_files = dict(zip(keys, inputs.models, strict=True))
     tables = []
     for endpoint in params.endpoints:
         risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in params.models}
         optimism = {m: read_json(optimism_files[endpoint, m]) for m in params.models}
-        table = evaluate_endpoint(endpoint, risks, optimism, params.reference, params.evaluation, params.seed)
-        logrank = {
-            m: km_validation(endpoint, m, risks[m], params.time_unit, km_dir / f"{endpoint}_{m}.png")
-            for m in params.models
-        }
+        features = {m: read_json(model_files[endpoint, m])["features"] for m in params.models}
+        statuses = endpoint_statuses(features, params.specs, risks)
+        table = evaluate_endpoint(endpoint, risks, optimism, params.reference, params.evaluation,
+                                  params.seed, statuses)
+        logrank = km_plots(endpoint, risks, statuses, params.time_unit, km_dir)
         table["logrank_p"] = [
             logrank[m] if cohort == "validation" else float("nan")
             for m, cohort in zip(table["model"], table["cohort"], strict=True)
@@ -196,6 +198,7 @@ def accuracy(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.inputs.io import read_json, read_tsv, write_tsv
     from radpath.survival.evaluation import endpoint_accuracy
     from radpath.survival.modeling import FittedModel
+    from radpath.survival.status import endpoint_statuses
 
     ev = params.evaluation
     # Inputs come in expand() order: endpoints outer, models inner.
@@ -211,9 +214,11 @@ def accuracy(inputs, outputs, params, wildcards, threads: int) -> None:
         risks = {m: read_tsv(risk_files[endpoint, m], index_col="patient_id") for m in params.models}
         fitted = {m: FittedModel.from_dict(read_json(model_files[endpoint, m])) for m in params.models}
         baselines = {m: (f.baseline_time, f.baseline_cumhaz) for m, f in fitted.items()}
+        statuses = endpoint_statuses({m: f.features for m, f in fitted.items()}, params.specs,
+                                     risks)
         accuracy, calibration, decision = endpoint_accuracy(
             endpoint, risks, baselines, ev, params.seed, params.time_unit, "validation", calibration_dir,
-            decision_dir / f"{endpoint}.png", params.reference)
+            decision_dir / f"{endpoint}.png", params.reference, statuses)
         tables["accuracy"].append(accuracy)
         tables["calibration"].append(calibration)
         tables["decision_curve"].append(decision)

@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from radpath.inputs.cohort import level_label
 from radpath.survival.metrics import check_outcome, harrell_c
-from radpath.survival.selection import select_features
+from radpath.survival.selection import BLOCK_COUNT_COLUMNS, counts_by_block, select_features
 
 Z_95 = norm.ppf(0.975)
 COEFFICIENT_COLUMNS = [
@@ -72,7 +72,10 @@ def numeric_columns(df: pd.DataFrame, columns: list[str], what: str = "feature")
 class FittedModel:
     """A Cox model on standardized features plus the training statistics needed to apply it.
 
-    ``coef`` is per 1 training SD. A model without features predicts 0 for everyone (C = 0.5).
+    ``coef`` is per 1 training SD. A model without features predicts 0 for everyone (a
+    constant risk: radpath.survival.status reports it as empty, without a C-index).
+    ``selection_by_block``: per block and selection step, the columns in and kept
+    (radpath.survival.selection.counts_by_block).
     """
 
     features: list[str]
@@ -84,6 +87,9 @@ class FittedModel:
         default_factory=lambda: pd.DataFrame(columns=COEFFICIENT_COLUMNS)
     )
     selection_log: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOG_COLUMNS))
+    selection_by_block: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=BLOCK_COUNT_COLUMNS)
+    )
     alpha: float | None = None
     forced: list[str] = field(default_factory=list)
     baseline_time: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -132,6 +138,7 @@ class FittedModel:
                 "sds": self.sds,
                 "coefficients": self.coefficients.to_dict(orient="records"),
                 "selection_log": self.selection_log.to_dict(orient="records"),
+                "selection_by_block": self.selection_by_block.to_dict(orient="records"),
                 "alpha": self.alpha,
                 "forced": list(self.forced),
                 "baseline": {
@@ -157,6 +164,9 @@ class FittedModel:
                 {**dict.fromkeys(NUMERIC_COEFFICIENT_COLUMNS, float), "binary": bool}
             ),
             selection_log=pd.DataFrame(data["selection_log"], columns=LOG_COLUMNS),
+            # Absent from models fitted before radpath counted them.
+            selection_by_block=pd.DataFrame(data.get("selection_by_block", []),
+                                            columns=BLOCK_COUNT_COLUMNS),
             alpha=None if data.get("alpha") is None else float(data["alpha"]),
             forced=list(data.get("forced", [])),
             baseline_time=np.array(baseline.get("time", []), dtype=float),
@@ -349,6 +359,7 @@ def fit_model(
     Z = (fill_missing(values, medians) - means) / sds
     selection = select_features(Z, time, event, selection_cfg, list(forced), seed)
     features, table, log = selection.selected, None, selection.log
+    kept = dict(selection.kept)
     if features:
         kept_forced = [f for f in forced if f in features]
         table, features, refit_row = refit_with_fallback(
@@ -357,6 +368,7 @@ def fit_model(
         if refit_row is not None:
             refit_log = pd.DataFrame([refit_row], columns=LOG_COLUMNS)
             log = pd.concat([log, refit_log], ignore_index=True)
+            kept["cox_refit"] = features
     model = FittedModel(
         features=features,
         coef=np.zeros(len(features)),
@@ -364,6 +376,7 @@ def fit_model(
         means={f: float(means[f]) for f in features},
         sds={f: float(sds[f]) for f in features},
         selection_log=log,
+        selection_by_block=counts_by_block(list(forced), list(candidates), kept),
         alpha=selection.alpha,
         forced=[f for f in forced if f in features],
     )

@@ -6,12 +6,51 @@ import numpy as np
 import pandas as pd
 
 from radpath.inputs.figures import plt, save_figure  # pyplot on the Agg backend
+from radpath.survival.status import has_result
+
+
+def forest_rows(cindex: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to draw, rows left out): a model without a result of its own
+    (radpath.survival.status) has no C to draw."""
+    if "status" not in cindex.columns:
+        return cindex, cindex.iloc[:0]
+    with_result = cindex["status"].map(has_result)
+    return cindex[with_result], cindex[~with_result]
+
+
+def left_out_note(names: list[str], statuses: list[str]) -> str:
+    """A figure's footnote naming the models it leaves out and why ("" when none)."""
+    if not names:
+        return ""
+    return "Not shown (no result of their own):\n" + "\n".join(
+        f"{name}: {status}" for name, status in zip(names, statuses, strict=True))
+
+
+FOOTNOTE_STYLE = {"ha": "left", "fontsize": 7, "color": "dimgrey"}
+
+
+def footnote_height(note: str) -> float:
+    """Inches a footnote of FOOTNOTE_STYLE takes (0 for none)."""
+    return (note.count("\n") + 1) * 7 * 1.3 / 72 + 0.05 if note else 0.0
+
+
+def add_footnote_below(fig, note: str, label) -> None:
+    """``note`` at the left of the figure, just under an axes' ``label`` (its x label); the
+    saved image grows to hold it (bbox_inches='tight'). Not under a figure legend: saving
+    with a tight box moves those to its new bottom, onto the note."""
+    if note:
+        from matplotlib.text import Annotation
+
+        fig.add_artist(Annotation(note, xy=(0.01, 0.0), xycoords=("figure fraction", label),
+                                  xytext=(0, -6), textcoords="offset points", va="top",
+                                  **FOOTNOTE_STYLE))
 
 
 def plot_forest(cindex: pd.DataFrame, path, title: str) -> None:
-    """Validation Harrell's C with 95% CI per model and endpoint."""
-    rows = cindex.sort_values(["endpoint", "model"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    """Validation Harrell's C with 95% CI per model and endpoint; the models without a result
+    of their own (:func:`forest_rows`) are named in a footnote instead."""
+    rows, left_out = forest_rows(cindex.sort_values(["endpoint", "model"]))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(rows), 1) + 1.2))
     labels = [f"{r.endpoint.upper()}  {r.model}" for r in rows.itertuples()]
     y = range(len(rows))
     ax.errorbar(
@@ -26,6 +65,9 @@ def plot_forest(cindex: pd.DataFrame, path, title: str) -> None:
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("Harrell's C (validation, 95% bootstrap CI)")
     ax.set_title(title)
+    add_footnote_below(fig, left_out_note(
+        [f"{r.endpoint.upper()} {r.model}" for r in left_out.itertuples()],
+        list(left_out["status"])), ax.xaxis.label)
     save_figure(fig, path)
 
 
@@ -54,13 +96,18 @@ def plot_calibration(groups: pd.DataFrame, accuracy: pd.DataFrame, time_unit: st
 
 
 def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path,
-                        reference: str | None = None) -> None:
+                        reference: str | None = None,
+                        left_out: dict[str, str] | None = None) -> None:
     """Net benefit by threshold: one small panel per model (beside the reference model,
-    treating all and treating none), so that a dozen models stay readable."""
+    treating all and treating none), so that a dozen models stay readable. ``left_out``:
+    models without a curve (no result of their own) and why, named in a footnote."""
     models = [m for m in dict.fromkeys(curve["model"]) if m not in ("treat all", "treat none")]
     columns = min(4, max(1, len(models)))
     rows = -(-len(models) // columns) if models else 1
-    height = 2.2 * rows + 1.2  # inches; the bottom 0.75 hold the x label and the legend
+    left_out = left_out or {}
+    note = left_out_note(list(left_out), list(left_out.values()))
+    below = footnote_height(note)  # inches at the bottom for the note
+    height = 2.2 * rows + 1.2 + below  # inches; 0.75 above the note: the x label and legend
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 1.0, height),
                              sharex=True, sharey=True, squeeze=False)
     prevalence = curve.loc[curve["model"] == "treat all", "net_benefit"].max()
@@ -85,12 +132,16 @@ def plot_decision_curve(curve: pd.DataFrame, time_unit: str, title: str, path,
         axes.flat[k - columns].tick_params(labelbottom=True)
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(),
                                                                     strict=True)}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
-               fontsize=8, frameon=False)
-    fig.supxlabel("Risk threshold for treatment", fontsize=9, y=0.4 / height)
+    if handles:  # none when every model was left out
+        fig.legend(handles.values(), handles.keys(), loc="lower center",
+                   bbox_to_anchor=(0.5, below / height), ncol=len(handles), fontsize=8,
+                   frameon=False)
+    fig.supxlabel("Risk threshold for treatment", fontsize=9, y=(0.4 + below) / height)
     fig.supylabel("Net benefit", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
+    fig.tight_layout(rect=(0, (0.75 + below) / height, 1, 1))
+    if note:
+        fig.text(0.01, 0.0, note, va="bottom", **FOOTNOTE_STYLE)
     save_figure(fig, path)
 
 

@@ -205,17 +205,21 @@ def external_evaluation(
     seed: int,
     time_unit: str,
     plot_dirs: dict[str, Path],
+    specs: dict[str, dict] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The run's evaluation (C-indices with bootstrap CIs and paired differences, log-rank
     test at the training-median cut-off, time-dependent AUC, Brier scores, calibration,
     decision curves) on an external cohort; tables labelled `cohort`, plots in `plot_dirs`
-    (km, calibration, decision_curve, forest: a file)."""
+    (km, calibration, decision_curve, forest: a file). Each frozen model gets the status it
+    has in the run (``specs``: config `models`; None: every model ok), so a model that kept
+    no feature has no C-index here either."""
     from radpath.survival.evaluation import (
         endpoint_accuracy,
         evaluate_endpoint,
-        km_validation,
+        km_plots,
     )
     from radpath.survival.plots import plot_forest
+    from radpath.survival.status import OK, endpoint_statuses
 
     tables: dict[str, list[pd.DataFrame]] = {
         "cindex": [], "accuracy": [], "calibration": [], "decision_curve": []}
@@ -223,20 +227,22 @@ def external_evaluation(
     for endpoint in endpoints:
         risks = {m: evaluation_risks(run_risks[endpoint, m], external_risks[endpoint, m])
                  for m in models}
+        statuses = dict.fromkeys(models, OK)
+        if specs is not None:
+            statuses = endpoint_statuses({m: fitted[endpoint, m].features for m in models},
+                                         specs, {m: run_risks[endpoint, m] for m in models})
         cindex = evaluate_endpoint(endpoint, risks, dict.fromkeys(models, {}), reference,
-                                   eval_cfg, seed)
+                                   eval_cfg, seed, statuses)
         cindex = cindex[cindex["cohort"] == "validation"].drop(
             columns=[c for c in cindex.columns if c.startswith("optimism_")])
-        cindex["logrank_p"] = [
-            km_validation(endpoint, m, risks[m], time_unit,
-                          plot_dirs["km"] / f"{endpoint}_{m}.png", title)
-            for m in cindex["model"]
-        ]
+        logrank = km_plots(endpoint, risks, statuses, time_unit, plot_dirs["km"], title)
+        cindex["logrank_p"] = [logrank[m] for m in cindex["model"]]
         baselines = {m: (fitted[endpoint, m].baseline_time, fitted[endpoint, m].baseline_cumhaz)
                      for m in models}
         accuracy, calibration, decision = endpoint_accuracy(
             endpoint, risks, baselines, eval_cfg, seed, time_unit, title,
-            plot_dirs["calibration"], plot_dirs["decision_curve"] / f"{endpoint}.png", reference)
+            plot_dirs["calibration"], plot_dirs["decision_curve"] / f"{endpoint}.png", reference,
+            statuses)
         for name, table in (("cindex", cindex), ("accuracy", accuracy),
                             ("calibration", calibration), ("decision_curve", decision)):
             tables[name].append(table)
@@ -244,4 +250,3 @@ def external_evaluation(
     out["cindex"]["cohort"] = cohort
     plot_forest(out["cindex"], plot_dirs["forest"], f"C-index by model ({title})")
     return out
-

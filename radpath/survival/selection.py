@@ -39,6 +39,8 @@ class SelectionResult:
     ``alpha``: the Coxnet penalty chosen (None when the penalized step did not run).
     ``univariate``: per-candidate univariate Cox (feature, coef, se, p, converged).
     ``cv``: per alpha the number of nonzero candidates and the CV deviance (mean, se).
+    ``kept``: per step of ``log`` (in its order), the columns it kept: the forced ones for
+    ``forced``, candidates for the others.
     """
 
     selected: list[str]
@@ -46,6 +48,7 @@ class SelectionResult:
     alpha: float | None
     univariate: pd.DataFrame = field(default_factory=pd.DataFrame)
     cv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kept: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _log_row(step: str, n_in: int, n_out: int, note: str = "") -> dict:
@@ -749,6 +752,68 @@ def penalized_cox(
     return kept, _log_row("penalized_cox", len(candidates), len(kept), note), alpha, cv
 
 
+# --------------------------------------------------------------------------- counts per block
+
+BLOCK_SEPARATOR = ":"  # design columns are named `<block>:<feature>` (radpath.survival.fit)
+BLOCK_COUNT_COLUMNS = ["block", "step", "n_in", "n_out"]
+# The steps of the selection log in words, for the report.
+STEP_LABELS = {
+    "forced": "forced columns (constant ones dropped)",
+    "near_zero_variance": "near-zero variance filter",
+    "correlation": "correlation pruning",
+    "univariate_cox": "univariable Cox filter",
+    "penalized_cox": "penalised Cox (Coxnet)",
+    "max_features": "cap on the number of features",
+    "cox_refit": "Cox refit fallback",
+}
+FORCED_STEPS = ("forced", "cox_refit")
+CANDIDATE_STEPS = ("near_zero_variance", "correlation", "univariate_cox", "penalized_cox",
+                   "max_features", "cox_refit")
+
+
+def feature_block(name: str, unprefixed: str) -> str:
+    """The block a design column comes from (`radiomics:original_shape_...` -> `radiomics`);
+    ``unprefixed`` for a column without a block prefix (a clinical covariate)."""
+    block, separator, _ = str(name).partition(BLOCK_SEPARATOR)
+    return block if separator else unprefixed
+
+
+def counts_by_block(
+    forced: list[str], candidates: list[str], kept: dict[str, list[str]]
+) -> pd.DataFrame:
+    """Per block and step of ``kept`` (step -> columns kept, in order): the block's columns
+    that entered the step (n_in) and that it kept (n_out). Forced columns (`clinical` when
+    unprefixed) go through the ``forced`` and ``cox_refit`` steps only, candidates
+    (`candidates` when unprefixed) through the others."""
+    rows = []
+    for names, unprefixed, own_steps in ((forced, "clinical", FORCED_STEPS),
+                                         (candidates, "candidates", CANDIDATE_STEPS)):
+        steps = [step for step in kept if step in own_steps]
+        blocks: dict[str, set[str]] = {}
+        for name in names:
+            blocks.setdefault(feature_block(name, unprefixed), set()).add(name)
+        for block, members in blocks.items():
+            n_in = len(members)
+            for step in steps:
+                n_out = sum(name in members for name in kept[step])
+                rows.append({"block": block, "step": step, "n_in": n_in, "n_out": n_out})
+                n_in = n_out
+    return pd.DataFrame(rows, columns=BLOCK_COUNT_COLUMNS)
+
+
+def where_emptied(counts: pd.DataFrame) -> dict[str, dict]:
+    """Per block of :func:`counts_by_block` that ended with no column: the first step that
+    kept none of the columns it got (its row: step, n_in, n_out)."""
+    emptied = {}
+    for block, rows in counts.groupby("block", sort=False):
+        if len(rows) and rows["n_out"].iloc[-1] == 0:
+            first = rows[(rows["n_out"] == 0) & (rows["n_in"] > 0)]
+            row = first.iloc[0] if len(first) else rows.iloc[0]
+            emptied[block] = {"step": row["step"], "n_in": int(row["n_in"]),
+                              "n_out": int(row["n_out"])}
+    return emptied
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -777,11 +842,13 @@ def _usable_forced(X: pd.DataFrame, forced: list[str]) -> tuple[list[str], dict]
     return kept, _log_row("forced", len(forced), len(kept), note)
 
 
-def _unsupervised_filters(X: pd.DataFrame, cfg: dict) -> tuple[list[str], list[dict]]:
+def _unsupervised_filters(X: pd.DataFrame, cfg: dict) -> tuple[list[str], list[str], list[dict]]:
+    """(kept by the near-zero variance filter, kept by both filters, their log rows)."""
     nzv = cfg["near_zero_variance"]
-    kept, nzv_row = near_zero_variance(X, float(nzv["freq_ratio"]), float(nzv["unique_fraction"]))
-    kept, corr_row = correlation_prune(X[kept], float(cfg["correlation_threshold"]))
-    return kept, [nzv_row, corr_row]
+    varying, nzv_row = near_zero_variance(
+        X, float(nzv["freq_ratio"]), float(nzv["unique_fraction"]))
+    kept, corr_row = correlation_prune(X[varying], float(cfg["correlation_threshold"]))
+    return varying, kept, [nzv_row, corr_row]
 
 
 def _cap_row(candidates: list[str], max_features: int) -> dict:
@@ -805,7 +872,7 @@ def select_features(
     time, event = check_outcome(time, event)
     cfg = selection_cfg
     kept_forced, forced_row = _usable_forced(X_train, forced)
-    filtered, logs = _unsupervised_filters(X_train.drop(columns=forced), cfg)
+    varying, filtered, logs = _unsupervised_filters(X_train.drop(columns=forced), cfg)
     logs.insert(0, forced_row)
 
     screen = partial(
@@ -838,10 +905,16 @@ def select_features(
         logs.append(_log_row("penalized_cox", 0, 0, "no candidates left"))
     max_features = int(cfg["max_features"])
     logs.append(_cap_row(selected, max_features))
+    kept = dict(zip(
+        [row["step"] for row in logs],
+        [kept_forced, varying, filtered, screened, selected, selected[:max_features]],
+        strict=True,
+    ))  # fmt: skip
     return SelectionResult(
         selected=kept_forced + selected[:max_features],
         log=pd.DataFrame(logs, columns=["step", "n_in", "n_out", "note"]),
         alpha=alpha,
         univariate=univariate,
         cv=cv,
+        kept=kept,
     )

@@ -82,6 +82,11 @@ def test_report_and_tables(finished_run, settings):
     cindex = pd.read_csv(workdir / "results/report/cindex.tsv", sep="\t")
     assert len(cindex) == 2 * len(MODELS) * 2
     assert set(cindex["model"]) == set(MODELS)
+    # A model that kept no feature shows its status (empty, same as clinical), no C or CI.
+    without_result = cindex["status"] != "ok"
+    assert cindex.loc[without_result, ["harrell_c", "harrell_lo", "harrell_hi", "uno_c",
+                                       "delta_harrell"]].isna().all(axis=None)
+    cindex = cindex[~without_result]
     assert cindex[["harrell_c", "uno_c"]].stack().between(0, 1).all()
     validation = cindex[cindex["cohort"] == "validation"]
     assert (validation["harrell_lo"] <= validation["harrell_c"]).all()
@@ -399,6 +404,8 @@ def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
         internal / f"models/{key[0]}/{key[1]}/risk.tsv")["risk"].round(12).duplicated().any()}
     plain = [key for key in plain if key not in near_tie]
     assert plain
+    # A frozen model keeps its run's status (an empty one has no C here either).
+    assert (cindex["status"] == run_cindex.loc[cindex.index, "status"]).all()
     for column in ("n", "events", "harrell_c", "harrell_lo", "harrell_hi", "uno_c", "tau"):
         np.testing.assert_allclose(cindex.loc[plain, column], run_cindex.loc[plain, column],
                                    rtol=1e-9, err_msg=column)

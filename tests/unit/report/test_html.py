@@ -7,42 +7,96 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from radpath.inputs.io import write_tsv
 from radpath.report import html as report_html
 from radpath.report.html import (
     caveats,
     cohort_summary,
     hazard_ratio_row,
-    model_notes,
+    left_out_models,
+    model_statuses,
+    performance_rows,
     provenance,
+    selection_section,
 )
+from radpath.survival.modeling import FittedModel
+from radpath.survival.selection import counts_by_block
+from radpath.survival.status import EMPTY, OK
 from smk import REPO
 
-SPECS = {
-    "clinical": {"clinical": True, "blocks": []},
-    "clinical_radiomics": {"clinical": True, "blocks": ["radiomics"]},
-    "radiomics": {"clinical": False, "blocks": ["radiomics"]},
-}
+TEMPLATE = REPO / "resources" / "report" / "report.html.j2"
+CONFIG = {"reference_model": "clinical", "evaluation": {"optimism_bootstrap": 20}}
 
 
-def coefficients(tmp_path, name, features):
-    path = tmp_path / f"{name}.tsv"
-    write_tsv(pd.DataFrame({"feature": features, "coef": 0.1}), path, index=False)
-    return path
+def template_part(start: str, end: str) -> jinja2.Template:
+    """The part of the report template from `start` to the first `end` after it."""
+    text = TEMPLATE.read_text(encoding="utf-8")
+    return jinja2.Template(start + text.split(start)[1].split(end)[0] + end, autoescape=True)
 
 
-def test_a_combined_model_without_imaging_features_says_it_is_the_clinical_model(tmp_path):
-    files = {
-        ("os", "clinical"): coefficients(tmp_path, "a", ["age"]),
-        ("os", "clinical_radiomics"): coefficients(tmp_path, "b", ["age", "stage[II]"]),
-        ("pfs", "clinical_radiomics"): coefficients(tmp_path, "c", ["age", "radiomics:x"]),
-        ("os", "radiomics"): coefficients(tmp_path, "d", []),
-    }
-    notes = model_notes(files, SPECS)
-    assert "this is the clinical model" in notes["os", "clinical_radiomics"]
-    assert ("pfs", "clinical_radiomics") not in notes
-    assert ("os", "clinical") not in notes
-    assert "same risk for everyone" in notes["os", "radiomics"]
+def cindex_rows():
+    """A C-index table as the evaluate job writes it: a model with a result, an empty one
+    and a combined one whose block kept nothing."""
+    ok = {"harrell_c": 0.61, "harrell_lo": 0.52, "harrell_hi": 0.70, "uno_c": 0.60,
+          "uno_lo": 0.50, "uno_hi": 0.69, "logrank_p": 0.04}
+    blank = dict.fromkeys(ok, np.nan)
+    rows = [
+        {"model": "clinical", "status": OK, **ok},
+        {"model": "pathomics_embedding", "status": EMPTY, **blank},
+        {"model": "clinical_pathomics", "status": "same as clinical: clinical", **blank},
+        {"model": "radiomics", "status": OK, **ok, "delta_harrell": 0.01, "delta_lo": -0.1,
+         "delta_hi": 0.12, "delta_p": 0.8},
+    ]
+    return pd.DataFrame([{"endpoint": "os", "cohort": "validation", "n": 40, "events": 12, **r}
+                         for r in rows])
+
+
+def test_a_model_without_a_result_shows_its_status_instead_of_a_c_index():
+    cindex = cindex_rows()
+    rows = performance_rows(cindex, "clinical")
+    html = template_part("<h2>Performance</h2>", "</table>").render(
+        performance=rows, config=CONFIG)
+    empty = html.split("<td>pathomics_embedding</td>")[1].split("</tr>")[0]
+    assert "no result of its own: empty: no feature selected (constant risk)" in empty
+    assert "0.500" not in empty and "nan" not in empty and "n/a" not in empty
+    same = html.split("<td>clinical_pathomics</td>")[1].split("</tr>")[0]
+    assert "no result of its own: same as clinical: clinical" in same
+    assert "0.610 (0.520–0.700)" in html.split("<td>radiomics</td>")[1].split("</tr>")[0]
+    # Nor are they compared with the reference, or left out silently.
+    assert caveats(cindex, "clinical")["n_comparisons"] == 1
+    assert left_out_models(model_statuses(cindex)) == [
+        {"endpoint": "OS", "model": "pathomics_embedding", "status": EMPTY},
+        {"endpoint": "OS", "model": "clinical_pathomics", "status": "same as clinical: clinical"},
+    ]
+
+
+def test_a_table_without_statuses_reads_as_every_model_ok():
+    rows = performance_rows(cindex_rows().drop(columns="status").iloc[:1], "clinical")
+    assert rows[0]["status"] == OK and rows[0]["harrell"] == "0.610 (0.520–0.700)"
+
+
+def test_selection_section_names_the_step_that_left_a_block_empty():
+    kept = {"forced": ["age"], "near_zero_variance": ["pathomics_embedding:pc1",
+                                                      "pathomics_embedding:pc2"],
+            "correlation": ["pathomics_embedding:pc1", "pathomics_embedding:pc2"],
+            "univariate_cox": [], "penalized_cox": [], "max_features": []}
+    model = FittedModel(
+        features=["age"], coef=np.zeros(1), medians={}, means={}, sds={},
+        selection_by_block=counts_by_block(
+            ["age"], ["pathomics_embedding:pc1", "pathomics_embedding:pc2",
+                      "pathomics_embedding:pc3"], kept))
+    log = pd.DataFrame({"step": ["univariate_cox"], "n_in": [2], "n_out": [0],
+                        "note": ["Wald p < 0.1, at most 50; 0 did not converge (dropped)"]})
+    section = selection_section(model, log, "os", "clinical_pathomics",
+                                "same as clinical: clinical")
+    assert section["emptied"] == ["pathomics_embedding: univariable Cox filter kept 0 of 2"]
+    html = template_part("<h2>Feature selection (training patients)</h2>", "<footer").render(
+        selection=[section])
+    assert "OS &middot; clinical_pathomics &middot; same as clinical: clinical" in html
+    assert "No column left:</strong> pathomics_embedding: univariable Cox filter kept 0 of 2" in html
+    assert ("<tr><td>pathomics_embedding</td><td>3</td><td></td><td>2</td><td>2</td><td>0</td>"
+            "<td>0</td><td>0</td></tr>") in html
+    assert "<tr><td>clinical</td><td>1</td><td>1</td><td></td>" in html
+    assert "Wald p &lt; 0.1" in html
 
 
 def test_binary_terms_per_unit_and_continuous_per_sd():
@@ -98,9 +152,7 @@ def test_cohort_summary_lists_every_declared_endpoint():
             {"name": "DFS", "events": 0, "median_followup": 30.0}]},
     ]
     # The report's cohort table, rendered from the template itself.
-    text = (REPO / "resources" / "report" / "report.html.j2").read_text(encoding="utf-8")
-    table = text.split("<h2>Cohort</h2>")[1].split("</table>")[0] + "</table>"
-    html = jinja2.Template(table, autoescape=True).render(cohort=rows)
+    html = template_part("<h2>Cohort</h2>", "</table>").render(cohort=rows)
     assert ("<th>OS events</th><th>median OS follow-up</th><th>DFS events</th>"
             "<th>median DFS follow-up</th>") in html
     assert "<td>train</td><td>2</td><td>1</td><td>15.0</td><td>2</td><td>6.0</td>" in html

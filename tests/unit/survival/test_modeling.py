@@ -184,6 +184,8 @@ def test_model_round_trips_through_json(signal_split):
     assert restored.features == model.features and restored.alpha == model.alpha
     pd.testing.assert_frame_equal(restored.coefficients, model.coefficients)
     pd.testing.assert_frame_equal(restored.selection_log, model.selection_log)
+    pd.testing.assert_frame_equal(restored.selection_by_block, model.selection_by_block)
+    assert set(model.selection_by_block["block"]) == {"clinical", "candidates"}
 
 
 def test_model_without_features_predicts_zero():

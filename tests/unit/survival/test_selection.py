@@ -308,10 +308,40 @@ def test_planted_signal_is_recovered(planted):
         "max_features",
     ]  # fmt: skip
     assert (result.log["n_out"] <= result.log["n_in"]).all()
+    # What each step kept, as many as its log row says.
+    assert list(result.kept) == result.log["step"].tolist()
+    assert [len(kept) for kept in result.kept.values()] == result.log["n_out"].tolist()
     # The final selection is read at the chosen alpha, not the weakest penalty of the path.
     chosen = result.cv.loc[result.cv["alpha"] == result.alpha, "n_nonzero"].item()
     assert result.log.set_index("step").at["penalized_cox", "n_out"] == chosen
     assert chosen < result.cv["n_nonzero"].max()
+
+
+def test_kept_columns_are_counted_per_block_and_the_emptying_step_named():
+    forced = ["age", "stage[II]", "deep_ct:score"]
+    candidates = ["radiomics:a", "radiomics:b", "pathomics:c"]
+    kept = {"forced": ["age", "deep_ct:score"],
+            "near_zero_variance": candidates,
+            "correlation": ["radiomics:a", "pathomics:c"],
+            "univariate_cox": ["radiomics:a"], "penalized_cox": ["radiomics:a"],
+            "max_features": ["radiomics:a"],
+            "cox_refit": ["age", "deep_ct:score"]}  # the refit fell back to the forced columns
+    counts = sel.counts_by_block(forced, candidates, kept)
+    table = {(r.block, r.step): (r.n_in, r.n_out) for r in counts.itertuples()}
+    assert table == {
+        ("clinical", "forced"): (2, 1), ("clinical", "cox_refit"): (1, 1),
+        ("deep_ct", "forced"): (1, 1), ("deep_ct", "cox_refit"): (1, 1),
+        ("radiomics", "near_zero_variance"): (2, 2), ("radiomics", "correlation"): (2, 1),
+        ("radiomics", "univariate_cox"): (1, 1), ("radiomics", "penalized_cox"): (1, 1),
+        ("radiomics", "max_features"): (1, 1), ("radiomics", "cox_refit"): (1, 0),
+        ("pathomics", "near_zero_variance"): (1, 1), ("pathomics", "correlation"): (1, 1),
+        ("pathomics", "univariate_cox"): (1, 0), ("pathomics", "penalized_cox"): (0, 0),
+        ("pathomics", "max_features"): (0, 0), ("pathomics", "cox_refit"): (0, 0),
+    }
+    assert sel.where_emptied(counts) == {
+        "radiomics": {"step": "cox_refit", "n_in": 1, "n_out": 0},
+        "pathomics": {"step": "univariate_cox", "n_in": 1, "n_out": 0},
+    }
 
 
 def test_univariate_method_refits_every_screened_feature_without_a_penalty(planted):
