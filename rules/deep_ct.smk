@@ -10,8 +10,9 @@
 # 4. deep_ct_train (GPU, per endpoint x network x fold): trains on the other folds, picks
 #    the epoch on an inner part of them, scores its held-out fold and the validation
 #    patients; checkpoints every epoch, so a killed job resumes.
-# 5. deep_ct_block (per endpoint): out-of-fold scores for training patients, the mean of
-#    all fold models for validation patients -> results/cohort/deep_ct_{endpoint}.tsv; and
+# 5. deep_ct_block (per endpoint): out-of-fold scores for training patients, one fold
+#    model per network (drawn per patient) for validation patients, the same kind of
+#    predictor -> results/cohort/deep_ct_{endpoint}.tsv; and
 #    validation C of the pretrained start against the random-start twins.
 # 6. deep_ct_gradcam (GPU, per endpoint): Grad-CAM maps of validation patients.
 # Nothing here runs unless a model uses the block deep_ct.

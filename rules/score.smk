@@ -210,6 +210,7 @@ rule score_deep_ct:
         files=job_files,
         settings=job_settings(
             members=DEEP_CT_MEMBERS,
+            seed=config["seed"],
         ),
     shell:
         "python -m radpath.cli score_deep_ct --files {params.files:q}"

@@ -156,10 +156,11 @@ def pretrain_job(*, endpoint: str, member: str, member_spec: Mapping, settings: 
 
 
 def score_external_job(*, members: Mapping[str, Mapping], model_paths: Sequence[str],
-                       cube_paths: Sequence[str], output: str, threads: int) -> None:
+                       cube_paths: Sequence[str], output: str, threads: int,
+                       seed: int) -> None:
     """An external cohort's deep CT block (`snakemake score`): every patient with cubes gets
-    the mean standardised score of all the block's fold models, as the run's validation
-    patients do (radpath.deep.cohort.block_scores); nothing is trained."""
+    the mean over networks of its scoring fold's standardised score, as the run's validation
+    patients do (radpath.deep.cohort.block_scores, `seed` the run's); nothing is trained."""
     torch.set_num_threads(max(1, int(threads)))
     paths = {patient_of(p): p for p in cube_paths}
     usable = [pid for pid, path in paths.items() if exclusion_reason(path) is None]
@@ -174,10 +175,16 @@ def score_external_job(*, members: Mapping[str, Mapping], model_paths: Sequence[
         key = tuple(spec["edges_mm"] or ())
         if key not in cubes_by_scales:
             cubes_by_scales[key] = load_cube_array(paths, usable, spec["edges_mm"])[0]
-        scores.append(deep_training.standardised_score(member, cubes_by_scales[key]))
+        scores.append(pd.DataFrame({
+            "patient_id": usable, "member": member.meta["member"],
+            "fold": int(member.meta["fold"]), "role": deep_cohort.VALIDATION,
+            "score": deep_training.standardised_score(member, cubes_by_scales[key])}))
         log.info("%s fold %s scored %d patients", member.meta["member"],
                  member.meta.get("fold"), len(usable))
-    block = pd.DataFrame({"risk": np.mean(scores, axis=0) if usable else []},
+    table = pd.concat(scores, ignore_index=True)
+    risk = (deep_cohort.validation_scores(table, int(table["fold"].max()), seed)
+            if usable else pd.Series(dtype=float))
+    block = pd.DataFrame({"risk": risk.reindex(usable).to_numpy(float)},
                          index=pd.Index(usable, name="patient_id"))
     write_tsv(block, output)
 

@@ -93,7 +93,8 @@ def deep_ct_block(inputs, outputs, params, wildcards, threads: int) -> None:
         gather(inputs[name]) for name in ("scores", "history", "usage")
     )
     check_usage(usage, folds)
-    write_tsv(block_scores(scores, folds, block_members(params.members)), outputs.matrix)
+    write_tsv(block_scores(scores, folds, params.seed, block_members(params.members)),
+              outputs.matrix)
     write_tsv(training_summary(histories, usage, scores, outcomes, endpoint),
               outputs.summary, index=False)
     write_tsv(start_comparison(scores, params.members, params.start, outcomes, endpoint, params.bootstrap, params.seed),
@@ -128,4 +129,5 @@ def score_deep_ct(inputs, outputs, params, wildcards, threads: int) -> None:
         cube_paths=list(inputs.cubes),
         output=outputs.matrix,
         threads=threads,
+        seed=params.seed,
     )

@@ -35,7 +35,8 @@ MODEL_DESCRIPTIONS = {
     "pathosig": "PathoSig: phenotype-cluster proportions significant in univariate Cox, "
                 "refit together",
     "clinical_pathosig": "clinical covariates + PathoSig phenotype clusters",
-    "deep_ct": "deep CT: 3D CNN risk score (out-of-fold on training, ensemble on validation)",
+    "deep_ct": "deep CT: 3D CNN risk score (out-of-fold on training, one fold model per "
+               "network on validation)",
     "clinical_deep_ct": "clinical covariates + deep CT score",
     "clinical_radiomics_deep_ct": "clinical + harmonized CT radiomics + deep CT score",
 }

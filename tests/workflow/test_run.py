@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from demo_run import DEMO_OPTIONS
+from radpath.deep.cohort import scoring_fold
 from radpath.inputs.configuration import default_config
 from radpath.inputs.io import read_tsv
 from radpath.survival.fit import train_and_predict
@@ -166,7 +167,8 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
 
 def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_run, settings):
     """The deep CT block through the real jobs: every training patient's score comes from
-    the one fold model that never saw it, validation patients only ever scored."""
+    the one fold model that never saw it, validation patients only ever scored, each by one
+    fold model per network."""
     workdir, _ = finished_run
     split = read_tsv(workdir / "results/cohort/split.tsv", index_col="patient_id")["split"]
     for endpoint in ("os", "pfs"):
@@ -185,6 +187,15 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
                          index_col="patient_id")
         assert list(block.columns) == ["risk"] and block["risk"].notna().all()
         assert set(block.index) == set(split.index)
+        # Validation patients: the networks' scores of each one's scoring fold (the same kind
+        # of predictor as the out-of-fold scores), not the mean of every fold model.
+        scores = pd.concat([read_tsv(path) for network in settings["deep_ct"]["networks"]
+                            for path in base.glob(f"{network}/fold*/scores.tsv")])
+        scores = scores[scores["role"] == "validation"]
+        for patient in sorted(validation):
+            fold = scoring_fold(patient, 3, settings["seed"])
+            own = scores[(scores["patient_id"] == patient) & (scores["fold"] == fold)]
+            assert block.loc[patient, "risk"] == pytest.approx(own["score"].mean(), abs=1e-12)
         summary = pd.read_csv(base / "training_summary.tsv", sep="\t")
         assert sorted(zip(summary["member"], summary["fold"], strict=True)) == [
             (member, k) for member in sorted(deep_ct_members(settings)) for k in (1, 2, 3)]
