@@ -19,6 +19,7 @@ from PIL import Image
 from radpath.inputs.cohort import outcome_endpoints
 from radpath.inputs.io import atomic_write, read_json, read_tsv
 from radpath.inputs.runtime import exclusion_reason
+from radpath.survival.metrics import TRAINING_CENSORING
 from radpath.survival.modeling import Z_95, FittedModel
 from radpath.survival.selection import STEP_LABELS, where_emptied
 from radpath.survival.status import OK, has_constant_risk, has_result, status_text
@@ -706,6 +707,23 @@ def render_report(
     render_html(inputs.template, context, out_path)
 
 
+def censoring_source(*tables: pd.DataFrame) -> str:
+    """Whose censoring distribution weighted the IPCW metrics of these tables (their
+    `censoring` column); a table written before radpath recorded it used the training
+    patients'."""
+    sources = {value for table in tables
+               for value in (table["censoring"] if "censoring" in table.columns
+                             else [TRAINING_CENSORING])
+               if isinstance(value, str) and value}
+    return " and ".join(sorted(sources)) or TRAINING_CENSORING
+
+
+def uno_truncation(cindex: pd.DataFrame) -> list[dict]:
+    """Uno's truncation time tau of each endpoint (the `tau` column of cindex.tsv)."""
+    taus = cindex.dropna(subset=["tau"]).groupby("endpoint", sort=False)["tau"].first()
+    return [{"endpoint": endpoint.upper(), "tau": f"{tau:.3g}"} for endpoint, tau in taus.items()]
+
+
 def render_external_report(
     cohort: str,
     inputs,
@@ -729,6 +747,8 @@ def render_external_report(
     ]
     spec = config["score"]["cohorts"][cohort]
     context = {
+        "censoring": censoring_source(cindex, read_tsv(inputs.accuracy)),
+        "truncation": uno_truncation(cindex),
         "name": cohort,
         "config": config,
         "cohort": cohort_summary(outcomes),

@@ -29,6 +29,7 @@ def score_report(inputs, outputs, params, wildcards, threads: int) -> None:
 
     from radpath.inputs.io import read_json, read_tsv, write_tsv
     from radpath.report.html import render_external_report
+    from radpath.survival.metrics import EXTERNAL_CENSORING
     from radpath.survival.modeling import FittedModel
     from radpath.survival.scoring import external_evaluation
 
@@ -50,6 +51,7 @@ def score_report(inputs, outputs, params, wildcards, threads: int) -> None:
         {"km": plot_dirs["km"], "calibration": plot_dirs["calibration_plots"],
          "decision_curve": plot_dirs["decision_plots"], "forest": outputs.forest},
         params.config["models"],
+        censoring=EXTERNAL_CENSORING,  # the cohort's own follow-up, not the training patients'
     )
     for name, table in tables.items():
         write_tsv(table, getattr(outputs, name), index=False)

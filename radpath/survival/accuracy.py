@@ -3,11 +3,14 @@ Brier and integrated Brier scores, calibration and net benefit at horizons.
 
 Every metric takes the patients' linear predictor ``lp`` and the model's Breslow baseline
 (``radpath.survival.modeling``), so predicted survival is S_i(t) = exp(-H0(t) exp(lp_i)). Inverse
-probability of censoring weights come from the TRAINING patients' censoring distribution
-(``radpath.survival.metrics.censoring_survival``, sksurv's estimator), as for Uno's C. Bootstrap CIs
-resample validation patients (patient counts, as ``radpath.survival.metrics.bootstrap_cindex``; the
-same resamples for models on the same patients); the formulas equal scikit-survival's
-``cumulative_dynamic_auc`` and ``brier_score`` (tests/unit/survival/test_accuracy.py).
+probability of censoring weights come from the censoring distribution that ``censoring`` names
+(``radpath.survival.metrics.censoring_reference``, sksurv's estimator), as for Uno's C: the TRAINING
+patients' for the run's validation patients, an external cohort's own for an external cohort.
+Bootstrap CIs resample the evaluated patients (patient counts, as
+``radpath.survival.metrics.bootstrap_cindex``; the same resamples for models on the same patients)
+with the censoring weights held fixed; the formulas equal scikit-survival's
+``cumulative_dynamic_auc`` and ``brier_score`` with ``survival_train`` the training patients or the
+external cohort itself (tests/unit/survival/test_accuracy.py, test_scoring.py).
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import numpy as np
 import pandas as pd
 
 from radpath.survival.metrics import (
+    EXTERNAL_CENSORING,
     SKSURV_TIED_TOL,
+    TRAINING_CENSORING,
+    censoring_reference,
     censoring_survival,
+    check_censoring,
     check_outcome,
     concordance_scores,
     km_survival_at,
@@ -37,9 +44,13 @@ def horizon_column(horizon: float) -> str:
 # --------------------------------------------------------------------------- evaluability
 
 
-def horizon_problem(time, event, horizon: float, train_time, train_event) -> str:
-    """Why a horizon cannot be evaluated on these (validation) patients; "" when it can."""
+def horizon_problem(time, event, horizon: float, train_time, train_event,
+                    censoring: str = TRAINING_CENSORING) -> str:
+    """Why a horizon cannot be evaluated on these (validation or external) patients; "" when
+    it can. The censoring weights (``censoring``: whose) must be known up to the horizon."""
     time, event = check_outcome(time, event)
+    if check_censoring(censoring) == EXTERNAL_CENSORING:
+        return external_horizon_problem(time, event, horizon, train_time)
     if not (time > horizon).any():
         return f"no validation patient is followed beyond {horizon:g}"
     if not ((time <= horizon) & (event == 1)).any():
@@ -50,35 +61,56 @@ def horizon_problem(time, event, horizon: float, train_time, train_event) -> str
     return ""
 
 
+def external_horizon_problem(time, event, horizon: float, train_time) -> str:
+    """horizon_problem of an external cohort weighted with its own censoring distribution: its
+    follow-up must reach the horizon, and the training follow-up too, since the frozen model
+    predicts no survival after it (risk.tsv leaves it blank)."""
+    # The cohort's own censoring survival G can only reach 0 at its last follow-up time, so a
+    # patient followed beyond the horizon is also what keeps G(horizon) and G(T_i) of every
+    # event by the horizon positive: the weights are known exactly where this check passes.
+    if not (time > horizon).any():
+        return (f"no external patient is followed beyond {horizon:g} (the cohort's follow-up "
+                f"ends at {time.max():g}: its censoring weights are unknown after it)")
+    if not ((time <= horizon) & (event == 1)).any():
+        return f"no external event by {horizon:g}"
+    follow_up = float(np.max(train_time))
+    if horizon > follow_up:
+        return (f"training follow-up ends at {follow_up:g} (the frozen model predicts no "
+                "survival after it)")
+    return ""
+
+
 # --------------------------------------------------------------------------- per-patient terms
+# ``ref_time``, ``ref_event``: the patients whose censoring Kaplan-Meier G gives the weights
+# (sksurv's ``survival_train``): the training patients, or an external cohort itself.
 
 
-def _inverse_censoring(time, event, horizon: float, train_time, train_event):
+def _inverse_censoring(time, event, horizon: float, ref_time, ref_event):
     """(1/G(T_i) for a case, an event by the horizon, and 0 otherwise; 1/G(horizon); control
     indicator, still followed after the horizon)."""
     case = (time <= horizon) & (event == 1)
     weight = np.zeros(time.size)
     if case.any():
-        weight[case] = 1.0 / censoring_survival(train_time, train_event, time[case])
-    g_horizon = float(censoring_survival(train_time, train_event, [horizon])[0])
+        weight[case] = 1.0 / censoring_survival(ref_time, ref_event, time[case])
+    g_horizon = float(censoring_survival(ref_time, ref_event, [horizon])[0])
     return weight, 1.0 / g_horizon, time > horizon
 
 
-def brier_terms(time, event, survival, horizon: float, train_time, train_event) -> np.ndarray:
+def brier_terms(time, event, survival, horizon: float, ref_time, ref_event) -> np.ndarray:
     """Each patient's IPCW-weighted squared error at the horizon (Graf et al.): S_i(t)^2 / G(T_i)
     for an event by t, (1 - S_i(t))^2 / G(t) for a patient still followed after t, 0 for one
     censored before t. Their mean is the Brier score."""
-    weight, inverse_g, control = _inverse_censoring(time, event, horizon, train_time, train_event)
+    weight, inverse_g, control = _inverse_censoring(time, event, horizon, ref_time, ref_event)
     survival = np.asarray(survival, dtype=float)
     return np.square(survival) * weight + np.square(1.0 - survival) * control * inverse_g
 
 
-def brier_score(time, event, survival, horizon, train_time, train_event) -> float:
+def brier_score(time, event, survival, horizon, ref_time, ref_event) -> float:
     time, event = check_outcome(time, event)
-    return float(np.mean(brier_terms(time, event, survival, horizon, train_time, train_event)))
+    return float(np.mean(brier_terms(time, event, survival, horizon, ref_time, ref_event)))
 
 
-def integrated_brier_terms(time, event, lp, baseline, horizon, train_time, train_event):
+def integrated_brier_terms(time, event, lp, baseline, horizon, ref_time, ref_event):
     """Each patient's Brier term integrated over [0, horizon] (trapezoid on an even grid of
     IBS_GRID_POINTS times) and divided by the horizon; their mean is the integrated Brier score."""
     from radpath.survival.modeling import survival_from_lp
@@ -86,25 +118,25 @@ def integrated_brier_terms(time, event, lp, baseline, horizon, train_time, train
     grid = np.linspace(0.0, horizon, IBS_GRID_POINTS)
     survival = survival_from_lp(lp, *baseline, grid, np.inf)
     terms = np.column_stack([
-        brier_terms(time, event, survival[:, k], t, train_time, train_event)
+        brier_terms(time, event, survival[:, k], t, ref_time, ref_event)
         for k, t in enumerate(grid)
     ])  # fmt: skip
     return np.trapezoid(terms, grid, axis=1) / horizon
 
 
-def auc_pairs(time, event, risk, horizon, train_time, train_event):
+def auc_pairs(time, event, risk, horizon, ref_time, ref_event):
     """Cumulative/dynamic AUC at the horizon as pair weights: cases (event by t, weight
     1/G(T_i)) against controls (followed beyond t); score 1 when the case has the higher risk,
     0.5 for a tie. Returns (case weights, control indicator, score matrix)."""
-    weight, _, control = _inverse_censoring(time, event, horizon, train_time, train_event)
+    weight, _, control = _inverse_censoring(time, event, horizon, ref_time, ref_event)
     return weight, control.astype(float), concordance_scores(risk, SKSURV_TIED_TOL)
 
 
-def cumulative_dynamic_auc(time, event, risk, horizon, train_time, train_event) -> float:
+def cumulative_dynamic_auc(time, event, risk, horizon, ref_time, ref_event) -> float:
     """Equals ``sksurv.metrics.cumulative_dynamic_auc`` at one time."""
     time, event = check_outcome(time, event)
     weight, control, scores = auc_pairs(time, event, np.asarray(risk, float), horizon,
-                                        train_time, train_event)
+                                        ref_time, ref_event)
     return float(weight @ scores @ control / (weight.sum() * control.sum()))
 
 
@@ -205,28 +237,33 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def horizon_row(risk: pd.DataFrame, baseline, horizon: float, counts: np.ndarray) -> dict:
+def horizon_row(risk: pd.DataFrame, baseline, horizon: float, counts: np.ndarray,
+                censoring: str = TRAINING_CENSORING) -> dict:
     """Validation accuracy of one model at one horizon, each with a bootstrap CI (``counts``:
-    resamples of the validation patients, shared by all models)."""
+    resamples of the validation patients, shared by all models). ``censoring`` names whose
+    censoring distribution weights the AUC and Brier scores; the no-covariate model of IPA is
+    always the training patients' (a frozen model, as the one evaluated)."""
     from radpath.survival.modeling import breslow_cumulative_hazard, survival_from_lp
 
     train = risk[risk["split"] == "train"]
     valid = risk[risk["split"] == "validation"]
     train_time, train_event = check_outcome(train["time"], train["event"])
     time, event = check_outcome(valid["time"], valid["event"])
+    ref_time, ref_event = censoring_reference(valid, train, censoring)
     lp = valid["risk"].to_numpy(float)
     row = {"horizon": horizon, "n": int(time.size),
-           "events_by_horizon": int(((time <= horizon) & (event == 1)).sum())}  # fmt: skip
-    row["note"] = horizon_problem(time, event, horizon, train_time, train_event)
+           "events_by_horizon": int(((time <= horizon) & (event == 1)).sum()),
+           "censoring": censoring}  # fmt: skip
+    row["note"] = horizon_problem(time, event, horizon, train_time, train_event, censoring)
     if row["note"]:
         return row
     survival = survival_from_lp(lp, *baseline, [horizon], np.inf)[:, 0]
     null_baseline = breslow_cumulative_hazard(train_time, train_event, np.zeros(train_time.size))
     null_survival = survival_from_lp(np.zeros(time.size), *null_baseline, [horizon], np.inf)[:, 0]
-    weight, control, scores = auc_pairs(time, event, lp, horizon, train_time, train_event)
-    brier = brier_terms(time, event, survival, horizon, train_time, train_event)
-    brier_null = brier_terms(time, event, null_survival, horizon, train_time, train_event)
-    ibs = integrated_brier_terms(time, event, lp, baseline, horizon, train_time, train_event)
+    weight, control, scores = auc_pairs(time, event, lp, horizon, ref_time, ref_event)
+    brier = brier_terms(time, event, survival, horizon, ref_time, ref_event)
+    brier_null = brier_terms(time, event, null_survival, horizon, ref_time, ref_event)
+    ibs = integrated_brier_terms(time, event, lp, baseline, horizon, ref_time, ref_event)
     observed, expected = observed_expected(time, event, lp, baseline, horizon)
     n = time.size
     resampled = {
@@ -237,7 +274,7 @@ def horizon_row(risk: pd.DataFrame, baseline, horizon: float, counts: np.ndarray
         "log_oe": np.log(_ratio(counts @ observed, counts @ expected)),
     }
     point = {
-        "auc": cumulative_dynamic_auc(time, event, lp, horizon, train_time, train_event),
+        "auc": cumulative_dynamic_auc(time, event, lp, horizon, ref_time, ref_event),
         "brier": float(brier.mean()),
         "ipa": 1.0 - float(brier.sum() / brier_null.sum()),
         "ibs": float(ibs.mean()),
@@ -258,15 +295,18 @@ ACCURACY_COLUMNS = [
     "auc", "auc_lo", "auc_hi", "brier", "brier_lo", "brier_hi", "brier_null",
     "ipa", "ipa_lo", "ipa_hi", "ibs", "ibs_lo", "ibs_hi",
     "predicted_risk", "observed_risk", "log_oe", "log_oe_lo", "log_oe_hi",
-    "slope", "slope_lo", "slope_hi", "note",
+    "slope", "slope_lo", "slope_hi", "censoring", "note",
 ]  # fmt: skip
 
 
 def accuracy_table(endpoint: str, risks: dict[str, pd.DataFrame], baselines: dict[str, tuple],
-                   horizons: list[float], B: int, seed: int) -> pd.DataFrame:
+                   horizons: list[float], B: int, seed: int,
+                   censoring: str = TRAINING_CENSORING) -> pd.DataFrame:
     """One row per model x horizon (each model's validation patients: models without slides
-    or CT have fewer). The bootstrap resamples are drawn from ``seed`` for each model, so
-    models on the same patients share them, at every horizon."""
+    or CT have fewer), weighted with ``censoring``'s censoring distribution (a model's own
+    training patients', or its own external patients'). The bootstrap resamples are drawn
+    from ``seed`` for each model, so models on the same patients share them, at every
+    horizon."""
     from radpath.survival.metrics import bootstrap_counts
 
     rows = []
@@ -275,13 +315,16 @@ def accuracy_table(endpoint: str, risks: dict[str, pd.DataFrame], baselines: dic
         n_valid = int((risk["split"] == "validation").sum())
         counts = bootstrap_counts(n_valid, B, np.random.default_rng(seed))
         rows += [{"endpoint": endpoint, "model": model,
-                  **horizon_row(risk, baselines[model], float(h), counts)} for h in horizons]
+                  **horizon_row(risk, baselines[model], float(h), counts, censoring)}
+                 for h in horizons]
     return pd.DataFrame(rows).reindex(columns=ACCURACY_COLUMNS)
 
 
 def calibration_table(endpoint: str, risks: dict[str, pd.DataFrame], baselines: dict[str, tuple],
-                      horizons: list[float], n_groups: int) -> pd.DataFrame:
-    """Predicted vs observed risk per risk group, model and evaluable horizon (validation)."""
+                      horizons: list[float], n_groups: int,
+                      censoring: str = TRAINING_CENSORING) -> pd.DataFrame:
+    """Predicted vs observed risk per risk group, model and evaluable horizon (validation; a
+    horizon is evaluable as in accuracy_table with the same ``censoring``)."""
     from radpath.survival.modeling import survival_from_lp
 
     tables = []
@@ -290,7 +333,7 @@ def calibration_table(endpoint: str, risks: dict[str, pd.DataFrame], baselines: 
         train = risk[risk["split"] == "train"]
         time, event = valid["time"].to_numpy(float), valid["event"].to_numpy(int)
         for h in horizons:
-            if horizon_problem(time, event, h, train["time"], train["event"]):
+            if horizon_problem(time, event, h, train["time"], train["event"], censoring):
                 continue
             survival = survival_from_lp(valid["risk"], *baselines[model], [h], np.inf)[:, 0]
             table = calibration_groups(time, event, survival, h, n_groups)

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 
 from radpath.survival.metrics import (
+    TRAINING_CENSORING,
     bootstrap_cindex,
+    censoring_reference,
+    check_censoring,
     choose_tau,
     logrank_test,
     plot_km_by_group,
@@ -37,7 +40,8 @@ DELTA_COLUMNS = (
 )  # fmt: skip
 
 
-def endpoint_tau(risk: pd.DataFrame, endpoint: str, eval_cfg: dict) -> float:
+def endpoint_tau(risk: pd.DataFrame, endpoint: str, eval_cfg: dict,
+                 censoring: str = TRAINING_CENSORING) -> float:
     """Uno's truncation time: fixed in the config, or a quantile of validation follow-up."""
     fixed = eval_cfg.get("tau", {}).get(endpoint)
     if fixed is not None:
@@ -46,8 +50,16 @@ def endpoint_tau(risk: pd.DataFrame, endpoint: str, eval_cfg: dict) -> float:
     train = risk[risk["split"] == "train"]
     tau = choose_tau(validation["time"].to_numpy(), validation["event"].to_numpy(),
                      eval_cfg["tau_quantile"])
-    # IPCW weights need the training censoring distribution to reach tau.
-    return float(min(tau, np.max(train["time"].to_numpy()) * (1 - 1e-9)))
+    # IPCW weights need the censoring distribution (``censoring``'s) to reach tau.
+    ref_time, _ = censoring_reference(validation, train, censoring)
+    return float(min(tau, np.max(ref_time) * (1 - 1e-9)))
+
+
+def evaluated_cohorts(censoring: str) -> tuple[str, ...]:
+    """The run evaluates its training and validation patients; an external cohort (weighted
+    with its own censoring) only itself: its `train` rows are the run's training patients,
+    whose C-indices are the run's own table."""
+    return COHORTS if check_censoring(censoring) == TRAINING_CENSORING else ("validation",)
 
 
 def evaluate_endpoint(
@@ -58,19 +70,23 @@ def evaluate_endpoint(
     eval_cfg: dict,
     seed: int,
     statuses: dict[str, str] | None = None,
+    censoring: str = TRAINING_CENSORING,
 ) -> pd.DataFrame:
     """One row per model x cohort with C-indices, CIs and the paired difference to reference.
 
     ``statuses`` (radpath.survival.status.endpoint_statuses; None: every model ok) go into a
     `status` column; a model without a result of its own keeps n and events but no C, CI or
-    difference, and with a reference without one no model has a difference.
+    difference, and with a reference without one no model has a difference. ``censoring``
+    names whose censoring distribution weights Uno's C (a `censoring` column): the model's
+    training patients', or the evaluated external patients' own (then only the `validation`
+    patients, the external cohort, are evaluated).
     """
     statuses = statuses or dict.fromkeys(risks, OK)
-    tau = endpoint_tau(risks[reference], endpoint, eval_cfg)
+    tau = endpoint_tau(risks[reference], endpoint, eval_cfg, censoring)
     rows = []
     for model, risk in risks.items():
         train = risk[risk["split"] == "train"]
-        for cohort in COHORTS:
+        for cohort in evaluated_cohorts(censoring):
             part = risk[risk["split"] == cohort]
             ref = risks[reference]
             common = part.index.intersection(ref.index)
@@ -78,16 +94,16 @@ def evaluate_endpoint(
             scores = {model: part["risk"].to_numpy()}
             if model != reference:
                 scores[reference] = ref.loc[common, "risk"].to_numpy()
+            ref_time, ref_event = censoring_reference(part, train, censoring)
             table = bootstrap_cindex(
                 part["time"].to_numpy(), part["event"].to_numpy(), scores,
                 B=eval_cfg["bootstrap"], seed=seed,
                 reference=reference if model != reference else None,
-                train_time=train["time"].to_numpy(), train_event=train["event"].to_numpy(),
-                tau=tau,
+                train_time=ref_time, train_event=ref_event, tau=tau,
             )
             row = table.loc[model].to_dict() if model in table.index else table.iloc[0].to_dict()
             row.update(endpoint=endpoint, model=model, cohort=cohort, status=statuses[model],
-                       tau=tau)
+                       tau=tau, censoring=censoring)
             if cohort == "train":
                 row.update(optimism_columns(optimism[model]))
             rows.append(row)
@@ -153,6 +169,7 @@ def endpoint_accuracy(
     endpoint: str, risks: dict[str, pd.DataFrame], baselines: dict[str, tuple], eval_cfg: dict,
     seed: int, time_unit: str, label: str, calibration_dir: Path, decision_path: Path,
     reference: str, statuses: dict[str, str] | None = None,
+    censoring: str = TRAINING_CENSORING,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Accuracy, calibration and decision-curve tables of one endpoint's models on their
     validation patients (`label` names them in the plot titles), with a calibration plot per
@@ -160,7 +177,8 @@ def endpoint_accuracy(
 
     A model without a result of its own (``statuses``, None: every model ok) keeps its
     accuracy rows with the status and no metric (its calibration plot says why), and has no
-    calibration groups and no decision curve (the plot names it)."""
+    calibration groups and no decision curve (the plot names it). ``censoring``: whose
+    censoring distribution weights the AUC and Brier scores (accuracy_table)."""
     from radpath.survival.accuracy import (
         accuracy_table,
         calibration_table,
@@ -171,10 +189,11 @@ def endpoint_accuracy(
     statuses = statuses or dict.fromkeys(risks, OK)
     horizons = eval_cfg["horizons"]
     accuracy = accuracy_without_results(
-        accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed),
+        accuracy_table(endpoint, risks, baselines, horizons, eval_cfg["bootstrap"], seed,
+                       censoring),
         statuses)
     calibration = calibration_table(endpoint, risks, baselines, horizons,
-                                    eval_cfg["calibration_groups"])
+                                    eval_cfg["calibration_groups"], censoring)
     calibration = calibration[calibration["model"].map(lambda m: has_result(statuses[m]))]
     decision = decision_curve_table(endpoint, risks, baselines, eval_cfg["decision_horizon"])
     decision = decision[~decision["model"].isin(left_out(statuses))]
@@ -194,7 +213,8 @@ def endpoint_accuracy(
 def accuracy_without_results(accuracy: pd.DataFrame, statuses: dict[str, str]) -> pd.DataFrame:
     """The accuracy table with a `status` column after `model`; the metrics of models
     without a result of their own blank (an AUC of 0.5 (0.5-0.5) for a constant risk)."""
-    kept = ("endpoint", "model", "status", "horizon", "n", "events_by_horizon", "note")
+    kept = ("endpoint", "model", "status", "horizon", "n", "events_by_horizon", "censoring",
+            "note")
     accuracy = accuracy.copy()
     accuracy.insert(accuracy.columns.get_loc("model") + 1, "status",
                     accuracy["model"].map(statuses))

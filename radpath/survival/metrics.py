@@ -13,6 +13,15 @@ from radpath.inputs.io import atomic_path
 
 SKSURV_TIED_TOL = 1e-8  # risk ties in Uno's C, as sksurv.metrics.concordance_index_ipcw
 
+# Whose censoring distribution weights the IPCW metrics (Uno's C, time-dependent AUC, Brier,
+# IPA, integrated Brier): the run's validation patients share the training patients' follow-up,
+# so the training patients' is the better estimate; an external cohort has its own hospital's
+# follow-up, so only its own censoring times describe it (sksurv's ``survival_train`` = the
+# cohort itself).
+TRAINING_CENSORING = "training patients"
+EXTERNAL_CENSORING = "external cohort"
+CENSORING_SOURCES = (TRAINING_CENSORING, EXTERNAL_CENSORING)
+
 
 class SurvivalDataError(ValueError):
     """Invalid survival input (lengths, missing values, event coding)."""
@@ -91,7 +100,8 @@ def harrell_c(time, event, risk) -> float:
 
 
 def censoring_survival(train_time, train_event, at) -> np.ndarray:
-    """Kaplan-Meier of the censoring distribution of the training data evaluated at ``at``.
+    """Kaplan-Meier of the censoring distribution of the reference patients (``train_*``: the
+    training patients, or an external cohort itself, see censoring_reference) at ``at``.
 
     Same estimator and step convention as sksurv's CensoringDistributionEstimator (events at a
     time leave the risk set before the censorings at that time; G(t) includes the drop at t).
@@ -123,6 +133,21 @@ def censoring_survival(train_time, train_event, at) -> np.ndarray:
     return out
 
 
+def check_censoring(censoring: str) -> str:
+    if censoring not in CENSORING_SOURCES:
+        raise ValueError(f"censoring must be one of {CENSORING_SOURCES}, got {censoring!r}")
+    return censoring
+
+
+def censoring_reference(evaluated: pd.DataFrame, train: pd.DataFrame,
+                        censoring: str) -> tuple[np.ndarray, np.ndarray]:
+    """(time, event) of the patients whose censoring Kaplan-Meier weights the IPCW metrics of
+    the ``evaluated`` patients: the ``train`` patients' (TRAINING_CENSORING) or the evaluated
+    patients' own (EXTERNAL_CENSORING). Both tables have `time` and `event` columns."""
+    source = train if check_censoring(censoring) == TRAINING_CENSORING else evaluated
+    return check_outcome(source["time"], source["event"])
+
+
 def uno_weights(time, event, train_time, train_event, tau: float | None) -> np.ndarray:
     """Squared inverse censoring weights 1/G(t_i)^2 for events before tau, 0 otherwise."""
     time, event = check_outcome(time, event)
@@ -133,7 +158,8 @@ def uno_weights(time, event, train_time, train_event, tau: float | None) -> np.n
     g = censoring_survival(train_time, train_event, time[used])
     if (g == 0).any():
         raise SurvivalDataError(
-            "training censoring survival is zero at a validation event time (lower tau)"
+            "the censoring survival (training patients' or the external cohort's own) is zero "
+            "at an evaluated event time (lower tau)"
         )
     weights[used] = np.square(1.0 / g)
     return weights

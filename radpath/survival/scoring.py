@@ -24,7 +24,7 @@ from radpath.radiomics.harmonize import (
     with_estimated_batches,
 )
 from radpath.survival.accuracy import horizon_column
-from radpath.survival.metrics import risk_groups
+from radpath.survival.metrics import EXTERNAL_CENSORING, check_censoring, risk_groups
 from radpath.survival.modeling import FittedModel, ModelInputError, encode_clinical
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,9 @@ TRAIN_PREFIX = "train:"
 def evaluation_risks(run_risk: pd.DataFrame, external_risk: pd.DataFrame) -> pd.DataFrame:
     """The run's training patients (split train, IDs prefixed `train:` so that an external ID
     never collides) and the external patients as split `validation`: the table the run's own
-    evaluation reads, so every metric, CI, cut-off and censoring weight is computed as it
-    is for the internal validation patients."""
+    evaluation reads, so every metric, CI and cut-off is computed as it is for the internal
+    validation patients (the censoring weights are the external cohort's own: see
+    external_evaluation)."""
     train = run_risk[run_risk["split"] == "train"].drop(columns=["risk_group"], errors="ignore")
     train.index = TRAIN_PREFIX + train.index.astype(str)
     external = external_risk.drop(columns=["risk_group"], errors="ignore").assign(split="validation")
@@ -206,13 +207,21 @@ def external_evaluation(
     time_unit: str,
     plot_dirs: dict[str, Path],
     specs: dict[str, dict] | None = None,
+    censoring: str = EXTERNAL_CENSORING,
 ) -> dict[str, pd.DataFrame]:
     """The run's evaluation (C-indices with bootstrap CIs and paired differences, log-rank
     test at the training-median cut-off, time-dependent AUC, Brier scores, calibration,
     decision curves) on an external cohort; tables labelled `cohort`, plots in `plot_dirs`
     (km, calibration, decision_curve, forest: a file). Each frozen model gets the status it
     has in the run (``specs``: config `models`; None: every model ok), so a model that kept
-    no feature has no C-index here either."""
+    no feature has no C-index here either.
+
+    ``censoring`` names whose censoring distribution weights the IPCW metrics (Uno's C, AUC,
+    Brier, IPA, integrated Brier; the tables' `censoring` column): by default the external
+    cohort's own (the Kaplan-Meier of its censoring times), since its follow-up is its
+    hospital's, not the training patients'; a horizon its own follow-up does not reach, or
+    past the training follow-up (the frozen model predicts nothing there), is not
+    evaluable."""
     from radpath.survival.evaluation import (
         endpoint_accuracy,
         evaluate_endpoint,
@@ -223,6 +232,7 @@ def external_evaluation(
 
     tables: dict[str, list[pd.DataFrame]] = {
         "cindex": [], "accuracy": [], "calibration": [], "decision_curve": []}
+    check_censoring(censoring)
     title = f"{cohort}, external"
     for endpoint in endpoints:
         risks = {m: evaluation_risks(run_risks[endpoint, m], external_risks[endpoint, m])
@@ -232,7 +242,7 @@ def external_evaluation(
             statuses = endpoint_statuses({m: fitted[endpoint, m].features for m in models},
                                          specs, {m: run_risks[endpoint, m] for m in models})
         cindex = evaluate_endpoint(endpoint, risks, dict.fromkeys(models, {}), reference,
-                                   eval_cfg, seed, statuses)
+                                   eval_cfg, seed, statuses, censoring)
         cindex = cindex[cindex["cohort"] == "validation"].drop(
             columns=[c for c in cindex.columns if c.startswith("optimism_")])
         logrank = km_plots(endpoint, risks, statuses, time_unit, plot_dirs["km"], title)
@@ -242,7 +252,7 @@ def external_evaluation(
         accuracy, calibration, decision = endpoint_accuracy(
             endpoint, risks, baselines, eval_cfg, seed, time_unit, title,
             plot_dirs["calibration"], plot_dirs["decision_curve"] / f"{endpoint}.png", reference,
-            statuses)
+            statuses, censoring)
         for name, table in (("cindex", cindex), ("accuracy", accuracy),
                             ("calibration", calibration), ("decision_curve", decision)):
             tables[name].append(table)

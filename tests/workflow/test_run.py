@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from sksurv.metrics import concordance_index_ipcw
+from sksurv.util import Surv
 
 from demo_run import DEMO_OPTIONS
 from radpath.deep.cohort import scoring_fold
@@ -417,11 +419,29 @@ def test_score_applies_the_frozen_run_to_external_cohorts(demo_run, tmp_path):
     assert plain
     # A frozen model keeps its run's status (an empty one has no C here either).
     assert (cindex["status"] == run_cindex.loc[cindex.index, "status"]).all()
-    for column in ("n", "events", "harrell_c", "harrell_lo", "harrell_hi", "uno_c", "tau"):
+    for column in ("n", "events", "harrell_c", "harrell_lo", "harrell_hi"):
         np.testing.assert_allclose(cindex.loc[plain, column], run_cindex.loc[plain, column],
                                    rtol=1e-9, err_msg=column)
+    # tau: the same quantile of the same patients' follow-up, kept below their own last time
+    # (the run: below the training patients').
+    np.testing.assert_allclose(cindex.loc[plain, "tau"], run_cindex.loc[plain, "tau"], rtol=1e-8)
+    # Uno's C and the accuracy measures of a scored cohort are weighted with its own censoring
+    # (the run's: the training patients'): sksurv with the patients as their own reference.
+    assert (cindex["censoring"] == "external cohort").all()
+    assert (run_cindex["censoring"] == "training patients").all()
+    assert (pd.read_csv(internal / "accuracy.tsv", sep="\t")["censoring"] == "external cohort").all()
+    for endpoint, model in [key for key in plain if cindex.loc[key, "status"] == "ok"]:
+        risk, reference = (read_tsv(internal / f"models/{endpoint}/{name}/risk.tsv",
+                                    index_col="patient_id")
+                           for name in (model, cfg["reference_model"]))
+        risk = risk.loc[risk.index.intersection(reference.index)]  # the patients compared
+        outcome = Surv.from_arrays(risk["event"].astype(bool), risk["time"])
+        expected = concordance_index_ipcw(outcome, outcome, risk["risk"].to_numpy(),
+                                          cindex.loc[(endpoint, model), "tau"])[0]
+        assert cindex.loc[(endpoint, model), "uno_c"] == pytest.approx(expected, abs=1e-10)
     html = (internal / "report.html").read_text(encoding="utf-8")
     assert "external validation on internal" in html and "data:image/png;base64," in html
+    assert "Censoring weights: external cohort." in html
     assert "training estimates" in html  # both scanners were seen in training
 
     new = workdir / "results/score/new_scanner"

@@ -10,6 +10,7 @@ import pandas as pd
 from radpath.report import html as report_html
 from radpath.report.html import (
     caveats,
+    censoring_source,
     cohort_summary,
     hazard_ratio_row,
     left_out_models,
@@ -17,6 +18,7 @@ from radpath.report.html import (
     performance_rows,
     provenance,
     selection_section,
+    uno_truncation,
 )
 from radpath.survival.modeling import FittedModel
 from radpath.survival.selection import counts_by_block
@@ -24,6 +26,7 @@ from radpath.survival.status import EMPTY, OK
 from smk import REPO
 
 TEMPLATE = REPO / "resources" / "report" / "report.html.j2"
+SCORE_TEMPLATE = REPO / "resources" / "report" / "score.html.j2"
 CONFIG = {"reference_model": "clinical", "evaluation": {"optimism_bootstrap": 20}}
 
 
@@ -121,6 +124,34 @@ def test_small_validation_sets_and_uncorrected_comparisons_are_stated():
     assert stated["n_comparisons"] == 1
     big = cindex.assign(n=400, events=150)
     assert caveats(big, "clinical")["small"] == []
+
+
+def test_score_report_names_whose_censoring_weights_its_ipcw_metrics():
+    """The external report says which censoring distribution weighted Uno's C and the accuracy
+    measures, from the tables (an old table without the column: the training patients'), and
+    Uno's truncation time."""
+    cindex = pd.DataFrame({"endpoint": ["os", "os", "pfs"], "model": ["clinical", "a", "a"],
+                           "tau": [1.3901, 1.3901, 0.5], "censoring": "external cohort"})
+    accuracy = pd.DataFrame({"model": ["a"], "censoring": ["external cohort"]})
+    assert censoring_source(cindex, accuracy) == "external cohort"
+    assert censoring_source(cindex.drop(columns="censoring")) == "training patients"
+    assert uno_truncation(cindex) == [{"endpoint": "OS", "tau": "1.39"},
+                                      {"endpoint": "PFS", "tau": "0.5"}]
+    text = SCORE_TEMPLATE.read_text(encoding="utf-8")
+    start, end = "<h2>Discrimination</h2>", "<table>"
+    part = jinja2.Template(start + text.split(start)[1].split(end)[0], autoescape=True)
+    config = {"reference_model": "clinical", "time_unit": "months"}
+
+    def render(**context) -> str:
+        return " ".join(part.render(config=config, **context).split())
+
+    own = render(censoring="external cohort", truncation=uno_truncation(cindex))
+    assert "Censoring weights: external cohort." in own
+    assert "Kaplan-Meier of this cohort's own censoring times" in own
+    assert "before its truncation time (OS 1.39, PFS 0.5 months)." in own
+    training = render(censoring="training patients", truncation=[])
+    assert "Censoring weights: training patients." in training
+    assert "own censoring times" not in training and "truncation time." in training
 
 
 def test_provenance_names_version_commit_and_hashed_sheets(tmp_path):
