@@ -14,7 +14,8 @@
 #    model per network (drawn per patient) for validation patients, the same kind of
 #    predictor -> results/cohort/deep_ct_{endpoint}.tsv; and
 #    validation C of the pretrained start against the random-start twins.
-# 6. deep_ct_gradcam (GPU, per endpoint): Grad-CAM maps of validation patients.
+# 6. deep_ct_gradcam (GPU, per endpoint): attention maps of validation patients, one per
+#    cube scale, on the cube's grid and the CT's, with their ratio to the tumour's share.
 # Nothing here runs unless a model uses the block deep_ct.
 
 DEEP_CT = config["deep_ct"]

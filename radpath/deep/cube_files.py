@@ -1,6 +1,7 @@
 """Cube files of rule `ct_cubes` (written by radpath.deep.cubes): reading them, choosing a
-scale's channels and placing a map on a cube's grid. Light (numpy, SimpleITK), so the
-training and Grad-CAM jobs read cubes without the CT-reading code (pyradiomics)."""
+scale's channels and placing a map on a cube's grid or on the patient's CT grid. Light
+(numpy, SimpleITK), so the training and Grad-CAM jobs read cubes without the CT-reading code
+(pyradiomics)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from radpath.inputs.runtime import exclusion_reason
 
 
 class Cubes(NamedTuple):
-    """One patient's cube file (see the module doc for the arrays)."""
+    """One patient's cube file (see radpath.deep.cubes for the arrays). The CT's grid
+    (ct_size, ct_origin_mm, ct_spacing_mm; its direction is `direction`) is None in files
+    written before radpath recorded it."""
 
     cube: np.ndarray
     channels: np.ndarray
@@ -24,6 +27,13 @@ class Cubes(NamedTuple):
     direction: np.ndarray
     origin_mm: np.ndarray
     spacing_mm: np.ndarray
+    ct_size: np.ndarray | None = None
+    ct_origin_mm: np.ndarray | None = None
+    ct_spacing_mm: np.ndarray | None = None
+
+    @property
+    def has_ct_grid(self) -> bool:
+        return self.ct_size is not None
 
 
 def edge_label(edge: float) -> str:
@@ -36,10 +46,19 @@ def read_cubes(path: str | os.PathLike) -> Cubes:
     if reason is not None:
         raise ValueError(f"{os.fspath(path)}: no cubes, the patient was excluded: {reason}")
     with np.load(path, allow_pickle=False) as data:
-        missing = [field for field in Cubes._fields if field not in data.files]
+        required = [field for field in Cubes._fields if field not in Cubes._field_defaults]
+        missing = [field for field in required if field not in data.files]
         if missing:
             raise ValueError(f"{os.fspath(path)}: not a cube file (lacks {', '.join(missing)})")
-        return Cubes(**{field: data[field] for field in Cubes._fields})
+        return Cubes(**{field: data[field] for field in Cubes._fields if field in data.files})
+
+
+def scale_channels(channels: Iterable[str]) -> dict[str, list[int]]:
+    """{scale label ("50mm"): indices of its channels}, scales in the order they come."""
+    scales: dict[str, list[int]] = {}
+    for i, name in enumerate(channels):
+        scales.setdefault(str(name).rpartition("@")[2], []).append(i)
+    return scales
 
 
 def channel_indices(
@@ -82,3 +101,25 @@ def cube_image(cubes: Cubes, scale_index: int, array) -> sitk.Image:
     image.SetSpacing(cubes.spacing_mm[scale_index].tolist())
     image.SetDirection(cubes.direction.tolist())
     return image
+
+
+def ct_grid_image(cubes: Cubes, scale_index: int, array) -> sitk.Image:
+    """A (G, G, G) map on cube `scale_index`'s grid resampled onto the patient's CT grid
+    (its size, origin, spacing and direction): linear interpolation, 0 outside the cube,
+    float32, so that it overlays the CT voxel for voxel. ValueError for a cube file that
+    does not record the CT's grid."""
+    if not cubes.has_ct_grid:
+        raise ValueError("the cube file does not record the CT's grid (written by an older "
+                         "radpath); re-run its ct_cubes job")
+    cube = cube_image(cubes, scale_index, np.asarray(array, dtype=np.float32))
+    return sitk.Resample(
+        cube,
+        [int(n) for n in cubes.ct_size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        [float(v) for v in cubes.ct_origin_mm],
+        [float(v) for v in cubes.ct_spacing_mm],
+        [float(v) for v in cubes.direction],
+        0.0,
+        sitk.sitkFloat32,
+    )

@@ -20,8 +20,11 @@ Output: one `.npz` per patient (`np.savez_compressed`), read with `read_cubes`:
     direction   float64 (9,), the cubes' direction matrix (the CT's), row-major
     origin_mm   float64 (S, 3), physical (x, y, z) of voxel (0, 0, 0) of each cube
     spacing_mm  float64 (S, 3), voxel size of each cube (edge / grid along every axis)
-`cube_image` places a (G, G, G) map (e.g. a Grad-CAM) on a cube's grid as a SimpleITK image,
-so it can be written as NIfTI in the patient's space. A patient excluded by `run_item` has an
+    ct_size, ct_origin_mm, ct_spacing_mm  int64 / float64 (3,), the CT's grid (x, y, z; its
+                direction is `direction`)
+radpath.deep.cube_files' `cube_image` places a (G, G, G) map (e.g. an attention map) on a
+cube's grid as a SimpleITK image and `ct_grid_image` resamples it onto the CT's grid, so it
+can be written as NIfTI in the patient's space. A patient excluded by `run_item` has an
 exclusion record instead (`read_cubes` refuses it with the reason).
 
 Only numpy and SimpleITK (the radiomics conda environment) are imported.
@@ -388,6 +391,9 @@ def extract_cubes(
         "direction": np.array(ct.GetDirection(), np.float64),
         "origin_mm": np.array([g.origin_mm for g in grids], np.float64),
         "spacing_mm": np.array([[g.spacing_mm] * 3 for g in grids], np.float64),
+        "ct_size": np.array(ct.GetSize(), np.int64),
+        "ct_origin_mm": np.array(ct.GetOrigin(), np.float64),
+        "ct_spacing_mm": np.array(ct.GetSpacing(), np.float64),
     }
     with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)  # a handle: numpy appends no '.npz' to it

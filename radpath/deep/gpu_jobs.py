@@ -1,5 +1,6 @@
 """The GPU jobs of the deep CT models (rules deep_ct_pretrain, deep_ct_train,
-deep_ct_gradcam): read the cube files and the folds, call radpath.deep's training and Grad-CAM, write the outputs."""
+deep_ct_gradcam): read the cube files and the folds, call radpath.deep's training and
+attention maps (Grad-CAM, saliency), write the outputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,14 @@ from radpath.deep import cohort as deep_cohort
 from radpath.deep import gradcam, networks
 from radpath.deep import training as deep_training
 from radpath.deep.cohort import read_folds
-from radpath.deep.cube_files import channel_indices, cube_image, read_cubes
+from radpath.deep.cube_files import (
+    Cubes,
+    channel_indices,
+    ct_grid_image,
+    cube_image,
+    edge_label,
+    read_cubes,
+)
 from radpath.inputs.io import atomic_path, read_tsv, write_tsv
 from radpath.inputs.runtime import exclusion_reason
 from radpath.nn import training as nn_training
@@ -189,66 +198,124 @@ def score_external_job(*, members: Mapping[str, Mapping], model_paths: Sequence[
     write_tsv(block, output)
 
 
-def member_scale(cubes, channels: Sequence[str]) -> int:
-    """The cube a network sees when it sees one (view per_scale); the largest otherwise."""
-    labels = {c.rpartition("@")[2] for c in channels}
-    edges = [f"{float(e):g}mm" for e in cubes.edges_mm]
-    if len(labels) == 1:
-        return edges.index(labels.pop())
-    return int(np.argmax(cubes.edges_mm))
+ATTENTION_COLUMNS = ["patient_id", "scale", "edge_mm", "method", "members", "mass_in_mask",
+                     "mask_share", "ratio", "file", "nifti", "nifti_ct"]
 
 
-def on_grid_of(cubes, source: int, target: int, cam: np.ndarray) -> np.ndarray:
-    """A map on cube `source`'s grid resampled onto cube `target`'s (0 outside it)."""
-    if source == target:
-        return cam
-    reference = cube_image(cubes, target, np.zeros(cam.shape, np.float32))
-    moved = sitk.Resample(cube_image(cubes, source, cam.astype(np.float32)), reference,
-                          sitk.Transform(), sitk.sitkLinear, 0.0)
-    return sitk.GetArrayFromImage(moved)
+class ScaleAttention(NamedTuple):
+    """The ensemble's maps of one scale for the chosen patients: (N, G, G, G) densities,
+    the method(s) that made them and how many members' maps count per patient."""
+
+    density: np.ndarray
+    method: str
+    members: np.ndarray
+
+
+def member_channels(pid: str, cubes: Cubes, channels: Sequence[str]) -> np.ndarray:
+    """(C, G, G, G): the channels a member was trained on, in its order."""
+    names = [str(c) for c in cubes.channels]
+    missing = [c for c in channels if c not in names]
+    if missing:
+        raise ValueError(f"patient {pid}: the cube file lacks the channels {missing} a model "
+                         f"was trained on (it has {names}); re-run ct_cubes for every patient")
+    return cubes.cube[[names.index(c) for c in channels]]
+
+
+def ensemble_attention(members: Sequence[deep_training.TrainedMember],
+                       cubes: Mapping[str, Cubes], device: torch.device
+                       ) -> dict[str, ScaleAttention]:
+    """{scale label: ScaleAttention} of `cubes` (patients in order) over every member that
+    sees the scale (radpath.deep.gradcam.member_attention)."""
+    maps: dict[str, list[np.ndarray]] = {}
+    methods: dict[str, set[str]] = {}
+    for member in members:
+        x = np.stack([member_channels(pid, c, member.channels) for pid, c in cubes.items()])
+        method, by_scale = gradcam.member_attention(member, x, device=device)
+        for label, density in by_scale.items():
+            maps.setdefault(label, []).append(density)
+            methods.setdefault(label, set()).add(method)
+    return {
+        label: ScaleAttention(
+            gradcam.ensemble_mean(scale_maps), "+".join(sorted(methods[label])),
+            np.sum([np.isfinite(m.reshape(len(m), -1)).all(axis=1) for m in scale_maps],
+                   axis=0),
+        )
+        for label, scale_maps in maps.items()
+    }
+
+
+def write_patient_maps(pid: str, cubes: Cubes, attention: Mapping[str, ScaleAttention],
+                       row: int, out: Path, title: str) -> list[dict]:
+    """One patient's maps: per scale the NIfTI on the cube's grid and on the CT's grid, one
+    montage with a row per scale; the patient's rows of gradcam.tsv."""
+    names = [str(c) for c in cubes.channels]
+    rows, panels = [], []
+    for k, edge in enumerate(cubes.edges_mm):
+        label = edge_label(edge)
+        if label not in attention:
+            continue  # no network sees this cube
+        scale = attention[label]
+        density = scale.density[row]
+        mask_name = f"mask@{label}"
+        mask = (cubes.cube[names.index(mask_name)].astype(np.float32)
+                if mask_name in names else None)
+        stats = (gradcam.mask_statistics(density, mask) if mask is not None else
+                 dict.fromkeys(("mass_in_mask", "mask_share", "ratio"), float("nan")))
+        nifti = nifti_ct = ""
+        if not np.isfinite(density).all():
+            log.warning("patient %s, %s cube: no member's map has any mass", pid, label)
+        else:
+            nifti = f"{pid}_{label}.nii.gz"
+            with atomic_path(out / nifti) as tmp:
+                sitk.WriteImage(cube_image(cubes, k, density.astype(np.float32)), str(tmp))
+            if cubes.has_ct_grid:
+                nifti_ct = f"{pid}_{label}_ct.nii.gz"
+                with atomic_path(out / nifti_ct) as tmp:
+                    sitk.WriteImage(ct_grid_image(cubes, k, density), str(tmp))
+        ratio = stats["ratio"]
+        panels.append(gradcam.ScalePanel(
+            f"{float(edge):g} mm" + (f", ratio {ratio:.2f}" if np.isfinite(ratio) else ""),
+            cubes.cube[names.index(f"ct@{label}")].astype(np.float32), density, mask))
+        rows.append({"patient_id": pid, "scale": label, "edge_mm": float(edge),
+                     "method": scale.method, "members": int(scale.members[row]), **stats,
+                     "file": f"{pid}.png", "nifti": nifti, "nifti_ct": nifti_ct})
+    if not cubes.has_ct_grid:
+        log.warning("patient %s: the cube file does not record the CT's grid (written by an "
+                    "older ct_cubes job): maps on the cube grids only", pid)
+    if panels:
+        gradcam.attention_montage(panels, out / f"{pid}.png", title)
+    return rows
 
 
 def gradcam_job(*, endpoint: str, folds_path: str, cube_paths: Sequence[str],
                 model_paths: Sequence[str], n_patients: int, out_dir: str,
                 threads: int) -> None:
-    """Grad-CAM of the first `n_patients` validation patients (in sheet order), averaged
-    over every fold model and network: a NIfTI map on each patient's cube grid (the
-    largest cube of the networks' scales) and a montage; gradcam.tsv lists them with the
-    share of the map's mass inside the tumour mask."""
+    """Attention maps of the first `n_patients` validation patients (in sheet order), one
+    per cube scale, averaged over every fold model and network (radpath.deep.gradcam:
+    Grad-CAM for networks that see one scale, saliency per scale for networks that see the
+    scales stacked as channels). Per patient and scale, the map (attention density, 1 = an
+    even spread) on the cube's grid (`<patient>_<scale>.nii.gz`) and on the patient's CT
+    grid (`<patient>_<scale>_ct.nii.gz`: overlays the CT voxel for voxel); per patient a
+    montage with a row per scale (`<patient>.png`). gradcam.tsv: a row per patient and
+    scale with the method, how many members' maps count, and the map's mass in the tumour
+    mask, the mask's share of the cube and their ratio (gradcam.mask_statistics)."""
     torch.set_num_threads(max(1, int(threads)))
+    device = nn_training.resolve_device(None)
     folds = read_folds(folds_path)
     chosen = list(folds.index[(folds["split"] == "validation") & (folds["excluded"] == "")])
     chosen = chosen[:n_patients]
     members = [deep_training.load_member(path) for path in model_paths]
     paths = {patient_of(p): p for p in cube_paths}
+    cubes = {pid: read_cubes(paths[pid]) for pid in chosen}
+    attention = ensemble_attention(members, cubes, device) if chosen else {}
+    methods = ", ".join(sorted({gradcam.METHOD_LABELS[m] for scale in attention.values()
+                                for m in scale.method.split("+")}))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for pid in chosen:
-        cubes = read_cubes(paths[pid])
-        names = [str(c) for c in cubes.channels]
-        scale = int(np.argmax(cubes.edges_mm))  # maps are shown on the largest cube's grid
-        maps = []
-        for trained in members:
-            keep = [names.index(c) for c in trained.channels]
-            cam = gradcam.gradcam([trained], cubes.cube[keep][None])[0]
-            maps.append(on_grid_of(cubes, member_scale(cubes, trained.channels), scale, cam))
-        cam = np.mean(maps, axis=0)
-        label = f"{float(cubes.edges_mm[scale]):g}mm"
-        ct = cubes.cube[names.index(f"ct@{label}")].astype(np.float32)
-        mask_name = f"mask@{label}"
-        mass_in_mask = (
-            float((cam * (cubes.cube[names.index(mask_name)] >= 0.5)).sum() / max(cam.sum(), 1e-12))
-            if mask_name in names else float("nan")
-        )
-        with atomic_path(out / f"{pid}.nii.gz") as tmp:
-            sitk.WriteImage(cube_image(cubes, scale, cam.astype(np.float32)), str(tmp))
-        gradcam.gradcam_montage(
-            ct, cam, out / f"{pid}.png",
-            f"{endpoint.upper()} {pid}: Grad-CAM, {len(members)} models",
-            mask=cubes.cube[names.index(mask_name)] if mask_name in names else None,
-        )
-        rows.append({"patient_id": pid, "file": f"{pid}.png", "nifti": f"{pid}.nii.gz",
-                     "mass_in_mask": mass_in_mask})
-    write_tsv(pd.DataFrame(rows, columns=["patient_id", "file", "nifti", "mass_in_mask"]),
-              out / "gradcam.tsv", index=False)
+    for row, (pid, patient_cubes) in enumerate(cubes.items()):
+        title = f"{endpoint.upper()} {pid}: {methods}, {len(members)} models"
+        rows += write_patient_maps(pid, patient_cubes, attention, row, out, title)
+    log.info("attention maps of %d validation patients, %d models (%s)", len(chosen),
+             len(members), methods or "none")
+    write_tsv(pd.DataFrame(rows, columns=ATTENTION_COLUMNS), out / "gradcam.tsv", index=False)

@@ -20,12 +20,24 @@ MEMBER_FORMAT = "radpath-deep-ct-member/1"  # a trained member file (radpath.dee
 
 
 @dataclass(frozen=True)
+class FeatureGrid:
+    """Where the cells of a feature map sit on the network's input grid: along every axis,
+    cell i is centred on input voxel `stride * i + offset` (the centre of the input window
+    its strided convolutions and poolings read)."""
+
+    stride: int
+    offset: float
+
+
+@dataclass(frozen=True)
 class NetworkEntry:
     """A network of the registry: builder (in_channels, width) -> nn.Module with one output
-    (the risk score), the layer Grad-CAM reads, and a description."""
+    (the risk score), the layer Grad-CAM reads, where that layer's cells sit on the cube
+    grid, and a description."""
 
     builder: Callable[[int, int], nn.Module]
     target_layer: str
+    target_grid: FeatureGrid
     description: str
 
 
@@ -62,17 +74,25 @@ def _densenet121(in_channels: int, width: int) -> nn.Module:
 # 16^3 cubes, 12^3 for 48^3): the G/8 stage's cells each see the whole cube (receptive field
 # 49+ voxels), and on synthetic cubes whose outcome lives in one corner its maps spread over
 # the cube (16^3: 7-54% of the mass in that octant vs 26-59% at G/4).
+# Their cells are 4 voxels apart but not centred alike: a ResNet halves the grid with 3^3
+# convolutions at stride 2 and padding 1 (and 1^3 shortcuts), whose output cell i reads input
+# voxels 2i-1..2i+1, so layer3's cell i is centred on voxel 4i; DenseNet halves it with 2^3
+# average pools (cell i = voxels 2i, 2i+1), so denseblock3's cell i is centred on voxel
+# 4i + 1.5. (Trilinear upsampling with align_corners=False assumes the latter for both,
+# which put the ResNets' maps 1.5 voxels off.)
+RESNET_LAYER3 = FeatureGrid(stride=4, offset=0.0)
+DENSENET_BLOCK3 = FeatureGrid(stride=4, offset=1.5)
 NETWORKS: dict[str, NetworkEntry] = {
     "resnet10": NetworkEntry(
-        partial(_resnet, [1, 1, 1, 1]), "layer3",
+        partial(_resnet, [1, 1, 1, 1]), "layer3", RESNET_LAYER3,
         "MONAI 3D ResNet-10 (basic blocks [1,1,1,1], planes w..8w, 3^3 stem, no max pool)",
     ),
     "resnet18": NetworkEntry(
-        partial(_resnet, [2, 2, 2, 2]), "layer3",
+        partial(_resnet, [2, 2, 2, 2]), "layer3", RESNET_LAYER3,
         "MONAI 3D ResNet-18 (basic blocks [2,2,2,2], planes w..8w, 3^3 stem, no max pool)",
     ),
     "densenet121": NetworkEntry(
-        _densenet121, "features.denseblock3",
+        _densenet121, "features.denseblock3", DENSENET_BLOCK3,
         "MONAI 3D DenseNet-121 (init features w, growth w/2, 3^3 stem, no pool)",
     ),
 }

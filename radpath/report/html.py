@@ -239,13 +239,76 @@ def pretrain_rows(usage_paths: list[str]) -> list[dict]:
     return rows
 
 
+ATTENTION_METHODS = {
+    "saliency": "the networks see the scales stacked as channels, so a Grad-CAM cell would "
+                "mix several places in the body: each scale's map is the saliency |d risk / "
+                "d input| of that scale's own channels, on that cube's own voxels",
+    "gradcam": "each network sees one scale: Grad-CAM on its second-to-last stage, each "
+               "cell placed on the centre of its input window (Grad-CAM weighs activations, "
+               "which follow the image: a ratio a little above 1 can come from a lesion "
+               "brighter than its surroundings alone)",
+}
+
+
+def attention_summary(table: pd.DataFrame) -> list[dict]:
+    """Per scale of gradcam.tsv (deep_ct_gradcam): the method, how many patients have a
+    ratio (map's share inside the tumour / tumour's share of the cube), its median and range,
+    how many are above 1 (chance), and the tumour's median share of the cube."""
+    rows = []
+    for _, group in table.groupby("scale", sort=False):
+        ratio = pd.to_numeric(group["ratio"], errors="coerce").dropna()
+        share = pd.to_numeric(group["mask_share"], errors="coerce").dropna()
+        rows.append({
+            "scale": f"{float(group['edge_mm'].iloc[0]):g} mm",
+            "method": ", ".join(sorted(set(group["method"]))),
+            "n": len(ratio),
+            "median": f"{ratio.median():.2f}" if len(ratio) else "",
+            "range": f"{ratio.min():.2f}–{ratio.max():.2f}" if len(ratio) else "",
+            "above": int((ratio > 1).sum()),
+            "share": f"{100 * share.median():.1f}%" if len(share) else "",
+        })
+    return rows
+
+
+def attention_figures(table: pd.DataFrame, maps_dir: Path) -> list[dict]:
+    """One montage per patient, captioned with its ratio in every scale."""
+    figures = []
+    for patient, group in table.groupby("patient_id", sort=False):
+        ratios = ", ".join(
+            f"{r['ratio']:.2f} ({float(r['edge_mm']):g} mm)" for r in group.to_dict("records")
+            if pd.notna(r["ratio"]))
+        figures.append({"patient_id": patient, "img": embed_png(maps_dir / group["file"].iloc[0]),
+                        "caption": f"ratio {ratios}" if ratios else "no ratio (no mask)"})
+    return figures
+
+
+def attention_section(maps_dir: str | Path) -> dict:
+    """The attention maps of deep_ct_gradcam: the per-scale summary, the method(s) and the
+    montages; empty without maps. A gradcam.tsv of an older radpath (one map per patient,
+    no ratio) shows its montages and asks for the job to be re-run."""
+    maps_dir = Path(maps_dir)
+    path = maps_dir / "gradcam.tsv"
+    table = read_tsv(path) if path.exists() else pd.DataFrame()
+    if table.empty:
+        return {}
+    if "scale" not in table.columns:
+        return {"summary": [], "methods": [], "outdated": True,
+                "figures": [{"patient_id": r["patient_id"], "img": embed_png(maps_dir / r["file"]),
+                             "caption": ""} for r in table.to_dict("records")]}
+    methods = sorted({m for value in table["method"] for m in str(value).split("+")})
+    return {"summary": attention_summary(table), "outdated": False,
+            "methods": [ATTENTION_METHODS.get(m, m) for m in methods],
+            "figures": attention_figures(table, maps_dir)}
+
+
 def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[str],
                     endpoints: list[str], starts: list[str] | None = None,
                     pretrain_usage: list[str] | None = None,
                     synthetic: list[str] | None = None) -> dict:
     """Per endpoint: how many patients trained, early-stopped and were scored by each fold
-    model, the held-out folds' C, the training curves, the Grad-CAM montages and, when the
-    networks started from pretrained weights, validation C with and without them."""
+    model, the held-out folds' C, the training curves, the attention maps (summary per scale
+    and montages) and, when the networks started from pretrained weights, validation C with
+    and without them."""
     starts = starts or [None] * len(endpoints)
     synthetic = synthetic or [None] * len(endpoints)
     pretrain_usage = pretrain_usage or []
@@ -253,17 +316,13 @@ def deep_ct_section(summaries: list[str], curves: list[str], gradcam_dirs: list[
     for endpoint, summary, curve, maps, start, with_synthetic in zip(
             endpoints, summaries, curves, gradcam_dirs, starts, synthetic, strict=True):
         table = read_tsv(summary)
-        cams = read_tsv(Path(maps) / "gradcam.tsv") if (Path(maps) / "gradcam.tsv").exists() \
-            else pd.DataFrame(columns=["patient_id", "file", "mass_in_mask"])
         sections.append({
             "endpoint": endpoint.upper(),
             "rows": table.to_dict("records"),
             "n_fit": f"{table['n_fit'].min()}-{table['n_fit'].max()}",
             "n_validation": int(table["n_validation"].max()),
             "curves": embed_png(curve),
-            "gradcam": [
-                {**r, "img": embed_png(Path(maps) / r["file"])} for r in cams.to_dict("records")
-            ],
+            "gradcam": attention_section(maps),
             "starts": start_rows(start) if start else [],
             "synthetic": start_rows(with_synthetic, "variant") if with_synthetic else [],
             "n_synthetic": int(table["n_synthetic"].max()) if "n_synthetic" in table else 0,

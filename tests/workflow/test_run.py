@@ -203,17 +203,47 @@ def test_deep_ct_trains_on_training_patients_and_scores_everyone_once(finished_r
             (member, k) for member in sorted(deep_ct_members(settings)) for k in (1, 2, 3)]
         assert (summary["best_epoch"] >= 1).all()
         assert not list(base.glob("*/fold*/checkpoints"))  # removed once a job finished
-        cams = pd.read_csv(base / "gradcam/gradcam.tsv", sep="\t")
-        assert len(cams) > 0 and set(cams["patient_id"]) <= validation
-        for nifti in cams["nifti"]:
-            assert (base / "gradcam" / nifti).stat().st_size > 0
+        check_attention_maps(workdir, base / "gradcam", settings, validation)
         coefficients = pd.read_csv(workdir / f"results/models/{endpoint}/deep_ct/"
                                    "coefficients.tsv", sep="\t")
         assert list(coefficients["feature"]) == ["deep_ct:risk"]  # forced in, not selected
     html = (workdir / "results/report/report.html").read_text(encoding="utf-8")
     assert "Deep CT models: 3D CNNs on the lesion" in html
     assert "Validation patients never influenced training or the choice of checkpoint" in html
-    assert 'alt="OS training curves"' in html and 'alt="Grad-CAM ' in html
+    assert 'alt="OS training curves"' in html and 'alt="attention map ' in html
+    assert "How to read the ratio" in html and "1 is chance" in html
+
+
+def check_attention_maps(workdir: Path, maps: Path, settings: dict, validation: set) -> None:
+    """deep_ct_gradcam of the demo (scales stacked as channels): a saliency map per patient
+    and scale from every fold model, on the cube's grid and on the patient's CT grid (the
+    CT's geometry exactly), with the tumour's share of the cube and the ratio to it."""
+    import SimpleITK as sitk
+
+    cams = pd.read_csv(maps / "gradcam.tsv", sep="\t", keep_default_na=False)
+    edges = settings["deep_ct"]["cubes"]["edges_mm"]
+    assert len(cams) > 0 and set(cams["patient_id"]) <= validation
+    assert len(cams) == len(edges) * cams["patient_id"].nunique()
+    assert set(cams["scale"]) == {f"{float(e):g}mm" for e in edges}
+    assert set(cams["method"]) == {"saliency"}
+    assert set(cams["members"]) == {
+        settings["deep_ct"]["folds"] * len(settings["deep_ct"]["networks"])}
+    assert (cams["mask_share"] > 0).all() and (cams["ratio"] > 0).all()
+    np.testing.assert_allclose(cams["ratio"], cams["mass_in_mask"] / cams["mask_share"])
+    patients = read_tsv(workdir / settings["patients"], index_col="patient_id")
+    sheet_dir = (workdir / settings["patients"]).parent
+    for row in cams.to_dict("records"):
+        on_cube = sitk.ReadImage(str(maps / row["nifti"]))
+        assert on_cube.GetSize() == (settings["deep_ct"]["cubes"]["grid"],) * 3
+        np.testing.assert_allclose(sitk.GetArrayFromImage(on_cube).mean(), 1.0, rtol=1e-4)
+        on_ct = sitk.ReadImage(str(maps / row["nifti_ct"]))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(sheet_dir / patients.loc[row["patient_id"], "ct"]))
+        reader.ReadImageInformation()
+        assert on_ct.GetSize() == reader.GetSize()
+        for get in ("GetOrigin", "GetSpacing", "GetDirection"):
+            np.testing.assert_allclose(getattr(on_ct, get)(), getattr(reader, get)(), atol=1e-4)
+        assert (maps / row["file"]).stat().st_size > 0
 
 
 def test_synthesis_trains_on_training_patients_and_keeps_the_real_anatomy(finished_run):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from radpath.deep.cube_files import channel_indices, cube_image, read_cubes
+from radpath.deep.cube_files import channel_indices, ct_grid_image, cube_image, read_cubes
 from radpath.deep.cubes import (
     CubeSettingsError,
     antialias_sigma_mm,
@@ -189,6 +189,41 @@ def test_cube_image_places_the_cube_in_patient_space(tmp_path):
         points = physical_points((GRID,) * 3, image.GetSpacing(), image.GetOrigin(), ROTATED)
         expected = (hu(points) - window[0]) / (window[1] - window[0])
         np.testing.assert_allclose(ct, expected, atol=2e-3, err_msg=f"{edge} mm")
+
+
+def test_ct_grid_image_puts_a_cube_map_back_on_the_ct_voxels(tmp_path):
+    """The cube file records the CT's grid; a cube's map resampled onto it has the CT's
+    geometry and, for the linear CT of the test above, the CT's value at every CT voxel
+    inside the cube (linear interpolation is exact there), 0 outside the cube."""
+
+    def hu(points):
+        return 4.0 * points[..., 0] - 3.0 * points[..., 1] + 2.0 * points[..., 2]
+
+    ct_path, mask_path, _ = make_case(
+        tmp_path, direction=ROTATED, lesion_index=(32, 36, 18), ct_values=hu
+    )
+    window = [-2000.0, 2000.0]
+    cubes = run(tmp_path, ct_path, mask_path, cube_cfg(window=window))
+    ct = sitk.ReadImage(str(ct_path))
+    np.testing.assert_array_equal(cubes.ct_size, ct.GetSize())
+    np.testing.assert_allclose(cubes.ct_origin_mm, ct.GetOrigin())
+    np.testing.assert_allclose(cubes.ct_spacing_mm, ct.GetSpacing())
+    points = physical_points(SHAPE, SPACING, ORIGIN, ROTATED)
+    for k, edge in enumerate(EDGES):
+        cube = cubes.cube[channel_indices(cubes.channels, edge)[0]].astype(np.float64)
+        image = ct_grid_image(cubes, k, cube)
+        for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
+            np.testing.assert_allclose(getattr(image, get)(), getattr(ct, get)(), atol=1e-9)
+        on_ct = sitk.GetArrayFromImage(image).astype(np.float64)
+        # where each CT voxel falls in the cube (continuous cube index along each axis)
+        local = (points - cubes.origin_mm[k]) @ np.reshape(cubes.direction, (3, 3))
+        index = local / cubes.spacing_mm[k]
+        inside = np.all((index >= 0) & (index <= GRID - 1), axis=-1)
+        outside = np.any((index < -0.5) | (index > GRID - 0.5), axis=-1)
+        assert inside.sum() > 1000, edge
+        expected = (hu(points) - window[0]) / (window[1] - window[0])
+        np.testing.assert_allclose(on_ct[inside], expected[inside], atol=2e-3, err_msg=edge)
+        np.testing.assert_array_equal(on_ct[outside], 0.0)
 
 
 # --- intensities ---------------------------------------------------------------------------

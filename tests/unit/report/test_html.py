@@ -234,3 +234,50 @@ def test_features_missing_for_some_patients_are_counted_in_the_cohort_section():
     assert "<td>P7</td><td>2</td><td>log-sigma-1-0-mm-3D (2)</td>" in html
     empty = jinja2.Template(block, autoescape=True).render(missing_features={})
     assert "Every radiomics feature was computed for every patient" in empty
+
+
+def write_attention_maps(folder, table: pd.DataFrame) -> None:
+    """A gradcam/ folder as deep_ct_gradcam writes it: gradcam.tsv and a montage each."""
+    from PIL import Image
+
+    folder.mkdir()
+    table.to_csv(folder / "gradcam.tsv", sep="\t", index=False)
+    for name in set(table["file"]):
+        Image.new("RGB", (4, 4)).save(folder / name)
+
+
+def test_attention_maps_are_summarised_per_scale_with_how_to_read_the_ratio(tmp_path):
+    rows = [(p, scale, edge, ratio) for p, ratios in (("P1", (1.8, 2.4, 0.7)),
+                                                      ("P2", (0.9, 1.2, np.nan)))
+            for (scale, edge), ratio in zip((("50mm", 50.0), ("37.5mm", 37.5), ("25mm", 25.0)),
+                                            ratios, strict=True)]
+    table = pd.DataFrame(rows, columns=["patient_id", "scale", "edge_mm", "ratio"]).assign(
+        method="saliency", members=6, mask_share=[0.02, 0.04, 0.1] * 2,
+        mass_in_mask=lambda t: t["ratio"] * t["mask_share"], file=lambda t: t["patient_id"] + ".png",
+        nifti="", nifti_ct="")
+    write_attention_maps(tmp_path / "gradcam", table)
+    section = report_html.attention_section(tmp_path / "gradcam")
+    assert section["summary"] == [
+        {"scale": "50 mm", "method": "saliency", "n": 2, "median": "1.35", "range": "0.90–1.80",
+         "above": 1, "share": "2.0%"},
+        {"scale": "37.5 mm", "method": "saliency", "n": 2, "median": "1.80", "range": "1.20–2.40",
+         "above": 2, "share": "4.0%"},
+        {"scale": "25 mm", "method": "saliency", "n": 1, "median": "0.70", "range": "0.70–0.70",
+         "above": 0, "share": "10.0%"},
+    ]
+    assert [f["caption"] for f in section["figures"]] == [
+        "ratio 1.80 (50 mm), 2.40 (37.5 mm), 0.70 (25 mm)", "ratio 0.90 (50 mm), 1.20 (37.5 mm)"]
+    html = template_part("{% if e.gradcam %}", "</figure>{% endfor %}</div>{% endif %}").render(
+        e={"gradcam": section, "endpoint": "OS"})
+    assert "1 is chance" in html and "stacked as channels" in html
+    assert "<td>50 mm</td><td>saliency</td><td>2</td><td>1.35 (0.90–1.80)</td><td>1</td>" in html
+    assert 'alt="attention map P2"' in html and "results/deep_ct/os/gradcam/" in html
+    # maps of an older radpath: shown, with what to re-run
+    old = pd.DataFrame({"patient_id": ["P1"], "file": ["P1.png"], "nifti": ["P1.nii.gz"],
+                        "mass_in_mask": [0.07]})
+    write_attention_maps(tmp_path / "old", old)
+    section = report_html.attention_section(tmp_path / "old")
+    html = template_part("{% if e.gradcam %}", "</figure>{% endfor %}</div>{% endif %}").render(
+        e={"gradcam": section, "endpoint": "OS"})
+    assert "--forcerun deep_ct_gradcam" in html and 'alt="attention map P1"' in html
+    assert report_html.attention_section(tmp_path / "none") == {}
