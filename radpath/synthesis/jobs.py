@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 def synthesis_layouts_qc(inputs, outputs, params, wildcards, threads: int) -> None:
-    """Per synthesis patient its lungs (volume, field of view, nodule inside), flagged where
+    """Per synthesis patient its lungs (volume, field of view, gap to the nodule), flagged where
     implausible for an adult, before a model trains on them."""
     import logging
 

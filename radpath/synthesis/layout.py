@@ -234,14 +234,39 @@ def faces_touched(mask: np.ndarray) -> list[str]:
     return touched
 
 
+NODULE_SEARCH_MM = 30.0  # how far from the nodule `lung_facts` looks for lung
+
+
+def nodule_to_lung_mm(lungs: np.ndarray, nodule: np.ndarray, spacing_xyz: Sequence[float],
+                      search_mm: float = NODULE_SEARCH_MM) -> float:
+    """The distance (mm) from the nodule to the nearest lung voxel: 0 when they touch or
+    overlap, NaN when no lung lies within `search_mm` (a lung nodule that far from every lung
+    voxel suggests a missed lung). Computed in the nodule's box grown by `search_mm`."""
+    spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
+    if not nodule.any():
+        return float("nan")
+    lo, hi = (np.argwhere(nodule).min(axis=0), np.argwhere(nodule).max(axis=0) + 1)
+    reach = np.ceil(search_mm / spacing_zyx).astype(int)
+    box = tuple(slice(max(a - r, 0), b + r) for a, b, r in zip(lo, hi, reach, strict=True))
+    near_lungs, near_nodule = lungs[box], nodule[box]
+    if not near_lungs.any():
+        return float("nan")
+    if (near_lungs & near_nodule).any():
+        return 0.0
+    distance = ndimage.distance_transform_edt(~near_lungs, sampling=spacing_zyx)
+    # voxel centres: touching neighbours are one spacing apart, which reads as 0 mm of gap
+    gap = float(distance[near_nodule].min()) - float(spacing_zyx.min())
+    return max(gap, 0.0) if gap <= search_mm else float("nan")
+
+
 def lung_facts(lungs: np.ndarray, nodule: np.ndarray, spacing_xyz: Sequence[float]) -> dict:
     """What the layout QC reports per patient: lung volume (ml), the sides of the field of
-    view the lungs reach, and the share of the nodule inside the lungs."""
+    view the lungs reach, and the gap between the nodule and the nearest lung (mm)."""
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     nodule = nodule.astype(bool)
     return {"lungs_ml": float(lungs.sum() * voxel_ml),
             "lungs_cut_by": "; ".join(faces_touched(lungs)),
-            "nodule_in_lungs": float((lungs & nodule).sum() / max(int(nodule.sum()), 1))}
+            "nodule_to_lung_mm": nodule_to_lung_mm(lungs, nodule, spacing_xyz)}
 
 
 def lung_flag(facts: Mapping, plausible_ml: Sequence[float]) -> str:
@@ -260,8 +285,8 @@ def lung_flag(facts: Mapping, plausible_ml: Sequence[float]) -> str:
 
 def layouts_qc(paths: Mapping[str, str], plausible_ml: Sequence[float]):
     """One row per synthesis patient from its layout file (patient -> .npz): lung source,
-    volume, the sides of the field of view that cut the lungs, the nodule's share inside
-    them, and `flag` (why the lungs look wrong, see `lung_flag`) or the job's exclusion."""
+    volume, the sides of the field of view that cut the lungs, the gap from the nodule to
+    the nearest lung, and `flag` (why the lungs look wrong, see `lung_flag`) or the job's exclusion."""
     import pandas as pd
 
     from radpath.inputs.runtime import exclusion_reason
@@ -277,7 +302,7 @@ def layouts_qc(paths: Mapping[str, str], plausible_ml: Sequence[float]):
             source = str(data["lungs_source"])
         rows.append({"patient_id": patient, "lungs_source": source, **facts,
                      "flag": lung_flag(facts, plausible_ml)})
-    columns = ["patient_id", "lungs_source", "lungs_ml", "lungs_cut_by", "nodule_in_lungs",
+    columns = ["patient_id", "lungs_source", "lungs_ml", "lungs_cut_by", "nodule_to_lung_mm",
                "flag"]
     return pd.DataFrame(rows, columns=columns)
 

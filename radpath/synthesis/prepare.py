@@ -17,6 +17,7 @@ from radpath.inputs.ct import load_checked_case
 from radpath.inputs.io import atomic_path
 from radpath.synthesis.layout import (
     NODULE,
+    NODULE_SEARCH_MM,
     LayoutError,
     lung_facts,
     lungs_from_label,
@@ -61,11 +62,13 @@ def layout_job(*, images: Mapping, lung_label: str, settings: Mapping, npz_out: 
                              f"vanishes on the {settings['size']}^3 model grid (spacing "
                              f"{', '.join(f'{s:.2f}' for s in grid.spacing)} mm)")
     facts = lung_facts(lungs, nodule, ct.GetSpacing())
-    log.info("patient %s: lungs %s (%.1f ml%s), nodule %d voxels (%.0f%% inside the lungs); "
-             "model grid %s mm", patient, source, facts["lungs_ml"],
+    log.info("patient %s: lungs %s (%.1f ml%s), nodule %d voxels, %s mm from the nearest "
+             "lung; model grid %s mm", patient, source, facts["lungs_ml"],
              f", cut by the field of view at its {facts['lungs_cut_by']}"
              if facts["lungs_cut_by"] else "", int(nodule.sum()),
-             100 * facts["nodule_in_lungs"], ", ".join(f"{s:.2f}" for s in grid.spacing))
+             f"{facts['nodule_to_lung_mm']:.1f}" if np.isfinite(facts["nodule_to_lung_mm"])
+             else f"more than {NODULE_SEARCH_MM:g}",
+             ", ".join(f"{s:.2f}" for s in grid.spacing))
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer, ct=window_to_unit(hu, settings["window"]).astype(np.float16),

@@ -270,7 +270,7 @@ def test_layout_qc_reports_lung_volumes_and_flags_them_knowing_the_field_of_view
     qc = layouts.layouts_qc(paths, [1500.0, 10000.0]).set_index("patient_id")
     assert qc.loc["WHOLE", "lungs_cut_by"] == "" and qc.loc["WHOLE", "flag"] == ""
     assert 1500 < qc.loc["WHOLE", "lungs_ml"] < 3500  # two 100 x 140 mm ellipses, 112 mm
-    assert qc.loc["WHOLE", "nodule_in_lungs"] == 1.0
+    assert qc.loc["WHOLE", "nodule_to_lung_mm"] == 0.0  # no nodule in the phantom's lung
     assert qc.loc["WHOLE", "lungs_source"] == "segmented from the CT"
     assert qc.loc["SMALL", "flag"].startswith(
         f"{qc.loc['SMALL', 'lungs_ml']:.0f} ml of lung in a scan that holds the whole lungs "
@@ -280,3 +280,20 @@ def test_layout_qc_reports_lung_volumes_and_flags_them_knowing_the_field_of_view
     assert qc.loc["FAILED", "flag"] == "no layout: mask is empty"
     too_much = layouts.layouts_qc({"WHOLE": paths["WHOLE"]}, [100.0, 500.0])
     assert "more than an adult's 500 ml" in too_much.loc[0, "flag"]
+
+
+def test_the_gap_from_the_nodule_to_the_nearest_lung():
+    """Five empty 1-mm voxels between lung and nodule read 5 mm; touching reads 0; no lung
+    within 30 mm reads NaN (a lung nodule that far from any lung: a missed lung?)."""
+    lungs = np.zeros((10, 20, 80), bool)
+    lungs[:, :, :10] = True
+    nodule = np.zeros_like(lungs)
+    nodule[4:6, 8:12, 15:18] = True
+    spacing_xyz = (1.0, 1.0, 2.0)
+    assert layouts.nodule_to_lung_mm(lungs, nodule, spacing_xyz) == pytest.approx(5.0)
+    touching = np.zeros_like(lungs)
+    touching[4:6, 8:12, 10:13] = True
+    assert layouts.nodule_to_lung_mm(lungs, touching, spacing_xyz) == 0.0
+    far = np.zeros_like(lungs)
+    far[4:6, 8:12, 60:63] = True
+    assert np.isnan(layouts.nodule_to_lung_mm(lungs, far, spacing_xyz))
