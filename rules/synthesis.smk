@@ -58,7 +58,7 @@ rule synthesis_layouts_qc:
     log:
         "logs/synthesis/layouts_qc.log",
     conda:
-        "../envs/stats.yaml"
+        "../envs/radiomics.yaml"
     params:
         files=job_files,
         settings=job_settings(

@@ -194,7 +194,9 @@ def endpoint_accuracy(
         statuses)
     calibration = calibration_table(endpoint, risks, baselines, horizons,
                                     eval_cfg["calibration_groups"], censoring)
-    calibration = calibration[calibration["model"].map(lambda m: has_result(statuses[m]))]
+    # a boolean array: an empty object Series would select columns and drop them all
+    with_result = calibration["model"].map(lambda m: has_result(statuses[m])).to_numpy(bool)
+    calibration = calibration[with_result]
     decision = decision_curve_table(endpoint, risks, baselines, eval_cfg["decision_horizon"])
     decision = decision[~decision["model"].isin(left_out(statuses))]
     for m in risks:

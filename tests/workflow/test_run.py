@@ -121,8 +121,11 @@ def test_absolute_risk_accuracy_and_model_checks(finished_run):
         assert (by_risk.diff().fillna(0) <= 1e-12).all().all()
     accuracy = pd.read_csv(workdir / "results/report/accuracy.tsv", sep="\t")
     assert len(accuracy) == 2 * len(MODELS) * len(horizons)
-    evaluable = accuracy[accuracy["note"].isna()]
+    evaluable = accuracy[accuracy["note"].isna() & (accuracy["status"] == "ok")]
     assert len(evaluable) > 0
+    # models without a result of their own (radpath.survival.status) carry no metric
+    assert accuracy.loc[accuracy["status"] != "ok", ["auc", "brier", "ibs"]].isna().all(
+        axis=None)
     for metric in ("auc", "brier", "ibs"):
         assert evaluable[metric].between(0, 1).all()
         assert (evaluable[f"{metric}_lo"] <= evaluable[metric] + 1e-12).all()

@@ -150,3 +150,18 @@ def test_accuracy_and_decision_curves_leave_them_out(fitted, tmp_path):
     assert set(calibration["model"]) <= {"clinical", "signal"}
     assert set(decision["model"]) == {"clinical", "signal", "treat all", "treat none"}
     assert (tmp_path / "decision.png").exists() and (tmp_path / "os_noise.png").exists()
+
+
+def test_accuracy_with_no_evaluable_horizon_writes_tables_and_plots(fitted, tmp_path):
+    """Horizons past every follow-up (a small cohort): no calibration group at all, yet the
+    job writes its tables and plots (an empty calibration table once lost its columns when
+    the models without a result were filtered out)."""
+    models, risks, statuses = fitted
+    baselines = {m: (f.baseline_time, f.baseline_cumhaz) for m, f in models.items()}
+    late = {**EVALUATION, "horizons": [500, 600], "decision_horizon": 12}
+    accuracy, calibration, _ = endpoint_accuracy(
+        "os", risks, baselines, late, 7, "months", "validation", tmp_path,
+        tmp_path / "decision.png", "clinical", statuses)
+    assert calibration.empty and "model" in calibration.columns
+    assert accuracy["note"].notna().all() and accuracy["auc"].isna().all()
+    assert (tmp_path / "os_signal.png").exists()
