@@ -168,18 +168,27 @@ def test_cropping_the_ct_changes_nothing(tmp_path):
         )
 
 
+LINEAR_WINDOW = [-2000.0, 2000.0]
+
+
+def linear_hu(points):
+    """A CT linear in x, y, z (mm): smoothing and linear interpolation keep it exact."""
+    return 4.0 * points[..., 0] - 3.0 * points[..., 1] + 2.0 * points[..., 2]
+
+
+def linear_case(tmp_path):
+    """(CT path, cubes) of a rotated CT whose values are `linear_hu`."""
+    ct_path, mask_path, _ = make_case(
+        tmp_path, direction=ROTATED, lesion_index=(32, 36, 18), ct_values=linear_hu
+    )
+    return ct_path, run(tmp_path, ct_path, mask_path, cube_cfg(window=LINEAR_WINDOW))
+
+
 def test_cube_image_places_the_cube_in_patient_space(tmp_path):
     """A CT linear in x, y, z stays linear under smoothing and linear interpolation, so each
     cube voxel holds the CT's value at the physical point cube_image gives it."""
-
-    def hu(points):
-        return 4.0 * points[..., 0] - 3.0 * points[..., 1] + 2.0 * points[..., 2]
-
-    ct_path, mask_path, _ = make_case(
-        tmp_path, direction=ROTATED, lesion_index=(32, 36, 18), ct_values=hu
-    )
-    window = [-2000.0, 2000.0]
-    cubes = run(tmp_path, ct_path, mask_path, cube_cfg(window=window))
+    hu, window = linear_hu, LINEAR_WINDOW
+    _, cubes = linear_case(tmp_path)
     for k, edge in enumerate(EDGES):
         ct = cubes.cube[channel_indices(cubes.channels, edge)[0]].astype(np.float64)
         image = cube_image(cubes, k, ct)
@@ -195,15 +204,8 @@ def test_ct_grid_image_puts_a_cube_map_back_on_the_ct_voxels(tmp_path):
     """The cube file records the CT's grid; a cube's map resampled onto it has the CT's
     geometry and, for the linear CT of the test above, the CT's value at every CT voxel
     inside the cube (linear interpolation is exact there), 0 outside the cube."""
-
-    def hu(points):
-        return 4.0 * points[..., 0] - 3.0 * points[..., 1] + 2.0 * points[..., 2]
-
-    ct_path, mask_path, _ = make_case(
-        tmp_path, direction=ROTATED, lesion_index=(32, 36, 18), ct_values=hu
-    )
-    window = [-2000.0, 2000.0]
-    cubes = run(tmp_path, ct_path, mask_path, cube_cfg(window=window))
+    hu, window = linear_hu, LINEAR_WINDOW
+    ct_path, cubes = linear_case(tmp_path)
     ct = sitk.ReadImage(str(ct_path))
     np.testing.assert_array_equal(cubes.ct_size, ct.GetSize())
     np.testing.assert_allclose(cubes.ct_origin_mm, ct.GetOrigin())
