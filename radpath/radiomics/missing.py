@@ -26,11 +26,18 @@ SUMMARY_COLUMNS = ["radpath_n_missing_features", "radpath_missing_features"]
 
 
 def missing_values(matrix: pd.DataFrame) -> pd.DataFrame:
-    """One row (patient_id, feature) per missing value of the matrix: a NaN, or a feature
-    absent from the patient's row (NaN after the rows are stacked)."""
+    """One row (patient_id, feature, image_type) per missing value of the matrix: a NaN, or
+    a feature absent from the patient's row (NaN after the rows are stacked)."""
     rows, columns = np.nonzero(matrix.isna().to_numpy())
-    return pd.DataFrame({"patient_id": matrix.index[rows].astype(str),
-                         "feature": matrix.columns[columns].astype(str)})
+    features = matrix.columns[columns].astype(str)
+    return pd.DataFrame({"patient_id": matrix.index[rows].astype(str), "feature": features,
+                         "image_type": [image_type(f) for f in features]})
+
+
+def check_policy(policy: str) -> None:
+    if policy not in MISSING_FEATURE_POLICIES:
+        raise ValueError(f"radiomics.missing_features must be one of {MISSING_FEATURE_POLICIES}, "
+                         f"not {policy!r}")
 
 
 def image_type(feature: str) -> str:
@@ -48,11 +55,8 @@ def handle_missing_features(
     `split` (train/validation per patient) tells which features no training patient has:
     imputing cannot fill those, so they are dropped under either policy.
     """
-    if policy not in MISSING_FEATURE_POLICIES:
-        raise ValueError(f"radiomics.missing_features must be one of {MISSING_FEATURE_POLICIES}, "
-                         f"not {policy!r}")
+    check_policy(policy)
     missing = missing_values(matrix)
-    missing["image_type"] = missing["feature"].map(image_type)
     train = matrix.index[split.reindex(matrix.index).eq("train").to_numpy()]
     no_training_value = matrix.columns[matrix.loc[train].isna().all().to_numpy()]
     if policy == "drop":
@@ -113,11 +117,8 @@ def external_missing(
     any of them is excluded, naming them (the run cannot drop a feature its models use);
     under `impute` the run's training medians fill them in (radpath.survival.scoring).
     """
-    if policy not in MISSING_FEATURE_POLICIES:
-        raise ValueError(f"radiomics.missing_features must be one of {MISSING_FEATURE_POLICIES}, "
-                         f"not {policy!r}")
+    check_policy(policy)
     missing = missing_values(raw.reindex(columns=run_features))
-    missing["image_type"] = missing["feature"].map(image_type)
     missing["action"] = "patient excluded" if policy == "drop" else IMPUTED
     rows = []
     if policy == "drop":
