@@ -3,7 +3,7 @@
 (`--settings`, a params value: a changed setting re-runs the rule's jobs) and its log file.
 A job can be re-run by hand with the command its log and Snakemake's output show.
 
-- Per-patient and per-slide rules (`radiomics`, `ct_cubes`, `synthesis_layout`,
+- Per-patient, per-slide and per-shard rules (`ct_patient`, `radiomics`, `ct_cubes`,
   `synthesis_sample`, `slide_tiles`, `slide_embedding`, `pathosig_assign`, `export_slide`)
   name their files as options: a cohort of thousands runs thousands of them, and a
   `shell:` rule costs Snakemake nothing per job while it builds the DAG (a `script:` rule
@@ -148,19 +148,54 @@ def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
     )
 
 
-def synthesis_layout(args: argparse.Namespace, settings: dict) -> None:
-    """CT + tumour mask (+ lung label) -> the synthesis layout files."""
+def ct_patient(args: argparse.Namespace, settings: dict) -> None:
+    """The per-patient CT job: CT and mask read once -> radiomics features and QC, and, when
+    the run uses them, the deep CT cubes (--cubes) and the synthesis layout (--layout ...).
+
+    Each of the three is made as in a job of its own (`run_batch`: on_error applies to each;
+    with "stop" the job fails after the others are made), and re-used from the store when
+    its inputs and settings are unchanged (radpath.inputs.reuse), so that a changed cube
+    setting does not re-extract the radiomics features.
+    """
+    from radpath.deep.cubes import CubeSettingsError, extract_cubes
+    from radpath.inputs.reuse import reuse_key, reuse_or_make
+    from radpath.inputs.runtime import run_batch, write_exclusion
+    from radpath.radiomics.features import extract_patient
     from radpath.synthesis.prepare import layout_job
 
-    run_item(
-        args.patient,
-        "patient_id",
-        lambda: layout_job(images=patient_images(args, settings), lung_label=args.lung_label,
-                           settings=settings["synthesis"], npz_out=args.layout,
-                           layout_out=args.layout_image, ct_out=args.ct_image),
-        [args.layout, args.layout_image, args.ct_image],
-        settings["on_error"],
-    )
+    images = patient_images(args, settings)
+    identity = {"options": [args.mask_label, args.ct_series_uid, args.mask_roi,
+                            args.mask_segment], "ct": settings["ct"]}
+    parts = []
+
+    def add(name: str, outputs: list[str], make, part_settings: dict, inputs: list[str]) -> None:
+        store = f"{settings['store']}/{name}" if settings["store"] else None
+        key = reuse_key({**identity, name: part_settings}, [args.ct, args.mask, *inputs])
+        parts.append((args.patient, lambda: reuse_or_make(store, args.patient, key, outputs, make),
+                      outputs, args.upstream))
+
+    add("radiomics", [args.features, args.qc],
+        lambda: extract_patient(**images, params_path=args.params, features_out=args.features,
+                                qc_out=args.qc),
+        {}, [args.params])
+    if args.cubes:
+        extras = dict(args.extra)
+        if len(extras) != len(args.extra):
+            raise CubeSettingsError(f"--extra names repeated: {[name for name, _ in args.extra]}")
+        add("cubes", [args.cubes],
+            lambda: extract_cubes(**images, cube_cfg=settings["cubes"], out_path=args.cubes,
+                                  extra_images=extras),
+            {"cubes": settings["cubes"], "extra": sorted(extras)}, list(extras.values()))
+    layout_outputs = [args.layout, args.layout_image, args.ct_image]
+    if args.layout and args.layout_skip:
+        write_exclusion(args.patient, "patient_id", args.layout_skip, layout_outputs)
+    elif args.layout:
+        add("layouts", layout_outputs,
+            lambda: layout_job(images=images, lung_label=args.lung_label,
+                               settings=settings["synthesis"], npz_out=args.layout,
+                               layout_out=args.layout_image, ct_out=args.ct_image),
+            {"synthesis": settings["synthesis"], "lung_label": args.lung_label}, [])
+    run_batch(parts, "patient_id", settings["on_error"])
 
 
 def synthesis_sample(args: argparse.Namespace, settings: dict) -> None:
@@ -215,42 +250,38 @@ def slide_tiles(args: argparse.Namespace, settings: dict) -> None:
     )
 
 
-def slide_embedding(args: argparse.Namespace, settings: dict) -> None:
-    """Every tile of coords.h5 through the configured encoder -> features.h5 (GPU if any)."""
-    from radpath.pathology.embedding import embed_slide
-
-    if "SLURM_JOB_ID" in os.environ:  # which GPU SLURM gave this job, for the log
+def log_slurm_gpu() -> None:
+    """Which GPU SLURM gave this job, for the log."""
+    if "SLURM_JOB_ID" in os.environ:
         log.info(
             "SLURM job %s: SLURM_JOB_GPUS=%s CUDA_VISIBLE_DEVICES=%s",
             os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_GPUS", ""),
             os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         )
 
-    def embed() -> None:
-        summary = embed_slide(
-            args.slide, args.slide_id, args.coords, args.features, settings["embedding"],
-            settings["tiles"], mpp_override=args.mpp, seed=settings["seed"],
-            threads=args.threads,
-        )
-        log.info("embedding summary: %s", summary)
 
-    run_item(args.slide_id, "slide_id", embed, [args.features], settings["on_error"],
-             upstream=[args.coords])
+def slide_embedding(args: argparse.Namespace, settings: dict) -> None:
+    """A shard of slides: every tile of each slide's coords.h5 through the configured encoder
+    -> the slide's features.h5 (GPU if any); the encoder is built once per job."""
+    from radpath.pathology.embedding import embed_slides
+
+    log_slurm_gpu()
+    embed_slides(
+        json.loads(args.slides), settings["embedding"], settings["tiles"], settings["on_error"],
+        seed=settings["seed"], threads=args.threads, store=settings["store"] or None,
+    )
 
 
 def pathosig_assign(args: argparse.Namespace, settings: dict) -> None:
-    """Every tile of coords.h5 -> its PathoSig phenotype cluster (GPU if any)."""
-    from radpath.pathology.contrastive import assign_slide
+    """A shard of slides: every tile of each slide's coords.h5 -> its PathoSig phenotype
+    cluster (GPU if any); the model is loaded once per job."""
+    from radpath.pathology.contrastive import assign_slides
 
-    def assign() -> None:
-        summary = assign_slide(
-            args.slide, args.slide_id, args.coords, args.model, args.clusters,
-            settings["network"], settings["tiles"], mpp_override=args.mpp, threads=args.threads,
-        )
-        log.info("assignment summary: %s", summary)
-
-    run_item(args.slide_id, "slide_id", assign, [args.clusters], settings["on_error"],
-             upstream=[args.coords])
+    log_slurm_gpu()
+    assign_slides(
+        json.loads(args.slides), args.model, settings["network"], settings["tiles"],
+        settings["on_error"], threads=args.threads, store=settings["store"] or None,
+    )
 
 
 def stage_encoder_weights(args: argparse.Namespace, settings: dict) -> None:
@@ -304,14 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--features", required=True)
     sub.add_argument("--qc", required=True)
 
-    sub = command("synthesis_layout", synthesis_layout,
-                  "CT + tumour mask -> the synthesis layout (lungs, nodule) on the model grid")
+    sub = command("ct_patient", ct_patient,
+                  "CT + mask -> radiomics features and QC (+ deep CT cubes, synthesis layout)")
     add_patient_images(sub)
+    sub.add_argument("--params", required=True, help="pyradiomics parameter file")
+    sub.add_argument("--features", required=True)
+    sub.add_argument("--qc", required=True)
+    sub.add_argument("--cubes", default="", help="the cubes .npz to write ('' = none)")
+    sub.add_argument("--extra", type=extra_image, action="append", default=[],
+                     metavar="NAME=PATH",
+                     help="an extra image registered to the CT (deep_ct.cubes.channels); repeatable")
+    sub.add_argument("--layout", default="", help="the layout .npz to write ('' = none)")
+    sub.add_argument("--layout-image", default="", help="the layout on the CT grid (NIfTI)")
+    sub.add_argument("--ct-image", default="", help="the CT as read (NIfTI)")
     sub.add_argument("--lung-label", default="",
                      help="label of the lungs in the mask file ('' = segment them)")
-    sub.add_argument("--layout", required=True, help="the .npz file to write")
-    sub.add_argument("--layout-image", required=True, help="the layout on the CT grid (NIfTI)")
-    sub.add_argument("--ct-image", required=True, help="the CT as read (NIfTI)")
+    sub.add_argument("--layout-skip", default="",
+                     help="why this patient gets no layout (recorded in the layout files)")
 
     sub = command("synthesis_sample", synthesis_sample,
                   "DDPM + layout -> one synthetic CT on the source CT's grid")
@@ -343,28 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     for output in ("--coords", "--thumbnail", "--morphology"):
         sub.add_argument(output, required=True)
 
-    sub = command("slide_embedding", slide_embedding, "slide + coords.h5 -> features.h5")
-    sub.add_argument("--slide-id", required=True)
-    sub.add_argument("--slide", required=True)
-    sub.add_argument("--mpp", type=optional_float, default=None,
-                     help="microns per pixel override ('' = from the slide)")
-    sub.add_argument("--threads", type=int, required=True,
-                     help="CPUs of this job (the rule's threads): DataLoader workers plus torch "
-                          "threads, whatever OMP_NUM_THREADS says")
-    sub.add_argument("--coords", required=True)
-    sub.add_argument("--features", required=True)
+    slides_help = ("JSON list of the shard's slides: {slide_id, slide, mpp (null = from the "
+                   "slide), coords, out}")
+    threads_help = ("CPUs of this job (the rule's threads): DataLoader workers plus torch "
+                    "threads, whatever OMP_NUM_THREADS says")
+    sub = command("slide_embedding", slide_embedding,
+                  "a shard of slides: slide + coords.h5 -> features .h5 per slide")
+    sub.add_argument("--slides", required=True, help=slides_help)
+    sub.add_argument("--threads", type=int, required=True, help=threads_help)
 
     sub = command("pathosig_assign", pathosig_assign,
-                  "slide + coords.h5 + PathoSig model -> clusters.h5")
-    sub.add_argument("--slide-id", required=True)
-    sub.add_argument("--slide", required=True)
-    sub.add_argument("--mpp", type=optional_float, default=None,
-                     help="microns per pixel override ('' = from the slide)")
-    sub.add_argument("--threads", type=int, required=True,
-                     help="CPUs of this job (DataLoader workers plus torch threads)")
-    sub.add_argument("--coords", required=True)
+                  "a shard of slides: slide + coords.h5 + PathoSig model -> clusters .h5 per slide")
+    sub.add_argument("--slides", required=True, help=slides_help)
+    sub.add_argument("--threads", type=int, required=True, help=threads_help)
     sub.add_argument("--model", required=True, help="results/pathosig/model.pt")
-    sub.add_argument("--clusters", required=True)
 
     sub = command("stage_encoder_weights", stage_encoder_weights,
                   "hub weights of an encoder -> a local safetensors file (needs network)")

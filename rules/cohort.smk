@@ -33,8 +33,9 @@ rule cohort_tables:
 
 rule radiomics_matrix:
     input:
+        # each features.tsv has its qc.tsv beside it, from the same job (one input per
+        # patient: every input costs the DAG of a large cohort)
         features=expand("results/radiomics/{patient}/features.tsv", patient=PATIENT_IDS),
-        qc=expand("results/radiomics/{patient}/qc.tsv", patient=PATIENT_IDS),
         split="results/cohort/split.tsv",
     output:
         matrix="results/cohort/radiomics_raw.tsv",

@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from radpath import cli  # noqa: E402
 from radpath import slurm as radpath_slurm  # noqa: E402
 from radpath.inputs import cohort, configuration, sheets  # noqa: E402
+from radpath.pathology import shards  # noqa: E402
 
 SCHEMAS = os.path.join(workflow.basedir, "config", "schemas")
 
@@ -87,6 +88,28 @@ def slide_mpp_texts(slides):
 
 
 SLIDE_MPP = slide_mpp_texts(SLIDES)
+SLIDES_PER_JOB = config["pathology"]["slides_per_job"]
+
+
+def reuse_store(part="", cohort=""):
+    """The re-use store of one kind of per-item result (radpath.inputs.reuse), in the run's
+    results or an external cohort's (no `part`: the folder of all kinds); "" with config
+    reuse: false."""
+    if not config["reuse"]:
+        return ""
+    root = f"results/score/{cohort}/reuse" if cohort else "results/reuse"
+    return f"{root}/{part}" if part else root
+
+
+def shard_folders(plan, folder, slide_ids=None):
+    """The output folder of every shard of a plan (radpath.pathology.shards.shard_plan), or
+    of the shards holding `slide_ids`."""
+    return [
+        f"{folder}/{shard}"
+        for shard, job in plan.items()
+        if slide_ids is None or not job["outputs"].keys().isdisjoint(slide_ids)
+    ]
+
 
 # The train/validation split is decided here, before any job, so a change is announced
 # before anything runs (see radpath.inputs.cohort.make_split); rule cohort_tables records it.
@@ -139,11 +162,12 @@ if PRETRAIN_PATIENTS is not None:
 wildcard_constraints:
     patient=sheets.ID_PATTERN,
     slide=sheets.ID_PATTERN,
+    shard=sheets.ID_PATTERN,
     endpoint="|".join(ENDPOINTS),
     model=sheets.ID_PATTERN,
     encoder="[A-Za-z0-9][A-Za-z0-9_.-]*",
     member="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    cube_set="deep_ct|deep_ct_pretrain",
+    cube_set="deep_ct_pretrain",
 
 
 def patient_images(wildcards):

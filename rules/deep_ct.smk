@@ -37,6 +37,10 @@ DEEP_CT_PRETRAIN_SHEET = (
 # Memory (MB, times `attempt`) of a training job: torch and MONAI, every patient's cubes in
 # memory (float16) and a batch of activations.
 DEEP_CT_MEM_MB = 4000
+# Training and Grad-CAM jobs read the cubes of the patients in folds.tsv, whose job
+# (deep_ct_folds) takes every cube as input: one edge per cube in the DAG, not one per
+# cube and job (12 training jobs x 1,000 patients made dry-runs slow).
+DEEP_CT_CUBES = "results/deep_ct/cubes"
 
 
 rule ct_cubes:
@@ -130,7 +134,6 @@ rule deep_ct_train:
     input:
         folds="results/deep_ct/{endpoint}/folds.tsv",
         outcomes="results/cohort/outcomes.tsv",
-        cubes=expand("results/deep_ct/cubes/{patient}.npz", patient=PATIENT_IDS),
         init=deep_ct_start_file,
         synthetic=deep_ct_synthetic_cubes,
     output:
@@ -158,6 +161,7 @@ rule deep_ct_train:
             settings=DEEP_CT_TRAINING,
             seed=config["seed"],
             checkpoints=deep_ct_checkpoints(wildcards),
+            cube_folder=DEEP_CT_CUBES,
         ),
     shell:
         "python -m radpath.cli deep_ct_train --files {params.files:q}"
@@ -197,7 +201,6 @@ rule deep_ct_block:
 rule deep_ct_gradcam:
     input:
         folds="results/deep_ct/{endpoint}/folds.tsv",
-        cubes=expand("results/deep_ct/cubes/{patient}.npz", patient=PATIENT_IDS),
         models=deep_ct_member_files("model.pt", DEEP_CT_BLOCK_MEMBERS),
     output:
         maps=directory("results/deep_ct/{endpoint}/gradcam"),
@@ -214,6 +217,7 @@ rule deep_ct_gradcam:
         files=job_files,
         settings=job_settings(
             n_patients=DEEP_CT["gradcam_patients"],
+            cube_folder=DEEP_CT_CUBES,
         ),
     shell:
         "python -m radpath.cli deep_ct_gradcam --files {params.files:q}"

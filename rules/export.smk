@@ -1,6 +1,6 @@
 # Tile features for CLAM and TRIDENT (`snakemake export`; not part of `all`).
 #
-# One short job per slide converts its features.h5 (float16) into float32 CLAM and TRIDENT
+# One short job per slide converts its features file (float16) into float32 CLAM and TRIDENT
 # files in a staging folder; one cohort job links (hard links) them into the two tools'
 # folder layouts under results/export/{clam,trident}, writes CLAM's dataset CSV and lists
 # excluded slides. The per-slide jobs cannot write the layouts themselves: Snakemake
@@ -13,7 +13,7 @@ EXPORT_SETTINGS = {"trident_encoder": ""}
 
 rule export_slide:
     input:
-        features=f"results/pathology/{ENCODER}/{{slide}}/features.h5",
+        shard=lambda wildcards: os.path.dirname(SLIDE_FEATURES[wildcards.slide]),
     output:
         staged=directory("results/export/slides/{slide}"),
     log:
@@ -29,10 +29,11 @@ rule export_slide:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 15 * attempt,
     params:
+        features=lambda wildcards: SLIDE_FEATURES[wildcards.slide],
         settings=settings_json(**EXPORT_SETTINGS),
     shell:
         "python -m radpath.cli export_slide --slide-id {wildcards.slide}"
-        " --features {input.features:q} --out {output.staged:q}"
+        " --features {params.features:q} --out {output.staged:q}"
         " --settings {params.settings:q} --log {log:q}"
 
 

@@ -1,8 +1,10 @@
-# Per slide: a tiling job (tissue mask, tile coordinates, thumbnail, morphology) and an
-# embedding job (GPU) for the configured encoder; then slide features pooled to patients.
+# Per slide: a tiling job (tissue mask, tile coordinates, thumbnail, morphology); per shard
+# of slides an embedding job (GPU) for the configured encoder, one features file per slide
+# (results/pathology/{encoder}/shards/{shard}/{slide}.h5); then slide features pooled to
+# patients.
 #
 # Tiling does not depend on the encoder: its outputs live in results/pathology/{slide}/,
-# the embeddings in results/pathology/{encoder}/{slide}/, so a second encoder re-uses the
+# the embeddings in results/pathology/{encoder}/, so a second encoder re-uses the
 # tiles and keeps the first one's features for comparison. Tiling needs no GPU and takes
 # seconds to a minute: on SLURM the tiling jobs of group "slide_tiles" are bundled like the
 # radiomics jobs (profiles/slurm group-components), and only the embedding asks for a GPU.
@@ -25,6 +27,28 @@ if SLIDE_IDS and not ENCODER_WEIGHTS and workflow.is_main_process:
 # see profiles/slurm/config.yaml.
 LARGE_ENCODER_MB = {"uni": 2500, "uni2_h": 5500, "gigapath": 9000}
 SLIDE_MEM_MB = 4000 + 1000 * EMBEDDING["num_workers"] + LARGE_ENCODER_MB.get(ENCODER, 0)
+
+# GPU jobs take a shard of slides each (config pathology.slides_per_job, radpath.pathology.shards):
+# the model is loaded once per shard, each slide keeps its own output file.
+SLIDE_FEATURES_PATTERN = f"results/pathology/{ENCODER}/shards/{{shard}}/{{slide}}.h5"
+EMBEDDING_PLAN = shards.shard_plan(
+    SLIDE_IDS,
+    SLIDES_PER_JOB,
+    SLIDE_PATH,
+    SLIDE_MPP,
+    "results/pathology/{slide}/coords.h5",
+    SLIDE_FEATURES_PATTERN,
+    ENCODER_WEIGHTS,
+)
+# Each slide's features file, inside its shard's folder.
+SLIDE_FEATURES = shards.plan_outputs(EMBEDDING_PLAN)
+EMBEDDING_JOB = {
+    "tiles": config["pathology"]["tiles"],
+    "embedding": {**EMBEDDING, "weights": (ENCODER_WEIGHTS or ["random"])[0]},
+    "seed": config["seed"],
+    "on_error": config["on_patient_error"],
+}
+EMBEDDING_STORE = reuse_store(f"pathology/{ENCODER}")
 
 
 rule slide_tiles:
@@ -69,35 +93,26 @@ rule slide_tiles:
 
 rule slide_embedding:
     input:
-        slide=slide_path,
-        coords="results/pathology/{slide}/coords.h5",
-        weights=ENCODER_WEIGHTS,
+        unpack(lambda wildcards: EMBEDDING_PLAN[wildcards.shard]["inputs"]),
     output:
-        features=f"results/pathology/{ENCODER}/{{slide}}/features.h5",
+        features=directory(f"results/pathology/{ENCODER}/shards/{{shard}}"),
     log:
-        f"logs/pathology/{ENCODER}/{{slide}}.log",
+        f"logs/pathology/{ENCODER}/shards/{{shard}}.log",
     benchmark:
-        f"benchmarks/pathology/{ENCODER}/{{slide}}.tsv"
+        f"benchmarks/pathology/{ENCODER}/shards/{{shard}}.tsv"
     conda:
         "../envs/pathology.yaml"
     threads: config["pathology"]["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: SLIDE_MEM_MB * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        mpp=slide_mpp,
-        settings=settings_json(
-            tiles=config["pathology"]["tiles"],
-            embedding={**EMBEDDING, "weights": (ENCODER_WEIGHTS or ["random"])[0]},
-            seed=config["seed"],
-            on_error=config["on_patient_error"],
-        ),
+        slides=lambda wildcards: EMBEDDING_PLAN[wildcards.shard]["slides"],
+        settings=settings_json(**EMBEDDING_JOB, store=EMBEDDING_STORE),
     shell:
-        "python -m radpath.cli slide_embedding --slide-id {wildcards.slide}"
-        " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
-        " --coords {input.coords:q} --features {output.features:q} --threads {threads}"
-        " --log {log:q}"
+        "python -m radpath.cli slide_embedding --slides {params.slides:q}"
+        " --settings {params.settings:q} --threads {threads} --log {log:q}"
 
 
 # Once, on a machine with network (a login node): the hub's weights of an encoder (the
@@ -125,10 +140,8 @@ rule stage_encoder_weights:
 
 rule pathomics_matrices:
     input:
-        features=expand(
-            f"results/pathology/{ENCODER}/{{slide}}/features.h5", slide=SLIDE_IDS
-        ),
-        morphology=expand("results/pathology/{slide}/morphology.tsv", slide=SLIDE_IDS),
+        # each slide's morphology.tsv comes from its tiling job, before its shard's job
+        features=shard_folders(EMBEDDING_PLAN, f"results/pathology/{ENCODER}/shards"),
         outcomes="results/cohort/outcomes.tsv",
     output:
         embedding="results/cohort/pathomics_embedding.tsv",
@@ -147,6 +160,11 @@ rule pathomics_matrices:
         files=job_files,
         settings=job_settings(
             slide_patients=SLIDE_PATIENTS,
+            slide_features=SLIDE_FEATURES,
+            slide_morphology={
+                slide: f"results/pathology/{slide}/morphology.tsv"
+                for slide in SLIDE_IDS
+            },
             pooling=config["pathology"]["pooling"],
             pca_components=config["pathology"]["pca_components"],
         ),

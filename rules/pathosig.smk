@@ -4,7 +4,8 @@
 #    slides only (the split is fixed before any job runs).
 # 2. pathosig_train (GPU): contrastive clustering (radpath.pathology.contrastive); checkpoints every
 #    epoch in results/pathosig/checkpoints, so a killed job resumes where it stopped.
-# 3. pathosig_assign (GPU, per slide): every tile gets its cluster.
+# 3. pathosig_assign (GPU, per shard of slides as the embedding): every tile gets its
+#    cluster, one file per slide (results/pathosig/shards/{shard}/{slide}.h5).
 # 4. pathomics_hpc (cohort): per-patient cluster proportions, the block `pathomics_hpc`; the
 #    signature is a model on it (selection method univariate, see config.yaml).
 # 5. pathosig_mosaics: each cluster's most typical training tiles, for the report.
@@ -28,11 +29,27 @@ PATHOSIG_USED = bool(SLIDE_IDS) and any(
 # Memory (MB, times `attempt`) of the GPU jobs: torch, the backbone and a batch of two
 # augmented views on the host, 1000 per DataLoader worker.
 PATHOSIG_MEM_MB = 4000 + 1000 * PATHOSIG["num_workers"]
+# Assignment jobs take the embedding's shards of slides (rules/pathology.smk).
+ASSIGNMENT_PLAN = shards.shard_plan(
+    SLIDE_IDS,
+    SLIDES_PER_JOB,
+    SLIDE_PATH,
+    SLIDE_MPP,
+    "results/pathology/{slide}/coords.h5",
+    "results/pathosig/shards/{shard}/{slide}.h5",
+    PATHOSIG_WEIGHTS,
+)
+SLIDE_CLUSTERS = shards.plan_outputs(ASSIGNMENT_PLAN)
+ASSIGNMENT_JOB = {
+    "network": PATHOSIG_NETWORK,
+    "tiles": config["pathology"]["tiles"],
+    "on_error": config["on_patient_error"],
+}
+PATHOSIG_STORE = reuse_store("pathosig")
 
 
 rule pathosig_training_tiles:
     input:
-        slides=[SLIDE_PATH[s] for s in TRAIN_SLIDE_IDS],
         coords=expand("results/pathology/{slide}/coords.h5", slide=TRAIN_SLIDE_IDS),
     output:
         tiles="results/pathosig/training_tiles.h5",
@@ -88,16 +105,14 @@ rule pathosig_train:
 
 rule pathosig_assign:
     input:
-        slide=slide_path,
-        coords="results/pathology/{slide}/coords.h5",
+        unpack(lambda wildcards: ASSIGNMENT_PLAN[wildcards.shard]["inputs"]),
         model="results/pathosig/model.pt",
-        weights=PATHOSIG_WEIGHTS,
     output:
-        clusters="results/pathosig/{slide}/clusters.h5",
+        clusters=directory("results/pathosig/shards/{shard}"),
     log:
-        "logs/pathosig/{slide}.assign.log",
+        "logs/pathosig/shards/{shard}.assign.log",
     benchmark:
-        "benchmarks/pathosig/{slide}.assign.tsv"
+        "benchmarks/pathosig/shards/{shard}.assign.tsv"
     conda:
         "../envs/pathology.yaml"
     threads: config["pathology"]["threads"]
@@ -106,22 +121,17 @@ rule pathosig_assign:
         mem_mb=lambda wildcards, attempt: PATHOSIG_MEM_MB * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        mpp=slide_mpp,
-        settings=settings_json(
-            network=PATHOSIG_NETWORK,
-            tiles=config["pathology"]["tiles"],
-            on_error=config["on_patient_error"],
-        ),
+        slides=lambda wildcards: ASSIGNMENT_PLAN[wildcards.shard]["slides"],
+        settings=settings_json(**ASSIGNMENT_JOB, store=PATHOSIG_STORE),
     shell:
-        "python -m radpath.cli pathosig_assign --slide-id {wildcards.slide}"
-        " --slide {input.slide:q} --mpp={params.mpp} --settings {params.settings:q}"
-        " --coords {input.coords:q} --model {input.model:q}"
-        " --clusters {output.clusters:q} --threads {threads} --log {log:q}"
+        "python -m radpath.cli pathosig_assign --slides {params.slides:q}"
+        " --model {input.model:q} --settings {params.settings:q}"
+        " --threads {threads} --log {log:q}"
 
 
 rule pathomics_hpc:
     input:
-        clusters=expand("results/pathosig/{slide}/clusters.h5", slide=SLIDE_IDS),
+        clusters=shard_folders(ASSIGNMENT_PLAN, "results/pathosig/shards"),
     output:
         matrix="results/cohort/pathomics_hpc.tsv",
         slides="results/cohort/pathomics_hpc_slides.tsv",
@@ -136,6 +146,7 @@ rule pathomics_hpc:
         files=job_files,
         settings=job_settings(
             slide_patients=SLIDE_PATIENTS,
+            slide_clusters=SLIDE_CLUSTERS,
         ),
     shell:
         "python -m radpath.cli pathomics_hpc --files {params.files:q}"
@@ -144,8 +155,9 @@ rule pathomics_hpc:
 
 rule pathosig_mosaics:
     input:
-        slides=[SLIDE_PATH[s] for s in TRAIN_SLIDE_IDS],
-        clusters=expand("results/pathosig/{slide}/clusters.h5", slide=TRAIN_SLIDE_IDS),
+        clusters=shard_folders(
+            ASSIGNMENT_PLAN, "results/pathosig/shards", set(TRAIN_SLIDE_IDS)
+        ),
     output:
         mosaics=directory("results/report/pathosig_mosaics"),
         table="results/report/pathosig_mosaics.tsv",
@@ -159,6 +171,7 @@ rule pathosig_mosaics:
         files=job_files,
         settings=job_settings(
             slides=slide_sources(TRAIN_SLIDE_IDS),
+            slide_clusters={s: SLIDE_CLUSTERS[s] for s in TRAIN_SLIDE_IDS},
             tiles=config["pathology"]["tiles"],
             n_clusters=PATHOSIG["n_clusters"],
             n_tiles=PATHOSIG["mosaic_tiles"],

@@ -30,7 +30,6 @@ rule report:
             endpoint=ENDPOINTS,
             model=MODELS,
         ),
-        thumbnails=expand("results/pathology/{slide}/thumbnail.png", slide=SLIDE_IDS),
         pathomics_excluded=(
             ["results/cohort/pathomics_excluded.tsv"] if SLIDE_IDS else []
         ),
@@ -114,6 +113,10 @@ rule report:
             endpoints=ENDPOINTS,
             models=MODELS,
             slide_ids=SLIDE_IDS,
+            # made by the slides' tiling jobs, before pathomics_excluded.tsv
+            thumbnails=[
+                f"results/pathology/{slide}/thumbnail.png" for slide in SLIDE_IDS
+            ],
             slide_patients=SLIDE_PATIENTS,
             # Not `score`: scoring external cohorts leaves the run's own report as it is.
             config={key: value for key, value in config.items() if key != "score"},

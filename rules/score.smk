@@ -13,7 +13,29 @@ rule score:
     localrule: True
 
 
-use rule radiomics as score_radiomics with:
+# Per cohort, its slides in shards for the GPU jobs, as the run's (rules/pathology.smk).
+SCORE_EMBEDDING, SCORE_ASSIGNMENT = {}, {}
+for _cohort in SCORE_COHORTS:
+    _slide_shards = (
+        list(SCORE_SLIDES[_cohort]),
+        SLIDES_PER_JOB,
+        SCORE_SLIDE_PATH[_cohort],
+        SCORE_SLIDE_MPP[_cohort],
+        f"results/score/{_cohort}/pathology/{{slide}}/coords.h5",
+    )
+    SCORE_EMBEDDING[_cohort] = shards.shard_plan(
+        *_slide_shards,
+        f"results/score/{_cohort}/pathology/{ENCODER}/shards/{{shard}}/{{slide}}.h5",
+        ENCODER_WEIGHTS,
+    )
+    SCORE_ASSIGNMENT[_cohort] = shards.shard_plan(
+        *_slide_shards,
+        f"results/score/{_cohort}/pathosig/shards/{{shard}}/{{slide}}.h5",
+        PATHOSIG_WEIGHTS,
+    )
+
+
+use rule synthesis_radiomics as score_radiomics with:
     input:
         unpack(score_patient_images),
         params=RADIOMICS_PARAMS,
@@ -24,6 +46,8 @@ use rule radiomics as score_radiomics with:
         "logs/score/{cohort}/radiomics/{patient}.log",
     benchmark:
         "benchmarks/score/{cohort}/radiomics/{patient}.tsv"
+    group:
+        "ct_patient"
     params:
         patient=score_patient_options,
 
@@ -58,33 +82,51 @@ use rule slide_tiles as score_slide_tiles with:
 
 use rule slide_embedding as score_slide_embedding with:
     input:
-        slide=score_slide_path,
-        coords="results/score/{cohort}/pathology/{slide}/coords.h5",
-        weights=ENCODER_WEIGHTS,
+        unpack(
+            lambda wildcards: SCORE_EMBEDDING[wildcards.cohort][wildcards.shard][
+                "inputs"
+            ]
+        ),
     output:
-        features=f"results/score/{{cohort}}/pathology/{ENCODER}/{{slide}}/features.h5",
+        features=directory(
+            f"results/score/{{cohort}}/pathology/{ENCODER}/shards/{{shard}}"
+        ),
     log:
-        f"logs/score/{{cohort}}/pathology/{ENCODER}/{{slide}}.log",
+        f"logs/score/{{cohort}}/pathology/{ENCODER}/shards/{{shard}}.log",
     benchmark:
-        f"benchmarks/score/{{cohort}}/pathology/{ENCODER}/{{slide}}.tsv"
+        f"benchmarks/score/{{cohort}}/pathology/{ENCODER}/shards/{{shard}}.tsv"
     params:
-        mpp=score_slide_mpp,
+        slides=lambda wildcards: SCORE_EMBEDDING[wildcards.cohort][wildcards.shard][
+            "slides"
+        ],
+        settings=lambda wildcards: settings_json(
+            **EMBEDDING_JOB,
+            store=reuse_store(f"pathology/{ENCODER}", wildcards.cohort),
+        ),
 
 
 use rule pathosig_assign as score_pathosig_assign with:
     input:
-        slide=score_slide_path,
-        coords="results/score/{cohort}/pathology/{slide}/coords.h5",
+        unpack(
+            lambda wildcards: SCORE_ASSIGNMENT[wildcards.cohort][wildcards.shard][
+                "inputs"
+            ]
+        ),
         model="results/pathosig/model.pt",
-        weights=PATHOSIG_WEIGHTS,
     output:
-        clusters="results/score/{cohort}/pathosig/{slide}/clusters.h5",
+        clusters=directory("results/score/{cohort}/pathosig/shards/{shard}"),
     log:
-        "logs/score/{cohort}/pathosig/{slide}.assign.log",
+        "logs/score/{cohort}/pathosig/shards/{shard}.assign.log",
     benchmark:
-        "benchmarks/score/{cohort}/pathosig/{slide}.assign.tsv"
+        "benchmarks/score/{cohort}/pathosig/shards/{shard}.assign.tsv"
     params:
-        mpp=score_slide_mpp,
+        slides=lambda wildcards: SCORE_ASSIGNMENT[wildcards.cohort][wildcards.shard][
+            "slides"
+        ],
+        settings=lambda wildcards: settings_json(
+            **ASSIGNMENT_JOB,
+            store=reuse_store("pathosig", wildcards.cohort),
+        ),
 
 
 rule score_clinical:
@@ -152,11 +194,9 @@ rule score_radiomics_matrix:
 
 use rule pathomics_matrices as score_pathomics_matrices with:
     input:
-        features=score_cohort_files(
-            f"results/score/{{cohort}}/pathology/{ENCODER}/{{slide}}/features.h5"
-        ),
-        morphology=score_cohort_files(
-            "results/score/{cohort}/pathology/{slide}/morphology.tsv"
+        features=lambda wildcards: shard_folders(
+            SCORE_EMBEDDING[wildcards.cohort],
+            f"results/score/{wildcards.cohort}/pathology/{ENCODER}/shards",
         ),
         frozen_pca="results/cohort/pathomics_embedding_pca.json",
     output:
@@ -170,13 +210,19 @@ use rule pathomics_matrices as score_pathomics_matrices with:
         files=job_files,
         settings=lambda wildcards: job_settings(
             slide_patients=SCORE_SLIDES[wildcards.cohort],
+            slide_features=shards.plan_outputs(SCORE_EMBEDDING[wildcards.cohort]),
+            slide_morphology={
+                slide: f"results/score/{wildcards.cohort}/pathology/{slide}/morphology.tsv"
+                for slide in SCORE_SLIDES[wildcards.cohort]
+            },
         ),
 
 
 use rule pathomics_hpc as score_pathomics_hpc with:
     input:
-        clusters=score_cohort_files(
-            "results/score/{cohort}/pathosig/{slide}/clusters.h5"
+        clusters=lambda wildcards: shard_folders(
+            SCORE_ASSIGNMENT[wildcards.cohort],
+            f"results/score/{wildcards.cohort}/pathosig/shards",
         ),
     output:
         matrix="results/score/{cohort}/cohort/pathomics_hpc.tsv",
@@ -188,6 +234,7 @@ use rule pathomics_hpc as score_pathomics_hpc with:
         files=job_files,
         settings=lambda wildcards: job_settings(
             slide_patients=SCORE_SLIDES[wildcards.cohort],
+            slide_clusters=shards.plan_outputs(SCORE_ASSIGNMENT[wildcards.cohort]),
         ),
 
 

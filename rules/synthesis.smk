@@ -1,9 +1,10 @@
 # Synthetic CT (Lung-DDPM study): a 3D DDPM conditioned on the semantic layout (lungs,
 # nodule), trained on TRAINING patients only, sampled and judged. `snakemake synthesis`.
 #
-# 1. synthesis_layout (CPU, per training patient): lungs (mask label or segmented) and
-#    nodule on the CT grid, and CT + layout on the model's size^3 grid; synthesis_layouts_qc
-#    tables the lung volumes and flags implausible ones before the model trains.
+# 1. the per-patient CT job (rules/radiomics.smk, ct_patient) makes each synthesis patient's
+#    layout: lungs (mask label or segmented) and nodule on the CT grid, and CT + layout on
+#    the model's size^3 grid; synthesis_layouts_qc tables the lung volumes and flags
+#    implausible ones before the model trains.
 # 2. synthesis_train (GPU): the DDPM on the "fit" patients (not the held-out ones);
 #    checkpoints every checkpoint_every steps, so a killed job resumes.
 # 3. synthesis_sample (GPU, per variant x patient x draw): real = a fit patient's own
@@ -11,41 +12,6 @@
 #    (reconstruction). Real anatomy outside `region`; written on the source CT's grid.
 # 4. synthesis_radiomics (CPU): the run's own radiomics job on every synthetic volume.
 # 5. synthesis_quality: voxel metrics, radiomics realism vs the real halves, figure.
-
-
-rule synthesis_layout:
-    input:
-        unpack(patient_images),
-    output:
-        layout="results/synthesis/layouts/{patient}.npz",
-        image="results/synthesis/layouts/{patient}_layout.nii.gz",
-        ct="results/synthesis/layouts/{patient}_ct.nii.gz",
-    log:
-        "logs/synthesis/layouts/{patient}.log",
-    benchmark:
-        "benchmarks/synthesis/layouts/{patient}.tsv"
-    group:
-        "synthesis_layout"
-    conda:
-        "../envs/radiomics.yaml"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
-    params:
-        patient=patient_options,
-        lung_label=lambda wildcards: PATIENT_LUNG_LABEL[wildcards.patient],
-        settings=settings_json(
-            ct=config["ct"],
-            synthesis={key: SYNTHESIS[key] for key in SYNTHESIS_LAYOUT_KEYS},
-            on_error=config["on_patient_error"],
-        ),
-    shell:
-        "python -m radpath.cli synthesis_layout --patient {wildcards.patient}"
-        " --ct {input.ct:q} --mask {input.mask:q} {params.patient:q}"
-        " --lung-label={params.lung_label:q} --settings {params.settings:q}"
-        " --layout {output.layout:q} --layout-image {output.image:q}"
-        " --ct-image {output.ct:q} --log {log:q}"
 
 
 rule synthesis_layouts_qc:
@@ -72,10 +38,8 @@ rule synthesis_layouts_qc:
 
 rule synthesis_train:
     input:
-        layouts=expand(
-            "results/synthesis/layouts/{patient}.npz", patient=SYNTHESIS_PLAN["fit"]
-        ),
-        # checked (and flagged in its log) before the model trains on them
+        # the synthesis patients' layouts, checked (and flagged in its log) before the
+        # model trains on the fit patients' ones (params: one input, not one per patient)
         layouts_qc="results/synthesis/layouts_qc.tsv",
     output:
         model="results/synthesis/model.pt",
@@ -101,6 +65,10 @@ rule synthesis_train:
             },
             seed=config["seed"],
             checkpoints="results/synthesis/checkpoints",
+            layouts=[
+                f"results/synthesis/layouts/{patient}.npz"
+                for patient in SYNTHESIS_PLAN["fit"]
+            ],
         ),
     shell:
         "python -m radpath.cli synthesis_train --files {params.files:q}"
@@ -146,7 +114,9 @@ rule synthesis_sample:
         " --mask {output.mask:q} --layout-out {output.layout:q} --log {log:q}"
 
 
-use rule radiomics as synthesis_radiomics with:
+# The run's radiomics (same extractor, parameters and CT settings) on a synthetic volume; also
+# the template of the external cohorts' radiomics jobs (rules/score.smk).
+rule synthesis_radiomics:
     input:
         ct="results/synthesis/samples/{variant}/{patient}/draw{draw}_ct.nii.gz",
         mask="results/synthesis/samples/{variant}/{patient}/draw{draw}_mask.nii.gz",
@@ -161,11 +131,24 @@ use rule radiomics as synthesis_radiomics with:
     wildcard_constraints:
         variant="real|fresh|heldout",
         draw=r"\d+",
-    # Not bundled with the run's radiomics jobs: these become ready one by one.
+    # Not bundled with the run's CT jobs: these become ready one by one.
     group:
         "synthesis_radiomics"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     params:
         patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
+        settings=settings_json(ct=config["ct"], on_error=config["on_patient_error"]),
+    shell:
+        "python -m radpath.cli radiomics --patient {wildcards.patient} --ct {input.ct:q}"
+        " --mask {input.mask:q} {params.patient:q}"
+        " --params {input.params:q}"
+        " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
+        " --log {log:q}"
 
 
 use rule ct_cubes as synthesis_ct_cubes with:
@@ -191,17 +174,13 @@ rule synthesis_quality:
     input:
         samples=synthesis_sample_files("ct.nii.gz"),
         layouts=synthesis_sample_files("layout.nii.gz"),
-        real=expand(
-            "results/radiomics/{patient}/features.tsv", patient=SYNTHESIS_PLAN["fit"]
-        ),
         synthetic=[
             f"results/synthesis/radiomics/{v}/{p}/draw{d}/features.tsv"
             for v, p, d in SYNTHESIS_PLAN["samples"]
             if v == "real"
         ],
-        cts=expand(
-            "results/synthesis/layouts/{patient}_ct.nii.gz", patient=SYNTHESIS_PATIENTS
-        ),
+        # the real features and CTs (params) come from the synthesis patients' CT jobs
+        layouts_qc="results/synthesis/layouts_qc.tsv",
     output:
         quality="results/synthesis/quality.tsv",
         volumes="results/synthesis/heldout_voxels.tsv",

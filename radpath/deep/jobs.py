@@ -22,6 +22,14 @@ def deep_ct_folds(inputs, outputs, params, wildcards, threads: int) -> None:
     write_tsv(table, outputs.folds)
 
 
+def fold_cube_paths(folds_path: str, folder: str) -> list[str]:
+    """The cube file (`folder`/<patient>.npz) of every patient of folds.tsv that has one."""
+    from radpath.deep.cohort import read_folds
+
+    folds = read_folds(folds_path)
+    return [f"{folder}/{pid}.npz" for pid in folds.index[folds["excluded"] != "no cube file"]]
+
+
 def deep_ct_pretrain(inputs, outputs, params, wildcards, threads: int) -> None:
     """One network trained on the pretraining cohort, the start of the
     endpoint's fold models (GPU)."""
@@ -56,7 +64,7 @@ def deep_ct_train(inputs, outputs, params, wildcards, threads: int) -> None:
         seed=params.seed,
         folds_path=inputs.folds,
         outcomes_path=inputs.outcomes,
-        cube_paths=list(inputs.cubes),
+        cube_paths=fold_cube_paths(inputs.folds, params.cube_folder),
         init_path=inputs.init[0] if inputs.init else None,
         checkpoint_dir=params.checkpoints,
         outputs=outputs,
@@ -111,7 +119,7 @@ def deep_ct_gradcam(inputs, outputs, params, wildcards, threads: int) -> None:
     gradcam_job(
         endpoint=wildcards.endpoint,
         folds_path=inputs.folds,
-        cube_paths=list(inputs.cubes),
+        cube_paths=fold_cube_paths(inputs.folds, params.cube_folder),
         model_paths=list(inputs.models),
         n_patients=params.n_patients,
         out_dir=outputs.maps,

@@ -26,6 +26,7 @@ Importing this module routes pyradiomics' log records (WARNING and up) to the
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import logging
@@ -172,6 +173,28 @@ def read_ct(path: str | os.PathLike, patient_id: str, series_uid: str = "") -> C
 
 
 def _read_volume(
+    path: str | os.PathLike, patient_id: str, role: str, series_uid: str = ""
+) -> CTVolume:
+    """The image at `path`, read once per process while the file is unchanged: the per-
+    patient CT job (radiomics, cubes, layout) reads its CT and mask once. Each caller gets
+    its own copy (SimpleITK copies the voxels only when one is changed)."""
+    try:
+        stat = os.stat(path)
+        identity = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        identity = None  # _read_uncached says what is wrong
+    if identity is None:
+        return _read_uncached(path, patient_id, role, series_uid)
+    volume = _read_cached(identity, patient_id, role, series_uid)
+    return CTVolume(sitk.Image(volume.image), volume.series)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(identity: tuple, patient_id: str, role: str, series_uid: str) -> CTVolume:
+    return _read_uncached(identity[0], patient_id, role, series_uid)
+
+
+def _read_uncached(
     path: str | os.PathLike, patient_id: str, role: str, series_uid: str = ""
 ) -> CTVolume:
     where = _where(patient_id, role, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from radpath.inputs.io import atomic_write, write_tsv
@@ -103,6 +103,35 @@ def run_item(
                 raise
     log.warning("excluded %s: %s", item_id, reason)
     write_exclusion(item_id, id_column, reason, outputs)
+
+
+class BatchInputError(ValueError):
+    """Items of a batch job with bad input (on_error "stop"): one line per item."""
+
+
+def run_batch(
+    items: Iterable[tuple[str, Callable[[], None], list[str], list[str]]],
+    id_column: str,
+    on_error: str,
+) -> None:
+    """`run_item` for each (item_id, job, outputs, upstream) of one job that handles several
+    items (a shard of slides), each item exactly as in a job of its own.
+
+    on_error "exclude": a bad item's outputs record why and the others go on. "stop": the
+    others go on too, then the job fails with BatchInputError naming every bad item (one
+    line each). Any other failure (memory, CUDA, I/O, a cancel) fails the job at once, so
+    that a retry runs it.
+    """
+    bad = []
+    for item_id, job, outputs, upstream in items:
+        try:
+            run_item(item_id, id_column, job, outputs, on_error, upstream)
+        except Exception as error:
+            if not is_bad_input(error):
+                raise
+            bad.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    if bad:
+        raise BatchInputError("\n".join(bad))
 
 
 def write_exclusion(item_id: str, id_column: str, reason: str, outputs: list[str]) -> None:

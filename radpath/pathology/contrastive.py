@@ -850,12 +850,14 @@ def assign_slide(
     device: str | torch.device | None = None,
     mpp_override: float | None = None,
     threads: int | None = None,
+    loaded: tuple[ContrastiveClusteringNet, dict] | None = None,
 ) -> dict:
     """Assign every tile of `coords_h5` to a cluster of the model and write `out_h5`.
 
     `settings` gives the run-time knobs (batch_size, num_workers, precision); what the
     model is (backbone, input size, clusters) comes from the model file. Unreadable tiles
     are skipped, counted and stored as `skipped_coords`; all unreadable -> SlideError.
+    `loaded`: the model and metadata `load_clustering_model` gave (a batch of slides).
     Returns slide_id, n_tiles, n_skipped, seconds, tiles_per_s, device, num_workers,
     torch_threads.
     """
@@ -871,7 +873,7 @@ def assign_slide(
         check_tile_attrs(tile_attrs, tiles_cfg, f"{slide.label()}, {coords_h5}", slide.mpp)
     if len(coords) == 0:
         raise SlideError(f"slide {slide_id} ({slide_path}): {coords_h5} holds no tiles")
-    model, metadata = load_clustering_model(model_path, device)
+    model, metadata = loaded or load_clustering_model(model_path, device)
     trained = metadata["settings"]
     differing = sorted(
         key for key in ("backbone", "weights", "n_clusters", "input_size")
@@ -903,6 +905,60 @@ def assign_slide(
         tile_attrs, attrs,
     )
     return slide_job_summary(slide_id, assigned, start, device, num_workers)
+
+
+def assign_slides(
+    slides: list[dict],
+    model_path: str | os.PathLike,
+    settings: Mapping,
+    tiles_cfg: dict,
+    on_error: str,
+    threads: int | None = None,
+    store: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> None:
+    """Assign a shard of slides in one process, the model loaded once (at the first slide
+    that is not re-used), each slide as `assign_slide` in a job of its own.
+
+    slides: [{slide_id, slide, mpp, coords, out}]; failures and `store` as
+    radpath.pathology.embedding.embed_slides.
+    """
+    from radpath.inputs.reuse import reuse_key, reuse_or_make
+    from radpath.inputs.runtime import run_batch
+
+    settings = dict(clustering_settings(settings))
+    device = training.resolve_device(device)
+    if threads is not None:
+        settings["num_workers"], torch_threads = cpu_budget(
+            threads, settings["num_workers"], f"shard of {len(slides)}"
+        )
+        torch.set_num_threads(torch_threads)
+    result_settings = {
+        "network": {k: v for k, v in settings.items() if k not in ("batch_size", "num_workers")},
+        "tiles": tiles_cfg,
+        "device": device.type,
+    }
+    loaded: list[tuple[ContrastiveClusteringNet, dict]] = []
+
+    def assign(item: dict) -> None:
+        def make() -> None:
+            if not loaded:
+                loaded.append(load_clustering_model(model_path, device))
+            summary = assign_slide(
+                item["slide"], item["slide_id"], item["coords"], model_path, item["out"],
+                settings, tiles_cfg, device=device, mpp_override=item["mpp"], loaded=loaded[0],
+            )
+            log.info("assignment summary: %s", summary)
+
+        key = reuse_key(result_settings, [item["slide"], item["coords"], model_path])
+        reuse_or_make(store, item["slide_id"], key, [item["out"]], make)
+
+    run_batch(
+        [(item["slide_id"], lambda item=item: assign(item), [item["out"]], [item["coords"]])
+         for item in slides],
+        "slide_id",
+        on_error,
+    )
 
 
 # ---------------------------------------------------------------------------- HDF5

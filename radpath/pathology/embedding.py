@@ -260,6 +260,7 @@ def embed_slide(
     mpp_override: float | None = None,
     seed: int = 0,
     threads: int | None = None,
+    encoder: Encoder | None = None,
 ) -> dict:
     """Embed every tile of `coords_h5` and write `features`/`coords` HDF5 atomically.
 
@@ -268,7 +269,8 @@ def embed_slide(
     The features carry the encoder's provenance (weights file and its sha256) as attributes.
     `threads`: the CPUs of this job (see `cpu_budget`); None leaves torch's thread count
     and the configured workers alone. Unreadable tiles are skipped, counted and stored as
-    `skipped_coords`; all tiles unreadable -> SlideError. Returns n_tiles, n_skipped,
+    `skipped_coords`; all tiles unreadable -> SlideError. `encoder`: one already built
+    from emb_cfg (a batch of slides, `embed_slides`). Returns n_tiles, n_skipped,
     seconds, tiles_per_s, device, num_workers, torch_threads.
     """
     start = time.perf_counter()
@@ -286,13 +288,8 @@ def embed_slide(
     coords, tile_attrs = read_coords_h5(coords_h5)
     with open_slide(slide_path, slide_id, mpp_override) as slide:
         check_tile_attrs(tile_attrs, tiles_cfg, f"{slide.label()}, {coords_h5}", slide.mpp)
-    encoder = build_encoder(
-        emb_cfg["encoder"],
-        emb_cfg["weights"],
-        emb_cfg.get("timm_kwargs") or {},
-        emb_cfg.get("ignore_keys") or (),
-        seed,
-    )
+    if encoder is None:
+        encoder = build_configured_encoder(emb_cfg, seed)
     precision = str(emb_cfg.get("precision", "fp32"))
     dtype = autocast_dtype(precision, device)
     if device.type == "cuda":
@@ -316,6 +313,76 @@ def embed_slide(
         out_h5, features[embedded], coords[embedded], coords[~embedded], tile_attrs, attrs
     )
     return slide_job_summary(slide_id, embedded, start, device, num_workers)
+
+
+def build_configured_encoder(emb_cfg: dict, seed: int) -> Encoder:
+    """The encoder of `emb_cfg` with its weights (random weights drawn from `seed`)."""
+    return build_encoder(
+        emb_cfg["encoder"],
+        emb_cfg["weights"],
+        emb_cfg.get("timm_kwargs") or {},
+        emb_cfg.get("ignore_keys") or (),
+        seed,
+    )
+
+
+def embed_slides(
+    slides: list[dict],
+    emb_cfg: dict,
+    tiles_cfg: dict,
+    on_error: str,
+    seed: int = 0,
+    threads: int | None = None,
+    store: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> None:
+    """Embed a shard of slides in one process, the encoder built once (at the first slide
+    that is not re-used), each slide as `embed_slide` in a job of its own.
+
+    slides: [{slide_id, slide, mpp (None = from the slide), coords, out}]. Each slide's
+    failure is handled by radpath.inputs.runtime.run_batch (on_error as for one slide).
+    `store`: the re-use store (radpath.inputs.reuse) of finished slides, or None.
+    """
+    from radpath.inputs.reuse import reuse_key, reuse_or_make
+    from radpath.inputs.runtime import run_batch
+
+    device = resolve_device(device)
+    emb_cfg = dict(emb_cfg)
+    if threads is not None:
+        emb_cfg["num_workers"], torch_threads = cpu_budget(
+            threads, emb_cfg.get("num_workers", 2), f"shard of {len(slides)}"
+        )
+        torch.set_num_threads(torch_threads)
+        log.info("%d slides, %d CPUs: %d DataLoader workers, %d torch threads on %s",
+                 len(slides), threads, emb_cfg["num_workers"], torch.get_num_threads(), device)
+    result_settings = {
+        "embedding": {k: v for k, v in emb_cfg.items() if k not in ("batch_size", "num_workers")},
+        "tiles": tiles_cfg,
+        "seed": seed,
+        "device": device.type,
+    }
+    built: list[Encoder] = []
+
+    def embed(item: dict) -> None:
+        def make() -> None:
+            if not built:
+                built.append(build_configured_encoder(emb_cfg, seed))
+            summary = embed_slide(
+                item["slide"], item["slide_id"], item["coords"], item["out"], emb_cfg,
+                tiles_cfg, device=device, mpp_override=item["mpp"], seed=seed,
+                encoder=built[0],
+            )
+            log.info("embedding summary: %s", summary)
+
+        key = reuse_key(result_settings, [item["slide"], item["coords"]])
+        reuse_or_make(store, item["slide_id"], key, [item["out"]], make)
+
+    run_batch(
+        [(item["slide_id"], lambda item=item: embed(item), [item["out"]], [item["coords"]])
+         for item in slides],
+        "slide_id",
+        on_error,
+    )
 
 
 @contextmanager

@@ -43,8 +43,8 @@ def pathomics_matrices(inputs, outputs, params, wildcards, threads: int) -> None
     )
 
     slide_ids = list(params.slide_patients)
-    features, excluded_embed = usable_slides(dict(zip(slide_ids, inputs.features, strict=True)))
-    morph_files = dict(zip(slide_ids, inputs.morphology, strict=True))
+    features, excluded_embed = usable_slides({s: params.slide_features[s] for s in slide_ids})
+    morph_files = {s: params.slide_morphology[s] for s in slide_ids}
     morph_rows = {s: read_tsv(f) for s, f in morph_files.items()}
     morph_ok = {s: f for s, f in morph_files.items() if "error" not in morph_rows[s].columns}
     excluded = pd.concat([
@@ -112,7 +112,7 @@ def pathomics_hpc(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.pathology.pathosig import hpc_tables
 
     slide_patients = params.slide_patients
-    files = dict(zip(slide_patients, inputs.clusters, strict=True))
+    files = {s: params.slide_clusters[s] for s in slide_patients}
     usable, excluded = usable_slides(files)
     slides, patients = hpc_tables(
         {slide_id: cluster_counts(path) for slide_id, path in usable.items()}, slide_patients
@@ -129,7 +129,7 @@ def pathosig_mosaics(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.pathology.contrastive import read_clusters_h5
     from radpath.pathology.pathosig import write_mosaics
 
-    usable, _ = usable_slides(dict(zip(params.slides, inputs.clusters, strict=True)))
+    usable, _ = usable_slides({s: params.slide_clusters[s] for s in params.slides})
     assignments = {slide_id: read_clusters_h5(path)[:3] for slide_id, path in usable.items()}
     write_mosaics(assignments, params.slides, params.tiles, params.n_clusters, params.n_tiles,
                   outputs.mosaics, outputs.table)

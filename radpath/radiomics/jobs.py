@@ -12,6 +12,8 @@ from __future__ import annotations
 def radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> None:
     """Per-patient radiomics rows -> cohort matrix, QC, exclusions, and the features missing
     for some patients handled by radiomics.missing_features (radpath.radiomics.missing)."""
+    from pathlib import Path
+
     import pandas as pd
 
     from radpath.inputs.cohort import assemble_rows
@@ -21,7 +23,8 @@ def radiomics_matrix(inputs, outputs, params, wildcards, threads: int) -> None:
     assembled, excluded = assemble_rows(inputs.features, "patient_id")
     split = read_tsv(inputs.split, index_col="patient_id")["split"]
     matrix, missing = handle_missing_features(assembled, params.missing_features, split)
-    qc = pd.concat([read_tsv(p, index_col="patient_id") for p in inputs.qc], sort=False)
+    qc = pd.concat([read_tsv(Path(p).with_name("qc.tsv"), index_col="patient_id")
+                    for p in inputs.features], sort=False)
     summary = per_patient_summary(missing, assembled.columns, assembled.index)
     qc = qc.join(summary)
     write_tsv(matrix, outputs.matrix)

@@ -15,7 +15,7 @@ def report(inputs, outputs, params, wildcards, threads: int) -> None:
 
     render_report(
         inputs, params.endpoints, params.models, params.config, outputs.html,
-        slides=dict(zip(params.slide_ids, inputs.thumbnails, strict=True)),
+        slides=dict(zip(params.slide_ids, params.thumbnails, strict=True)),
         slide_patients=params.slide_patients,
         synthesis_meta=params.synthesis,
     )

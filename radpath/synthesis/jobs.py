@@ -31,7 +31,7 @@ def synthesis_train(inputs, outputs, params, wildcards, threads: int) -> None:
     from radpath.synthesis.gpu_jobs import train_job
 
     train_job(
-        layout_paths=list(inputs.layouts),
+        layout_paths=list(params.layouts),
         settings=params.settings,
         seed=params.seed,
         checkpoint_dir=params.checkpoints,

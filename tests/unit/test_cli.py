@@ -76,20 +76,21 @@ def slide_commands(tmp_path: Path, slide: Path, on_error: str, threads: int = 1,
     settings = {key: pathology[key] | overrides.get(key, {})
                 for key in ("tissue", "tiles", "morphology", "embedding")}
     out = {name.split(".")[0]: str(tmp_path / "out" / name) for name in SLIDE_OUTPUTS}
-    common = ["--slide-id", slide.stem, "--slide", str(slide), "--mpp=",
-              "--log", str(tmp_path / "slide.log")]
+    log = ["--log", str(tmp_path / "slide.log")]
     tiles = [
-        "slide_tiles", *common, "--settings", json.dumps(
+        "slide_tiles", "--slide-id", slide.stem, "--slide", str(slide), "--mpp=", *log,
+        "--settings", json.dumps(
             {key: settings[key] for key in ("tissue", "tiles", "morphology")}
             | {"seed": 1, "on_error": on_error}),
         "--coords", out["coords"], "--thumbnail", out["thumbnail"],
         "--morphology", out["morphology"],
     ]
     embedding = [
-        "slide_embedding", *common, "--threads", str(threads), "--settings", json.dumps(
+        "slide_embedding", *log, "--threads", str(threads), "--settings", json.dumps(
             {"tiles": settings["tiles"], "embedding": settings["embedding"], "seed": 1,
-             "on_error": on_error}),
-        "--coords", out["coords"], "--features", out["features"],
+             "on_error": on_error, "store": ""}),
+        "--slides", json.dumps([{"slide_id": slide.stem, "slide": str(slide), "mpp": None,
+                                 "coords": out["coords"], "out": out["features"]}]),
     ]
     return tiles, embedding
 
@@ -174,3 +175,128 @@ def test_slide_job_embeds_with_the_cpus_it_is_given(tmp_path, threads, num_worke
     assert (f"{threads} CPUs: {workers} DataLoader workers, {torch_threads} torch threads"
             in log)
     assert ("using 1 workers" in log) == (num_workers > workers)
+
+
+def shard_args(tmp_path: Path, slides: list[Path], on_error: str, store: str = "") -> list[str]:
+    """A `slide_embedding` command for a shard of already tiled slides (out/<id>/coords.h5)."""
+    from radpath.inputs.configuration import default_config
+
+    pathology = default_config()["pathology"]
+    items = [{"slide_id": s.stem, "slide": str(s), "mpp": None,
+              "coords": str(tmp_path / "out" / s.stem / "coords.h5"),
+              "out": str(tmp_path / "shard" / f"{s.stem}.h5")} for s in slides]
+    return ["slide_embedding", "--log", str(tmp_path / "shard.log"), "--threads", "1",
+            "--slides", json.dumps(items), "--settings", json.dumps(
+                {"tiles": pathology["tiles"] | {"max_tiles": 6},
+                 "embedding": pathology["embedding"] | {"batch_size": 6}, "seed": 1,
+                 "on_error": on_error, "store": store})]
+
+
+def tiled_slides(tmp_path: Path, names: tuple[str, ...]) -> list[Path]:
+    slides = []
+    for seed, name in enumerate(names):
+        slide = tmp_path / f"{name}.svs"
+        write_synthetic_svs(slide, 1600, 1200, mpp=0.5, seed=seed)
+        tiles, _ = slide_commands(tmp_path / name, slide, "stop", tiles={"max_tiles": 6},
+                                  morphology={"n_tiles": 2})
+        tiles[tiles.index("--coords") + 1] = str(tmp_path / "out" / name / "coords.h5")
+        assert radpath_cli(*tiles).returncode == 0
+        slides.append(slide)
+    return slides
+
+
+@pytest.mark.parametrize("on_error", ["stop", "exclude"])
+def test_a_bad_slide_in_a_shard_is_handled_as_in_a_job_of_its_own(tmp_path, on_error):
+    """One process embeds the shard, the encoder built once; a slide that turns out unreadable
+    fails the job naming it (stop) or is excluded (exclude), and the others are embedded."""
+    import h5py
+
+    good, bad = tiled_slides(tmp_path, ("S1", "S2"))
+    bad.write_bytes(b"replaced by a broken file after tiling")
+    result = radpath_cli(*shard_args(tmp_path, [good, bad], on_error))
+    log = (tmp_path / "shard.log").read_text(encoding="utf-8")
+    assert log.count("slide S1: embedding") == 1
+    with h5py.File(tmp_path / "shard" / "S1.h5") as h5:
+        assert h5["features"].shape == (6, 1024)
+    bad_out = tmp_path / "shard" / "S2.h5"
+    if on_error == "stop":
+        assert result.returncode != 0
+        assert "S2" in result.stderr and str(bad) in result.stderr
+        assert not bad_out.exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        reason = bad_out.read_text(encoding="utf-8")
+        assert reason.startswith(EXCLUSION_PREFIX) and str(bad) in reason
+
+
+def test_a_rerun_shard_links_unchanged_slides_from_the_store(tmp_path):
+    """A shard re-run (e.g. after one slide was fixed) embeds only the slides whose inputs or
+    settings changed; the others come back from the store, and no encoder is built for them."""
+    import h5py
+
+    slides = tiled_slides(tmp_path, ("S1", "S2"))
+    store = str(tmp_path / "reuse")
+    args = shard_args(tmp_path, slides, "stop", store)
+    assert radpath_cli(*args).returncode == 0
+    with h5py.File(tmp_path / "shard" / "S1.h5") as h5:
+        first = h5["features"][:]
+    for out in (tmp_path / "shard").iterdir():  # Snakemake removes a re-run job's outputs
+        out.unlink()
+    assert radpath_cli(*args).returncode == 0
+    log = (tmp_path / "shard.log").read_text(encoding="utf-8")
+    assert ": embedding" not in log and log.count("re-used") == 2
+    with h5py.File(tmp_path / "shard" / "S1.h5") as h5:
+        np.testing.assert_array_equal(h5["features"][:], first)
+    changed = json.loads(args[args.index("--settings") + 1])
+    changed["embedding"]["precision"] = "fp32"
+    args[args.index("--settings") + 1] = json.dumps(changed)
+    assert radpath_cli(*args).returncode == 0
+    log = (tmp_path / "shard.log").read_text(encoding="utf-8")
+    assert log.count("re-used") == 0 and log.count("slide S2: embedding") == 1
+
+
+def ct_patient_args(tmp_path: Path, cube_edges: list[float], on_error: str = "stop") -> list[str]:
+    """A `ct_patient` command making features, QC and cubes; the layout files record a skip."""
+    import yaml
+
+    from radpath.inputs.configuration import default_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(FAST_PARAMS), encoding="utf-8")
+    ct, mask = synthetic_case()
+    cubes = default_config()["deep_ct"]["cubes"] | {"edges_mm": cube_edges, "grid": 8}
+    out = tmp_path / "out"
+    return [
+        "ct_patient", "--patient", "P7", "--ct", str(write(ct, tmp_path / "ct.nrrd")),
+        "--mask", str(write(mask, tmp_path / "mask.nrrd")), "--mask-label", "1",
+        "--params", str(params), "--settings", json.dumps(
+            {"ct": CT_CFG, "cubes": cubes, "synthesis": None, "on_error": on_error,
+             "store": str(tmp_path / "reuse")}),
+        "--features", str(out / "features.tsv"), "--qc", str(out / "qc.tsv"),
+        "--cubes", str(out / "cubes.npz"), "--layout", str(out / "layout.npz"),
+        "--layout-image", str(out / "layout.nii.gz"), "--ct-image", str(out / "ct.nii.gz"),
+        "--layout-skip", "not a synthesis patient", "--log", str(tmp_path / "job.log"),
+    ]
+
+
+def test_ct_patient_job_reads_the_ct_once_and_reuses_what_a_setting_left_unchanged(tmp_path):
+    """Features, QC and cubes from one job; with other cube settings the re-run job makes new
+    cubes and links the radiomics features back from the store."""
+    args = ct_patient_args(tmp_path, [20.0, 10.0])
+    result = radpath_cli(*args)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    features = pd.read_csv(out / "features.tsv", sep="\t")
+    assert features["patient_id"].tolist() == ["P7"]
+    assert np.load(out / "cubes.npz")["edges_mm"].tolist() == [20.0, 10.0]
+    for name in ("layout.npz", "layout.nii.gz", "ct.nii.gz"):
+        assert (out / name).read_text(encoding="utf-8") == (
+            f"{EXCLUSION_PREFIX}not a synthesis patient\n")
+    for path in out.iterdir():
+        path.unlink()
+    result = radpath_cli(*ct_patient_args(tmp_path, [20.0, 15.0, 10.0]))
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "job.log").read_text(encoding="utf-8")
+    assert log.count("re-used") == 1 and "radiomics" in log.split("re-used")[1].split("\n")[0]
+    assert np.load(out / "cubes.npz")["edges_mm"].tolist() == [20.0, 15.0, 10.0]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "features.tsv", sep="\t"), features)

@@ -126,3 +126,31 @@ def test_a_bad_parameter_file_fails_the_job_instead_of_excluding_the_patient(tmp
     with pytest.raises(ValueError, match="not valid YAML"):
         run_item("P1", "patient_id", lambda: load_params(params), [str(out)], "exclude")
     assert not out.exists()
+
+
+def test_a_batch_handles_each_item_as_its_own_job(tmp_path):
+    """stop: the other items are made, then the job fails naming every bad one; exclude: the
+    bad one's outputs record why; a failure that is not the data's fails the job at once."""
+    from radpath.inputs.runtime import BatchInputError, run_batch
+
+    made = []
+
+    def item(name, error=None):
+        def job():
+            if error is not None:
+                raise error
+            made.append(name)
+        return (name, job, [str(tmp_path / f"{name}.h5")], [])
+
+    items = [item("S1", ValueError("slide S1 (s1.svs): unreadable")), item("S2"),
+             item("S3", ValueError("slide S3 (s3.svs): no tissue"))]
+    with pytest.raises(BatchInputError) as raised:
+        run_batch(items, "slide_id", "stop")
+    assert str(raised.value).splitlines() == ["slide S1 (s1.svs): unreadable",
+                                              "slide S3 (s3.svs): no tissue"]
+    assert made == ["S2"]
+    run_batch(items, "slide_id", "exclude")
+    assert exclusion_reason(tmp_path / "S3.h5") == "slide S3 (s3.svs): no tissue"
+    with pytest.raises(MemoryError):
+        run_batch([item("S4", MemoryError()), item("S5")], "slide_id", "exclude")
+    assert made == ["S2", "S2"]
