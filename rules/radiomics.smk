@@ -6,27 +6,17 @@
 # decided inside the job: each of the three is re-used from results/reuse/ while its own
 # inputs and settings are unchanged (README "What re-runs").
 
+# What the job makes besides the radiomics features and QC: output name -> file; each is
+# also the job's option of that name (--cubes, --layout, --layout-image, --ct-image).
 CT_PATIENT_OUTPUTS = {}
-CT_PATIENT_FLAGS = ""
 if DEEP_CT_USED:
     CT_PATIENT_OUTPUTS["cubes"] = "results/deep_ct/cubes/{patient}.npz"
-    CT_PATIENT_FLAGS += " --cubes {output.cubes:q}"
 if SYNTHESIS_USED:
     CT_PATIENT_OUTPUTS |= {
         "layout": "results/synthesis/layouts/{patient}.npz",
-        "image": "results/synthesis/layouts/{patient}_layout.nii.gz",
+        "layout_image": "results/synthesis/layouts/{patient}_layout.nii.gz",
         "ct_image": "results/synthesis/layouts/{patient}_ct.nii.gz",
     }
-    CT_PATIENT_FLAGS += (
-        " --layout {output.layout:q} --layout-image {output.image:q}"
-        " --ct-image {output.ct_image:q}"
-    )
-CT_PATIENT_COMMAND = (
-    "python -m radpath.cli ct_patient --patient {wildcards.patient} --ct {input.ct:q}"
-    " --mask {input.mask:q} {params.patient:q} --params {input.params:q}"
-    " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
-    f"{CT_PATIENT_FLAGS} --log {{log:q}}"
-)
 _synthesis_patients = set(SYNTHESIS_PATIENTS)
 # Per patient, the job's options from the sheets (one dict lookup per job).
 CT_PATIENT_OPTIONS = {
@@ -93,6 +83,9 @@ rule ct_patient:
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
         patient=lambda wildcards: CT_PATIENT_OPTIONS[wildcards.patient],
+        outputs=lambda wildcards, output: [
+            f"--{name.replace('_', '-')}={output[name]}" for name in CT_PATIENT_OUTPUTS
+        ],
         settings=settings_json(
             ct=config["ct"],
             cubes=config["deep_ct"]["cubes"] if DEEP_CT_USED else None,
@@ -105,4 +98,7 @@ rule ct_patient:
             store=reuse_store(),
         ),
     shell:
-        CT_PATIENT_COMMAND
+        "python -m radpath.cli ct_patient --patient {wildcards.patient} --ct {input.ct:q}"
+        " --mask {input.mask:q} {params.patient:q} --params {input.params:q}"
+        " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
+        " {params.outputs:q} --log {log:q}"

@@ -153,11 +153,10 @@ def cluster_run(slurm_cluster, local_run, tmp_path_factory):
 def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
     workdir, profile, _, output = cluster_run
     planned = planned_job_counts(output)
-    # `all` has no action and stays local; the radiomics and slide tiling jobs are bundled
+    # `all` has no action and stays local; the per-patient CT and slide tiling jobs are bundled
     # by group-components.
     planned.pop("all")
-    bundled = {group: planned.pop(group)
-               for group in ("radiomics", "slide_tiles", "ct_cubes", "synthesis_layout")}
+    bundled = {group: planned.pop(group) for group in ("ct_patient", "slide_tiles", "ct_cubes")}
     expected = sum(planned.values()) + sum(
         math.ceil(n_jobs / int(profile_value(profile, "group-components", group)))
         for group, n_jobs in bundled.items()
@@ -184,7 +183,7 @@ def test_every_job_ran_through_slurm(slurm_cluster, cluster_run):
             assert gpus_requested(record) == (1 if rule in GPU_RULES else 0), (rule, record)
             assert record["Partition"] == slurm_cluster.partition
     # ... and SLURM allocated one of the node's GPUs to each (the job's environment says so).
-    slide_logs = list((workdir / "logs" / "pathology" / "resnet50_trunc").glob("*.log"))
+    slide_logs = list((workdir / "logs/pathology/resnet50_trunc/shards").glob("*.log"))
     assert len(slide_logs) == planned["slide_embedding"]
     for slide_log in slide_logs:
         assert re.search(r"CUDA_VISIBLE_DEVICES=\d+",
@@ -206,15 +205,15 @@ def minutes(time_limit: str) -> int:
 
 def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
     """An embedding job asks for pathology.threads CPUs and the memory its DataLoader
-    workers need, a GPU, and a tiling bundle no GPU; a radiomics bundle for `cores` CPUs, `cores` x the per-patient memory and the
+    workers need, a GPU, and a tiling bundle no GPU; a CT bundle for `cores` CPUs, `cores` x the per-patient memory and the
     runtime of its rounds; nothing asks for more than the node has (else it pends forever)."""
     workdir, profile, config, output = cluster_run
     run_config = yaml.safe_load(config.read_text(encoding="utf-8"))
     cores = int(profile_value(profile, "cores"))
-    bundle = int(profile_value(profile, "group-components", "radiomics"))
+    bundle = int(profile_value(profile, "group-components", "ct_patient"))
     records = [job_record(slurm_cluster, job_id) for job_id in submitted_job_ids(output)]
     slides = [job_record(slurm_cluster, i) for i in rule_submissions(output, "slide_embedding")]
-    bundles = [job_record(slurm_cluster, i) for i in group_submissions(output, "radiomics")]
+    bundles = [job_record(slurm_cluster, i) for i in group_submissions(output, "ct_patient")]
     tilings = [job_record(slurm_cluster, i) for i in group_submissions(output, "slide_tiles")]
     assert slides and bundles and tilings, output[-4000:]
     assert not any(gpus_requested(record) for record in tilings)
@@ -225,13 +224,13 @@ def test_requests_follow_the_rules_and_fit_the_node(slurm_cluster, cluster_run):
         assert memory_mb(record) == 4000 + 1000 * workers
     for record in bundles:  # 10 patients, `cores` at a time: ceil(10 / cores) rounds
         assert int(record["NumCPUs"]) == cores
-        assert memory_mb(record) == cores * 1500
-        assert minutes(record["TimeLimit"]) == math.ceil(bundle / cores) * 10
+        assert memory_mb(record) == cores * 2000
+        assert minutes(record["TimeLimit"]) == math.ceil(bundle / cores) * 20
     for record in records:
         assert int(record["NumCPUs"]) <= slurm_cluster.node.cpus, record
         assert memory_mb(record) <= slurm_cluster.node.real_memory_mb, record
     threads = run_config["pathology"]["threads"]
-    for slide_log in (workdir / "logs" / "pathology" / "resnet50_trunc").glob("*.log"):
+    for slide_log in (workdir / "logs/pathology/resnet50_trunc/shards").glob("*.log"):
         assert (f"{threads} CPUs: {workers} DataLoader workers, {threads - workers} torch threads"
                 in slide_log.read_text(encoding="utf-8")), slide_log
 
@@ -281,10 +280,12 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     encoder = "vit_base_patch16_224"
     pathology["embedding"] = {**pathology["embedding"], "encoder": encoder}
     pathology["tiles"] = {**pathology["tiles"], "min_tissue_fraction": 0.2}
+    pathology["slides_per_job"] = 1  # a GPU job of its own: its shard is named by the slide
     config = write_config(tmp_path / "config.yaml", small_cohort, pathology=pathology)
-    target = f"results/pathology/{encoder}/{slide}/features.h5"
-    log = tmp_path / "logs" / "pathology" / encoder / f"{slide}.log"
-    extra = [target, *(["--retries", "1"] if recovery == "retries" else [])]
+    shard = f"results/pathology/{encoder}/shards/{slide}"
+    target = f"{shard}/{slide}.h5"
+    log = tmp_path / "logs" / "pathology" / encoder / "shards" / f"{slide}.log"
+    extra = [shard, *(["--retries", "1"] if recovery == "retries" else [])]
 
     process = subprocess.Popen(
         snakemake_command(tmp_path, config, *extra), env=slurm_cluster.env,
@@ -308,10 +309,10 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
     assert job_id in submitted_job_ids(output)
     if recovery == "next_invocation":
         assert process.returncode != 0, output[-4000:]
-        slide_dir = tmp_path / "results" / "pathology" / encoder / slide
+        slide_dir = tmp_path / shard
         survivors = list(slide_dir.iterdir()) if slide_dir.exists() else []
         assert not survivors, "a cancelled job's output must not survive"
-        second = run_on_cluster(slurm_cluster, tmp_path, config, target)
+        second = run_on_cluster(slurm_cluster, tmp_path, config, shard)
         output = second.stdout + second.stderr
         assert len(rule_submissions(output, "slide_embedding")) == 1, "the next run re-runs it"
         assert not group_submissions(output, "slide_tiles"), "the tiles are kept"
@@ -319,11 +320,11 @@ def test_cancelled_embedding_job_is_rerun(slurm_cluster, small_cohort, tmp_path,
         assert process.returncode == 0, output[-4000:]
         assert len(rule_submissions(output, "slide_embedding")) == 2, "--retries resubmits it"
 
-    leftovers = list((tmp_path / "results" / "pathology" / encoder / slide).glob(".tmp-*"))
+    leftovers = list((tmp_path / shard).glob(".tmp-*"))
     assert not leftovers, "SIGTERM from scancel removes the half-written temporary file"
     local_workdir = tmp_path / "local"  # the same slide computed without SLURM
     local_workdir.mkdir()
-    run(local_workdir, config, target)
+    run(local_workdir, config, shard)
     with h5py.File(tmp_path / target) as rerun, h5py.File(local_workdir / target) as local:
         np.testing.assert_array_equal(rerun["coords"][:], local["coords"][:])
         np.testing.assert_allclose(rerun["features"][:], local["features"][:], atol=1e-5)

@@ -137,3 +137,11 @@ def touch_all(workdir: Path, configfile: Path) -> None:
         else:
             path.mkdir(parents=True, exist_ok=True)
     execute(workdir, configfile, DAGSettings(), pseudo_executor="touch")
+
+
+def slide_output(workdir: Path, folder: str, slide_id: str) -> Path:
+    """A slide's file in its shard's folder under `folder` (the GPU jobs write one file per
+    slide into the folder of the shard of slides they embed or assign, rules/pathology.smk)."""
+    found = list((Path(workdir) / folder).glob(f"*/{slide_id}.h5"))
+    assert len(found) == 1, (folder, slide_id, found)
+    return found[0]

@@ -15,7 +15,12 @@ import yaml
 
 from placeholders import write_placeholder_cohort
 from radpath.inputs.cohort import make_split
+from radpath.pathology.shards import shard_slides
 from smk import REPO, dry_run, run, touch_all, write_config
+
+# Slides per GPU job in the `cohort` fixture: its 12 slides in 4 shards.
+SLIDES_PER_JOB = 4
+SLIDE_IDS = [f"P{i:05d}_S0" for i in range(1, 13)]
 
 COHORT_STEPS = {
     "results/cohort/radiomics_raw.tsv",
@@ -35,20 +40,32 @@ def slide_jobs(files: list[str]) -> set[str]:
     return tiled_slides(files) | embedded_slides(files)
 
 
+def shard_members(files: list[str], folder: str, slide_ids=SLIDE_IDS) -> set[str]:
+    """The slides of the shards (GPU jobs) planned under `folder`."""
+    shards = shard_slides(slide_ids, SLIDES_PER_JOB)
+    planned = {f.removeprefix(f"{folder}/") for f in files if f.startswith(f"{folder}/")}
+    return {slide for shard in planned for slide in shards[shard]}
+
+
 def tiled_slides(files: list[str]) -> set[str]:
     return {f.split("/")[2] for f in files
             if f.startswith("results/pathology/") and f.count("/") == 3}
 
 
 def embedded_slides(files: list[str], encoder: str = "resnet50_trunc") -> set[str]:
-    return {f.split("/")[3] for f in files
-            if f.startswith(f"results/pathology/{encoder}/") and f.endswith("/features.h5")}
+    return shard_members(files, f"results/pathology/{encoder}/shards")
+
+
+def shard_of(slide: str) -> set[str]:
+    """The slides sharing `slide`'s GPU jobs."""
+    return next(set(s) for s in shard_slides(SLIDE_IDS, SLIDES_PER_JOB).values() if slide in s)
 
 
 @pytest.fixture()
 def cohort(tmp_path):
     write_placeholder_cohort(tmp_path / "data", n_patients=12, slides_per_patient=1)
-    config = write_config(tmp_path / "config.yaml", tmp_path / "data")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data",
+                          pathology={"slides_per_job": SLIDES_PER_JOB})
     return tmp_path, config
 
 
@@ -56,11 +73,12 @@ def test_dry_run_plans_every_patient_and_model(cohort):
     workdir, config = cohort
     files = dry_run(workdir, config)
     assert radiomics_patients(files) == {f"P{i:05d}" for i in range(1, 13)}
-    assert slide_jobs(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert tiled_slides(files) == embedded_slides(files) == set(SLIDE_IDS)
+    shards = {f for f in files if f.startswith("results/pathology/resnet50_trunc/shards/")}
+    assert len(shards) == len(shard_slides(SLIDE_IDS, SLIDES_PER_JOB)) == 4
     for slide in ("P00001_S0", "P00012_S0"):
         for output in ("coords.h5", "thumbnail.png", "morphology.tsv"):
             assert f"results/pathology/{slide}/{output}" in files
-        assert f"results/pathology/resnet50_trunc/{slide}/features.h5" in files
     for endpoint in ("os", "pfs"):
         for model in ("clinical", "radiomics_raw", "radiomics", "clinical_radiomics",
                       "pathomics_embedding", "clinical_radiomics_pathomics"):
@@ -80,13 +98,16 @@ def test_changed_mask_reruns_only_that_patient_and_cohort_steps(cohort):
     assert COHORT_STEPS <= set(files)
 
 
-def test_changed_slide_reruns_only_that_slide_and_cohort_steps(cohort):
+def test_changed_slide_reruns_its_tiling_and_its_shard_and_cohort_steps(cohort):
+    """A changed slide re-tiles alone; its shard's GPU jobs re-run (they re-use the other
+    slides' results from results/reuse/, see tests/unit/test_cli.py), no other shard."""
     workdir, config = cohort
     touch_all(workdir, config)
     time.sleep(0.01)
     os.utime(workdir / "data" / "slides" / "P00009_S0.svs")
     files = dry_run(workdir, config)
-    assert slide_jobs(files) == {"P00009_S0"}
+    assert tiled_slides(files) == {"P00009_S0"}
+    assert embedded_slides(files) == shard_of("P00009_S0") != set(SLIDE_IDS)
     assert radiomics_patients(files) == set()
     assert "results/cohort/pathomics_embedding.tsv" in files
     assert "results/report/report.html" in files
@@ -98,13 +119,14 @@ def test_another_encoder_reuses_the_tiles_and_keeps_the_first_features(cohort):
     workdir, config = cohort
     touch_all(workdir, config)
     other = write_config(workdir / "uni.yaml", workdir / "data",
-                         pathology={"embedding": {"encoder": "uni", "weights": "random"}})
+                         pathology={"embedding": {"encoder": "uni", "weights": "random"},
+                                    "slides_per_job": SLIDES_PER_JOB})
     files = dry_run(workdir, other)
-    assert embedded_slides(files, "uni") == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert embedded_slides(files, "uni") == set(SLIDE_IDS)
     assert not tiled_slides(files)
     assert not embedded_slides(files)
     assert "results/cohort/pathomics_embedding.tsv" in files
-    assert (workdir / "results/pathology/resnet50_trunc/P00001_S0/features.h5").exists()
+    assert list((workdir / "results/pathology/resnet50_trunc/shards").iterdir())
 
 
 def test_hub_weights_are_staged_once_by_a_local_job(cohort, tmp_path):
@@ -112,10 +134,11 @@ def test_hub_weights_are_staged_once_by_a_local_job(cohort, tmp_path):
     snakemake runs, never on a compute node) whose file every embedding job reads."""
     workdir, _ = cohort
     config = write_config(tmp_path / "hub.yaml", workdir / "data", pathology={
-        "embedding": {"encoder": "uni", "weights": "hub", "weights_dir": "staged"}})
+        "embedding": {"encoder": "uni", "weights": "hub", "weights_dir": "staged"},
+        "slides_per_job": SLIDES_PER_JOB})
     files = dry_run(workdir, config)
     assert "staged/uni.safetensors" in files
-    assert embedded_slides(files, "uni") == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert embedded_slides(files, "uni") == set(SLIDE_IDS)
     commands = run(workdir, config, "-n", "-p").stdout
     assert commands.count("radpath.cli stage_encoder_weights") == 1
     assert "--weights staged/uni.safetensors" in commands
@@ -126,13 +149,14 @@ def test_changed_local_weights_rerun_every_embedding_and_no_tiling(cohort):
     weights = workdir / "weights.pt"
     weights.write_bytes(b"placeholder")
     config = write_config(workdir / "local.yaml", workdir / "data",
-                          pathology={"embedding": {"weights": str(weights)}})
+                          pathology={"embedding": {"weights": str(weights)},
+                                     "slides_per_job": SLIDES_PER_JOB})
     touch_all(workdir, config)
     assert dry_run(workdir, config) == []
     time.sleep(0.01)
     weights.write_bytes(b"other weights")
     files = dry_run(workdir, config)
-    assert embedded_slides(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert embedded_slides(files) == set(SLIDE_IDS)
     assert not tiled_slides(files)
 
 
@@ -151,7 +175,19 @@ def test_new_patients_run_only_their_jobs_and_cohort_steps(cohort):
                              slides_per_patient=1)
     files = dry_run(workdir, config)
     assert radiomics_patients(files) == {f"P{i:05d}" for i in range(13, 18)}
-    assert slide_jobs(files) == {f"P{i:05d}_S0" for i in range(13, 18)}
+    new = {f"P{i:05d}_S0" for i in range(13, 18)}
+    assert tiled_slides(files) == new
+    # 17 slides take 8 shards of at most 4 on average (12 took 4): each old shard splits in
+    # two. The new shards and those that gained a slide run (each re-uses its old slides'
+    # results from results/reuse/); those that only lost some re-run by their changed
+    # params, which this touch-mode DAG (no job metadata) cannot see.
+    everyone = SLIDE_IDS + sorted(new)
+    before = shard_slides(SLIDE_IDS, SLIDES_PER_JOB)
+    after = shard_slides(everyone, SLIDES_PER_JOB)
+    planned = {s for shard, members in after.items()
+               if shard not in before or new & set(members) for s in members}
+    assert new < planned < set(everyone)
+    assert shard_members(files, "results/pathology/resnet50_trunc/shards", everyone) == planned
     assert COHORT_STEPS <= set(files)
 
 
@@ -198,7 +234,7 @@ def test_dicom_columns_reach_the_radiomics_command_quoted(cohort):
     sheet.write_text("".join(r + e + "\n" for r, e in zip(rows, extra, strict=True)),
                      encoding="utf-8")
     commands = [line for line in run(workdir, config, "-n", "-p").stdout.splitlines()
-                if "radpath.cli radiomics " in line]
+                if "radpath.cli ct_patient " in line]
     by_patient = {line.split("--patient ")[1].split()[0]: line for line in commands}
     assert "--mask-label=1 --ct-series-uid=1.2.840.99.1 '--mask-roi=GTV 1' --params" in (
         by_patient["P00001"])
@@ -226,23 +262,21 @@ def train_slides(n: int = 12, seed: int = 42, validation_fraction: float = 0.3) 
 
 
 def assigned_slides(files: list[str]) -> set[str]:
-    return {f.split("/")[2] for f in files
-            if f.startswith("results/pathosig/") and f.endswith("/clusters.h5")}
+    return shard_members(files, "results/pathosig/shards")
 
 
-def test_pathosig_plans_one_training_job_and_one_assignment_job_per_slide(cohort):
+def test_pathosig_plans_one_training_job_and_one_assignment_job_per_shard(cohort):
     workdir, config = cohort
     files = dry_run(workdir, config)
-    assert assigned_slides(files) == {f"P{i:05d}_S0" for i in range(1, 13)}
+    assert assigned_slides(files) == set(SLIDE_IDS)
     assert {"results/pathosig/training_tiles.h5", "results/pathosig/model.pt",
             "results/cohort/pathomics_hpc.tsv", "results/report/pathosig_mosaics.tsv"} <= set(files)
     commands = run(workdir, config, "-n", "-p").stdout
-    assert commands.count("radpath.cli pathosig_assign") == 12
+    assert commands.count("radpath.cli pathosig_assign") == 4
     # The training tiles job reads the training patients' slides and no other.
     job = commands.split("rule pathosig_training_tiles:")[1].split("\n\n")[0]
     inputs = job.split("input:")[1].split("\n")[0]
-    read = {name.rsplit("/", 1)[1].removesuffix(".svs") for name in inputs.split(", ")
-            if name.endswith(".svs")}
+    read = {name.split("/")[2] for name in inputs.split(", ") if name.endswith("/coords.h5")}
     assert read == train_slides() and 0 < len(read) < 12
 
 
@@ -256,14 +290,14 @@ def test_changed_validation_slide_does_not_retrain_the_clusters(cohort):
     time.sleep(0.01)
     os.utime(workdir / "data" / "slides" / f"{validation[0]}.svs")
     files = dry_run(workdir, config)
-    assert assigned_slides(files) == {validation[0]}
+    assert assigned_slides(files) == shard_of(validation[0])
     assert "results/pathosig/model.pt" not in files
     assert "results/cohort/pathomics_hpc.tsv" in files
     time.sleep(0.01)
     os.utime(workdir / "data" / "slides" / f"{training[0]}.svs")
     files = dry_run(workdir, config)
     assert "results/pathosig/model.pt" in files
-    assert len(assigned_slides(files)) == 12
+    assert assigned_slides(files) == set(SLIDE_IDS)
 
 
 def dfs_cohort(tmp_path):
@@ -445,8 +479,8 @@ def test_score_plans_only_the_external_cohorts_jobs(cohort):
                 if f.startswith(f"results/score/{name}/radiomics/")} == external
         assert f"results/score/{name}/report.html" in files
         assert f"results/score/{name}/models/pfs/clinical_radiomics/risk.tsv" in files
-    assert {f.split("/")[5] for f in files if f.startswith("results/score/hosp_b/pathology/")
-            and f.endswith("features.h5")} == {f"{p}_S0" for p in external}
+    assert shard_members(files, "results/score/hosp_b/pathology/resnet50_trunc/shards",
+                         [f"{p}_S0" for p in external]) == {f"{p}_S0" for p in external}
     assert "results/score/hosp_b/models/os/clinical_radiomics_pathomics/risk.tsv" in files
     assert not [f for f in files if f.startswith("results/score/hosp_c/pathology/")]
     assert "results/score/hosp_c/models/os/clinical_radiomics_pathomics/risk.tsv" not in files
@@ -473,7 +507,12 @@ def test_synthesis_plans_training_patients_only_and_a_sampling_change_keeps_the_
     files = dry_run(tmp_path, config)
     layouts = {f.split("/")[-1].removesuffix(".npz") for f in files
                if f.startswith("results/synthesis/layouts/") and f.endswith(".npz")}
-    assert layouts == training and len(training) < 20
+    assert len(layouts) == 20 and 0 < len(training) < 20  # one CT job per patient makes them
+    commands = [line for line in run(tmp_path, config, "-n", "-p").stdout.splitlines()
+                if "radpath.cli ct_patient " in line]
+    skipped = {line.split("--patient ")[1].split()[0] for line in commands
+               if "--layout-skip=" in line}
+    assert len(commands) == 20 and skipped == set(clinical["patient_id"]) - training
     assert "results/synthesis/model.pt" in files
     assert "results/synthesis/quality.tsv" in files  # the report's synthesis section
     touch_all(tmp_path, config)

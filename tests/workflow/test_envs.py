@@ -188,7 +188,7 @@ def env_distributions(env_file: str) -> set[str]:
 def test_each_rule_imports_only_what_its_env_installs():
     distributions = importlib.metadata.packages_distributions()
     entries = rule_entries()
-    assert {rule for rule, _, _ in entries} >= {"radiomics", "slide_tiles", "slide_embedding", "fit_model",
+    assert {rule for rule, _, _ in entries} >= {"ct_patient", "slide_tiles", "slide_embedding", "fit_model",
                                                  "pathomics_matrices", "report"}
     problems = []
     for rule, env_file, modules in entries:

@@ -164,7 +164,7 @@ def test_pathosig_trains_on_training_patients_only_and_every_slide_is_assigned(f
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
     assert {split[p] for p in matrix.index} == {"train", "validation"}
     for slide_id, row in slides.iterrows():
-        with h5py.File(workdir / f"results/pathosig/{slide_id}/clusters.h5") as h5:
+        with h5py.File(slide_output(workdir, "results/pathosig/shards", slide_id)) as h5:
             assert len(h5["cluster"]) == row["n_tiles"]
             assert h5["cluster"][:].max() < k
     mosaics = pd.read_csv(workdir / "results/report/pathosig_mosaics.tsv", sep="\t")
@@ -687,7 +687,7 @@ def test_bad_patient_stops_cohort_but_not_other_patients(small_cohort, tmp_path)
     done = {p.name for p in (tmp_path / "results" / "radiomics").iterdir()
             if (p / "features.tsv").exists()}
     assert done == set(patients["patient_id"]) - {bad["patient_id"]}
-    log = (tmp_path / "logs" / "radiomics" / f"{bad['patient_id']}.log").read_text(encoding="utf-8")
+    log = (tmp_path / "logs/ct_patient" / f"{bad['patient_id']}.log").read_text(encoding="utf-8")
     assert bad["patient_id"] in log and str(bad["ct"]).split("/")[-1] in log
     assert not (tmp_path / "results/cohort/radiomics_raw.tsv").exists()
 
@@ -729,15 +729,17 @@ def test_out_of_memory_fails_the_slide_job_and_a_retry_recovers_it(small_cohort,
     (injection / "sitecustomize.py").write_text(FAULT_INJECTION, encoding="utf-8")
     marker = tmp_path / "oom_marker"
     slide = pd.read_csv(small_cohort / "slides.tsv", sep="\t")["slide_id"].iloc[0]
-    target = f"results/pathology/resnet50_trunc/{slide}/features.h5"
-    config = write_config(tmp_path / "config.yaml", small_cohort, on_patient_error="exclude")
+    target = f"results/pathology/resnet50_trunc/shards/{slide}"  # one slide per GPU job
+    config = write_config(tmp_path / "config.yaml", small_cohort, on_patient_error="exclude",
+                          pathology={"slides_per_job": 1})
     library = str(SNAKEFILE.parent)
     env = {"PYTHONPATH": os.pathsep.join([str(injection), library]),
            "RADPATH_TEST_OOM_MARKER": str(marker)}
     result = run(tmp_path, config, target, "--retries", str(retries), check=False, env=env)
     assert marker.exists(), "the fault was injected"
-    features = tmp_path / target
-    log = (tmp_path / "logs/pathology/resnet50_trunc" / f"{slide}.log").read_text(encoding="utf-8")
+    features = tmp_path / target / f"{slide}.h5"
+    log = (tmp_path / "logs/pathology/resnet50_trunc/shards" / f"{slide}.log").read_text(
+        encoding="utf-8")
     if retries == 0:
         assert result.returncode != 0
         assert not features.exists(), "no exclusion record: the slide is not dropped"
@@ -799,7 +801,7 @@ def test_export_writes_both_layouts_for_every_slide(demo_run, tmp_path):
     assert sorted([*table["slide_id"], *excluded["slide_id"]]) == sorted(slide_ids)
     assert len(table) > 0
     for slide_id in table["slide_id"]:
-        features = workdir / "results/pathology/resnet50_trunc" / slide_id / "features.h5"
+        features = slide_output(workdir, "results/pathology/resnet50_trunc/shards", slide_id)
         with h5py.File(features) as h5:
             n_tiles, dim = h5["features"].shape
         bag = torch.load(export / "clam" / "pt_files" / f"{slide_id}.pt", weights_only=True)
