@@ -7,7 +7,7 @@
 # the embeddings in results/pathology/{encoder}/, so a second encoder re-uses the
 # tiles and keeps the first one's features for comparison. Tiling needs no GPU and takes
 # seconds to a minute: on SLURM the tiling jobs of group "slide_tiles" are bundled like the
-# radiomics jobs (profiles/slurm group-components), and only the embedding asks for a GPU.
+# per-patient CT jobs (profiles/slurm group-components), and only the embedding asks for a GPU.
 
 EMBEDDING = config["pathology"]["embedding"]
 ENCODER = EMBEDDING["encoder"]

@@ -396,7 +396,7 @@ def slide_tile_batches(
     num_workers: int,
     device: torch.device,
 ) -> Iterator[DataLoader]:
-    """The slide's tiles in batches (TileDataset + tile_loader) for a per-slide GPU job;
+    """The slide's tiles in batches (TileDataset + tile_loader) for a GPU job's slide;
     this process's slide handle is closed afterwards."""
     dataset = TileDataset(slide_path, slide_id, coords, tiles_cfg, mpp_override)
     try:
@@ -416,7 +416,7 @@ def check_any_read(done: np.ndarray, slide_id: str, slide_path, coords_h5) -> No
 def slide_job_summary(
     slide_id: str, done: np.ndarray, start: float, device: torch.device, num_workers: int
 ) -> dict:
-    """What a per-slide GPU job logs: tiles done and skipped, seconds, tiles/s, device."""
+    """What a GPU job logs per slide: tiles done and skipped, seconds, tiles/s, device."""
     seconds = time.perf_counter() - start
     return {
         "slide_id": slide_id,

@@ -1,7 +1,7 @@
-"""Rule synthesis_layout (CPU, envs/radiomics.yaml): a patient's CT and tumour mask read
-and checked as for radiomics (radpath.inputs.ct), lungs from the mask's lung label or segmented,
-and the files the GPU jobs read: the model grid's CT and layout (.npz), the layout and the
-CT on the CT's own grid (NIfTI)."""
+"""The synthesis layout, made by the per-patient CT job (rule ct_patient, envs/radiomics.yaml):
+a patient's CT and tumour mask read and checked as for radiomics (radpath.inputs.ct), lungs
+from the mask's lung label or segmented, and the files the GPU jobs read: the model grid's
+CT and layout (.npz), the layout and the CT on the CT's own grid (NIfTI)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from smk import (
     assert_same_results,
     dry_run,
     run,
+    slide_output,
     write_config,
 )
 
