@@ -370,3 +370,28 @@ def test_prepare_case_resamples_a_misaligned_mask_only_when_configured(tmp_path)
 def test_ct_settings_require_every_key():
     with pytest.raises(ValueError, match="config section 'ct' lacks min_roi_voxels"):
         CTSettings.from_config({k: v for k, v in CT_CFG.items() if k != "min_roi_voxels"})
+
+
+def test_an_image_is_read_once_per_process_while_unchanged_and_each_caller_gets_a_copy(
+        tmp_path, monkeypatch):
+    """The per-patient CT job's three parts read the CT once; a changed file is read again,
+    and one caller's change to its image is not another's."""
+    import os
+
+    from radpath.inputs import ct as ct_module
+
+    path = str(tmp_path / "ct.nrrd")
+    image = sitk.GetImageFromArray(np.arange(27, dtype=np.int16).reshape(3, 3, 3))
+    sitk.WriteImage(image, path)
+    reads = []
+    real = sitk.ReadImage
+    monkeypatch.setattr(ct_module.sitk, "ReadImage", lambda *a: reads.append(a) or real(*a))
+    first = read_image(path, "P1", "CT")
+    first.SetOrigin((5.0, 5.0, 5.0))
+    first[0, 0, 0] = 99
+    second = read_image(path, "P1", "CT")
+    assert len(reads) == 1
+    assert second.GetOrigin() == (0.0, 0.0, 0.0) and second[0, 0, 0] == 0
+    sitk.WriteImage(image * 2, path)
+    os.utime(path, ns=(1, 1))  # another size or time: read again
+    assert read_image(path, "P1", "CT")[1, 0, 0] == 2 and len(reads) == 2
