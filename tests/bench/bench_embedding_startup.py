@@ -36,6 +36,7 @@ import argparse
 import ast
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -156,15 +157,17 @@ def cli_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def cli(*args: str) -> float:
-    """Run `python -m radpath.cli ARGS` in a fresh process; its wall-clock seconds."""
+def cli(*args: str) -> tuple[float, float]:
+    """Run `python -m radpath.cli ARGS` in a fresh process; its wall-clock and CPU seconds."""
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "radpath.cli", *args], cwd=REPO,
                           capture_output=True, text=True, encoding="utf-8", env=cli_env())
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"radpath.cli {args[0]} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
 
 
 def tiled_slides(args: argparse.Namespace, folder: Path, pathology: dict) -> list[dict]:
@@ -214,12 +217,12 @@ def embedding_job(folder: Path, name: str, items: list[dict], settings: dict,
     """One slide_embedding process over `items`: wall seconds and its slides' summaries."""
     shard = [item | {"out": str(folder / name / f"{item['slide_id']}.h5")} for item in items]
     log_file = folder / name / "job.log"
-    wall = cli("slide_embedding", "--slides", json.dumps(shard), "--settings",
+    wall, cpu = cli("slide_embedding", "--slides", json.dumps(shard), "--settings",
                json.dumps(settings), "--threads", str(threads), "--log", str(log_file))
     slides = summaries(log_file)
     if len(slides) != len(items):
         raise RuntimeError(f"{log_file}: {len(slides)} embedding summaries, {len(items)} slides")
-    return {"wall": wall, "slides": slides, "outs": [item["out"] for item in shard]}
+    return {"wall": wall, "cpu": cpu, "slides": slides, "outs": [item["out"] for item in shard]}
 
 
 def fixed_seconds(job: dict, per_tile: float) -> dict:
@@ -280,8 +283,10 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
           f"device {after['slides'][0]['device']}")
     print(f"  BEFORE: {n} processes of 1 slide: wall " +
           ", ".join(f"{job['wall']:.1f}" for job in before) +
-          f" s (total {sum(job['wall'] for job in before):.1f} s)")
-    print(f"  AFTER:  1 process of {n} slides: wall {after['wall']:.1f} s; slides' seconds " +
+          f" s (total {sum(job['wall'] for job in before):.1f} s, CPU "
+          f"{sum(job['cpu'] for job in before):.1f} s)")
+    print(f"  AFTER:  1 process of {n} slides: wall {after['wall']:.1f} s (CPU "
+          f"{after['cpu']:.1f} s); slides' seconds " +
           ", ".join(f"{s['seconds']:.1f}" for s in after["slides"]))
     print(f"  per tile (network on CPU, as the shard's slides 2..{n} logged it, with their "
           f"tile reads and features file): {per_tile:.3f} s ({1 / per_tile:.2f} tiles/s)")
