@@ -3,9 +3,9 @@
 (`--settings`, a params value: a changed setting re-runs the rule's jobs) and its log file.
 A job can be re-run by hand with the command its log and Snakemake's output show.
 
-- Per-patient, per-slide and per-shard rules (`ct_patient`, `radiomics`, `ct_cubes`,
-  `synthesis_sample`, `slide_tiles`, `slide_embedding`, `pathosig_assign`, `export_slide`)
-  name their files as options: a cohort of thousands runs thousands of them, and a
+- Per-patient, per-slide and per-shard rules (`ct_patient`, `ct_cubes`, `synthesis_sample`,
+  `slide_tiles`, `slide_embedding`, `pathosig_assign`, `export_slide`) name their files as
+  options: a cohort of thousands runs thousands of them, and a
   `shell:` rule costs Snakemake nothing per job while it builds the DAG (a `script:` rule
   made dry-runs of large cohorts ~1.6x slower). Their functions are below.
 - Cohort rules pass their named files and wildcards as one JSON object (`--files`, see
@@ -100,24 +100,6 @@ def patient_images(args: argparse.Namespace, settings: dict) -> dict:
     }
 
 
-def radiomics(args: argparse.Namespace, settings: dict) -> None:
-    from radpath.radiomics.features import extract_patient
-
-    run_item(
-        args.patient,
-        "patient_id",
-        lambda: extract_patient(
-            **patient_images(args, settings),
-            params_path=args.params,
-            features_out=args.features,
-            qc_out=args.qc,
-        ),
-        [args.features, args.qc],
-        settings["on_error"],
-        upstream=args.upstream,
-    )
-
-
 def extra_image(text: str) -> tuple[str, str]:
     """--extra NAME=PATH -> (NAME, PATH)."""
     name, sep, path = text.partition("=")
@@ -169,7 +151,7 @@ def ct_patient(args: argparse.Namespace, settings: dict) -> None:
     parts = []
 
     def add(name: str, outputs: list[str], make, part_settings: dict, inputs: list[str]) -> None:
-        store = f"{settings['store']}/{name}" if settings["store"] else None
+        store = f"{settings['store']}/{name}" if settings.get("store") else None
         key = reuse_key({**identity, name: part_settings}, [args.ct, args.mask, *inputs])
         parts.append((args.patient, lambda: reuse_or_make(store, args.patient, key, outputs, make),
                       outputs, args.upstream))
@@ -328,12 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--settings", required=True, help="JSON object of the rule's settings")
         sub.add_argument("--log", required=True, help="log file of this job")
         return sub
-
-    sub = command("radiomics", radiomics, "CT + mask -> features.tsv and qc.tsv")
-    add_patient_images(sub)
-    sub.add_argument("--params", required=True, help="pyradiomics parameter file")
-    sub.add_argument("--features", required=True)
-    sub.add_argument("--qc", required=True)
 
     sub = command("ct_patient", ct_patient,
                   "CT + mask -> radiomics features and QC (+ deep CT cubes, synthesis layout)")

@@ -47,6 +47,15 @@ CT_PATIENT_OPTIONS = {
 }
 
 
+# The settings of a CT job that makes radiomics features and QC only (synthetic volumes,
+# external cohorts: rules/synthesis.smk, rules/score.smk).
+RADIOMICS_ONLY_SETTINGS = settings_json(
+    ct=config["ct"],
+    cubes=None,
+    synthesis=None,
+    on_error=config["on_patient_error"],
+    store="",
+)
 # Per patient, the CT, mask and, for the cubes, the extra channels.
 CT_PATIENT_IMAGES = {
     patient: (
@@ -83,8 +92,11 @@ rule ct_patient:
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
         patient=lambda wildcards: CT_PATIENT_OPTIONS[wildcards.patient],
+        # the outputs besides features and QC, each as the job's option of that name
         outputs=lambda wildcards, output: [
-            f"--{name.replace('_', '-')}={output[name]}" for name in CT_PATIENT_OUTPUTS
+            f"--{name.replace('_', '-')}={path}"
+            for name, path in output.items()
+            if name not in ("features", "qc")
         ],
         settings=settings_json(
             ct=config["ct"],

@@ -35,7 +35,7 @@ for _cohort in SCORE_COHORTS:
     )
 
 
-use rule synthesis_radiomics as score_radiomics with:
+use rule ct_patient as score_radiomics with:
     input:
         unpack(score_patient_images),
         params=RADIOMICS_PARAMS,
@@ -46,10 +46,9 @@ use rule synthesis_radiomics as score_radiomics with:
         "logs/score/{cohort}/radiomics/{patient}.log",
     benchmark:
         "benchmarks/score/{cohort}/radiomics/{patient}.tsv"
-    group:
-        "ct_patient"
     params:
         patient=score_patient_options,
+        settings=RADIOMICS_ONLY_SETTINGS,
 
 
 use rule ct_cubes as score_ct_cubes with:

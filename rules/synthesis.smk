@@ -114,9 +114,9 @@ rule synthesis_sample:
         " --mask {output.mask:q} --layout-out {output.layout:q} --log {log:q}"
 
 
-# The run's radiomics (same extractor, parameters and CT settings) on a synthetic volume; also
-# the template of the external cohorts' radiomics jobs (rules/score.smk).
-rule synthesis_radiomics:
+# The run's radiomics (the per-patient CT job: same extractor, parameters and CT settings) on
+# a synthetic volume, nothing else made.
+use rule ct_patient as synthesis_radiomics with:
     input:
         ct="results/synthesis/samples/{variant}/{patient}/draw{draw}_ct.nii.gz",
         mask="results/synthesis/samples/{variant}/{patient}/draw{draw}_mask.nii.gz",
@@ -134,21 +134,9 @@ rule synthesis_radiomics:
     # Not bundled with the run's CT jobs: these become ready one by one.
     group:
         "synthesis_radiomics"
-    conda:
-        "../envs/radiomics.yaml"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 1500 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
     params:
         patient=lambda wildcards, input: ["--mask-label=1", f"--upstream={input.ct}"],
-        settings=settings_json(ct=config["ct"], on_error=config["on_patient_error"]),
-    shell:
-        "python -m radpath.cli radiomics --patient {wildcards.patient} --ct {input.ct:q}"
-        " --mask {input.mask:q} {params.patient:q}"
-        " --params {input.params:q}"
-        " --settings {params.settings:q} --features {output.features:q} --qc {output.qc:q}"
-        " --log {log:q}"
+        settings=RADIOMICS_ONLY_SETTINGS,
 
 
 use rule ct_cubes as synthesis_ct_cubes with:

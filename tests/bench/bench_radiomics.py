@@ -13,7 +13,7 @@ config/pyradiomics_ct.yaml and the `ct` section of config/config.yaml (resamplin
 workdir (skipped without a Snakefile) and also reports the job's own benchmark seconds.
 (d) and (e) are fresh processes, start-up included, with BLAS at one thread as in the job:
 (d) plain pyradiomics (import, read the parameter file, execute), (e) the job's own command
-(`python -m radpath.cli radiomics ...`); their ratio is the job's cost over plain pyradiomics.
+(`python -m radpath.cli ct_patient ...`, radiomics only); their ratio is the job's cost over plain pyradiomics.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def fresh_processes(
     reference_file.write_text(yaml.safe_dump(reference), encoding="utf-8")
     plain = [sys.executable, "-c", PLAIN_PROCESS, str(reference_file), str(ct), str(mask)]
     out = folder / "job"
-    job = [sys.executable, "-m", "radpath.cli", "radiomics", "--patient", patient,
+    job = [sys.executable, "-m", "radpath.cli", "ct_patient", "--patient", patient,
            "--ct", str(ct), "--mask", str(mask), "--mask-label", str(label),
            "--params", str(PARAMS), "--settings", json.dumps({"ct": ct_cfg, "on_error": "stop"}),
            "--features", str(out / "features.tsv"), "--qc", str(out / "qc.tsv"),

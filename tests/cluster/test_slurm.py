@@ -364,7 +364,7 @@ def test_readme_command_cancels_what_a_killed_run_left_queued(slurm_cluster, sma
     profile = site_profile(tmp_path / "profile", slurm_cluster)
     config = write_config(tmp_path / "config.yaml", small_cohort)
     process = subprocess.Popen(
-        snakemake_command(tmp_path, config, "--until", "radiomics", profile=profile),
+        snakemake_command(tmp_path, config, "--until", "ct_patient", profile=profile),
         env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         encoding="utf-8",
     )

@@ -26,7 +26,7 @@ def radiomics_args(tmp_path: Path, mask: Path, on_error: str) -> list[str]:
     params.write_text(yaml.safe_dump(FAST_PARAMS), encoding="utf-8")
     ct, _ = synthetic_case()
     return [
-        "radiomics", "--patient", "P7", "--ct", str(write(ct, tmp_path / "ct.nrrd")),
+        "ct_patient", "--patient", "P7", "--ct", str(write(ct, tmp_path / "ct.nrrd")),
         "--mask", str(mask), "--mask-label", "1", "--params", str(params),
         "--settings", json.dumps({"ct": CT_CFG, "on_error": on_error}),
         "--features", str(tmp_path / "out" / "features.tsv"),

@@ -539,7 +539,7 @@ def test_radiomics_command_takes_the_dicom_options(tmp_path):
     params.write_text(yaml.safe_dump(FAST_PARAMS), encoding="utf-8")
     out = tmp_path / "out"
     result = radpath_cli(
-        "radiomics", "--patient", "P7", "--ct", str(tmp_path / "dicom"), "--mask", str(rs),
+        "ct_patient", "--patient", "P7", "--ct", str(tmp_path / "dicom"), "--mask", str(rs),
         "--mask-label", "1", f"--ct-series-uid={CT_SERIES}", "--mask-roi=GTV 1",
         "--mask-segment=", "--params", str(params),
         "--settings", json.dumps({"ct": CT_CFG, "on_error": "stop"}),
@@ -552,7 +552,7 @@ def test_radiomics_command_takes_the_dicom_options(tmp_path):
     assert qc["radpath_mask_source"].startswith(f"RTSTRUCT {rs} ROI 'GTV 1' (number 1")
     assert int(qc["radpath_roi_voxels_native"]) == int(labels.sum())
     result = radpath_cli(
-        "radiomics", "--patient", "P7", "--ct", str(tmp_path / "dicom"), "--mask", str(rs),
+        "ct_patient", "--patient", "P7", "--ct", str(tmp_path / "dicom"), "--mask", str(rs),
         "--mask-label", "1", "--mask-roi=-Lung", "--params", str(params),
         "--settings", json.dumps({"ct": CT_CFG, "on_error": "stop"}),
         "--features", str(out / "f2.tsv"), "--qc", str(out / "q2.tsv"),
