@@ -153,6 +153,10 @@ def step_breakdown(args: argparse.Namespace, path: Path) -> float:
     return per_tile
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def cli_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -265,9 +269,12 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
             "num_workers": 0, "precision": "fp32"},
         "seed": 1, "on_error": "stop", "store": "",
     }
+    load_tiled = load()
     before = [embedding_job(folder, f"before_{item['slide_id']}", [item], settings,
                             args.threads) for item in items]
+    load_before = load()
     after = embedding_job(folder, "after", items, settings, args.threads)
+    load_after = load()
 
     steady = after["slides"][1:] or after["slides"]
     per_tile = sum(s["seconds"] for s in steady) / sum(s["n_tiles"] for s in steady)
@@ -280,7 +287,8 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
     print(f"\n2. before vs after through `python -m radpath.cli slide_embedding`: {n} slides "
           f"x {args.tiles_per_slide} tiles (tiled once in {tiling:.1f} s), encoder "
           f"{args.encoder} fp32, batch {args.batch}, num_workers 0, --threads {args.threads}, "
-          f"device {after['slides'][0]['device']}")
+          f"device {after['slides'][0]['device']}; load average after tiling {load_tiled}, "
+          f"after BEFORE {load_before}, after AFTER {load_after}")
     print(f"  BEFORE: {n} processes of 1 slide: wall " +
           ", ".join(f"{job['wall']:.1f}" for job in before) +
           f" s (total {sum(job['wall'] for job in before):.1f} s, CPU "
@@ -334,8 +342,8 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
 def main(argv=None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"({os.cpu_count()} CPUs)")
+    print(f"load average at start: {load()} ({os.cpu_count()} CPUs: another busy process "
+          f"slows the timings)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         path = save_random_weights(args.encoder, Path(tmp))
@@ -343,7 +351,7 @@ def main(argv=None) -> None:
               f"saved as safetensors in {time.perf_counter() - start:.1f} s\n")
         network_per_tile = step_breakdown(args, path) if args.repeats > 0 else None
         before_after(args, path, Path(tmp), network_per_tile)
-    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nload average at end: {load()}")
 
 
 if __name__ == "__main__":
