@@ -4,7 +4,7 @@
 # patients, the others' layout files record why they have none). One job instead of three
 # per patient keeps the DAG small for large cohorts; what a changed setting re-runs is
 # decided inside the job: each of the three is re-used from results/reuse/ while its own
-# inputs and settings are unchanged (README "What re-runs").
+# inputs and settings are unchanged (README "Slides in shards", the re-use store).
 
 # What the job makes besides the radiomics features and QC: output name -> file; each is
 # also the job's option of that name (--cubes, --layout, --layout-image, --ct-image).
