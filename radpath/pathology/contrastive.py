@@ -17,6 +17,7 @@ the backbone from the model file's settings and refuses weights that changed sin
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from radpath.pathology.embedding import (
     autocast_dtype,
     check_any_read,
     cpu_budget,
+    run_shard,
     slide_job_summary,
     slide_tile_batches,
 )
@@ -923,9 +925,6 @@ def assign_slides(
     slides: [{slide_id, slide, mpp, coords, out}]; failures and `store` as
     radpath.pathology.embedding.embed_slides.
     """
-    from radpath.inputs.reuse import reuse_key, reuse_or_make
-    from radpath.inputs.runtime import run_batch
-
     settings = dict(clustering_settings(settings))
     device = training.resolve_device(device)
     if threads is not None:
@@ -938,27 +937,16 @@ def assign_slides(
         "tiles": tiles_cfg,
         "device": device.type,
     }
-    loaded: list[tuple[ContrastiveClusteringNet, dict]] = []
+    model = functools.cache(lambda: load_clustering_model(model_path, device))
 
     def assign(item: dict) -> None:
-        def make() -> None:
-            if not loaded:
-                loaded.append(load_clustering_model(model_path, device))
-            summary = assign_slide(
-                item["slide"], item["slide_id"], item["coords"], model_path, item["out"],
-                settings, tiles_cfg, device=device, mpp_override=item["mpp"], loaded=loaded[0],
-            )
-            log.info("assignment summary: %s", summary)
+        summary = assign_slide(
+            item["slide"], item["slide_id"], item["coords"], model_path, item["out"], settings,
+            tiles_cfg, device=device, mpp_override=item["mpp"], loaded=model(),
+        )
+        log.info("assignment summary: %s", summary)
 
-        key = reuse_key(result_settings, [item["slide"], item["coords"], model_path])
-        reuse_or_make(store, item["slide_id"], key, [item["out"]], make)
-
-    run_batch(
-        [(item["slide_id"], lambda item=item: assign(item), [item["out"]], [item["coords"]])
-         for item in slides],
-        "slide_id",
-        on_error,
-    )
+    run_shard(slides, assign, on_error, store, result_settings, [model_path])
 
 
 # ---------------------------------------------------------------------------- HDF5

@@ -8,10 +8,11 @@ normalizing on the device under autocast. The same code runs on CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -343,9 +344,6 @@ def embed_slides(
     failure is handled by radpath.inputs.runtime.run_batch (on_error as for one slide).
     `store`: the re-use store (radpath.inputs.reuse) of finished slides, or None.
     """
-    from radpath.inputs.reuse import reuse_key, reuse_or_make
-    from radpath.inputs.runtime import run_batch
-
     device = resolve_device(device)
     emb_cfg = dict(emb_cfg)
     if threads is not None:
@@ -361,24 +359,39 @@ def embed_slides(
         "seed": seed,
         "device": device.type,
     }
-    built: list[Encoder] = []
+    encoder = functools.cache(lambda: build_configured_encoder(emb_cfg, seed))
 
     def embed(item: dict) -> None:
-        def make() -> None:
-            if not built:
-                built.append(build_configured_encoder(emb_cfg, seed))
-            summary = embed_slide(
-                item["slide"], item["slide_id"], item["coords"], item["out"], emb_cfg,
-                tiles_cfg, device=device, mpp_override=item["mpp"], seed=seed,
-                encoder=built[0],
-            )
-            log.info("embedding summary: %s", summary)
+        summary = embed_slide(
+            item["slide"], item["slide_id"], item["coords"], item["out"], emb_cfg, tiles_cfg,
+            device=device, mpp_override=item["mpp"], seed=seed, encoder=encoder(),
+        )
+        log.info("embedding summary: %s", summary)
 
-        key = reuse_key(result_settings, [item["slide"], item["coords"]])
-        reuse_or_make(store, item["slide_id"], key, [item["out"]], make)
+    run_shard(slides, embed, on_error, store, result_settings)
+
+
+def run_shard(
+    slides: list[dict],
+    process: Callable[[dict], None],
+    on_error: str,
+    store: str | os.PathLike | None,
+    result_settings: dict,
+    extra_inputs: Iterable[str | os.PathLike] = (),
+) -> None:
+    """`process` each slide of a shard ({slide_id, slide, mpp, coords, out}) as in a job of
+    its own (radpath.inputs.runtime.run_batch), or link its `out` back from `store` while
+    its slide, coords, `extra_inputs` and `result_settings` are unchanged
+    (radpath.inputs.reuse)."""
+    from radpath.inputs.reuse import reuse_key, reuse_or_make
+    from radpath.inputs.runtime import run_batch
+
+    def one(item: dict) -> None:
+        key = reuse_key(result_settings, [item["slide"], item["coords"], *extra_inputs])
+        reuse_or_make(store, item["slide_id"], key, [item["out"]], lambda: process(item))
 
     run_batch(
-        [(item["slide_id"], lambda item=item: embed(item), [item["out"]], [item["coords"]])
+        [(item["slide_id"], lambda item=item: one(item), [item["out"]], [item["coords"]])
          for item in slides],
         "slide_id",
         on_error,
