@@ -17,10 +17,10 @@ its weights (SHA-256 for the provenance, strict key check), starts CUDA, then em
    (--tiles-per-slide tiles each), embedded BEFORE as one process per slide (`--slides` a
    list of one: what one job per slide cost) and AFTER as one process for all of them (one
    shard: the encoder built, its weights read and hashed once). Each process's wall-clock
-   time is split with the per-slide `embedding summary` lines of its log: the network's
-   seconds per tile (slides after the shard's first, where nothing is warming up) and what
-   is left, the fixed cost of the process (start-up, imports, encoder, weights, first-batch
-   warm-up, exit). It prints the fixed seconds per job and per slide, before and after, and
+   time is split with the per-slide `embedding summary` lines of its log (seconds, n_tiles):
+   the slides' own seconds (network, tile reads, features file; per tile) and what is left,
+   the fixed cost of the process (interpreter, imports, settings, encoder build, weights
+   read and SHA-256, exit). It prints the fixed seconds per job and per slide, before and after, and
    the share of a job that is start-up for typical slides of 5,000, 10,000 and 20,000 tiles
    at an ASSUMED accelerator speed (--gpu-tiles-per-s), one slide per job against
    --slides-per-job slides per shard.
@@ -229,14 +229,13 @@ def embedding_job(folder: Path, name: str, items: list[dict], settings: dict,
     return {"wall": wall, "cpu": cpu, "slides": slides, "outs": [item["out"] for item in shard]}
 
 
-def fixed_seconds(job: dict, per_tile: float) -> dict:
-    """A job's wall time less its tiles at the steady per-tile speed, and its two parts:
-    outside the slides' own timing, and the first slide's warm-up beyond the steady speed."""
+def split(job: dict) -> tuple[float, float]:
+    """(fixed seconds, seconds per tile) of a job: its wall time less its slides' own
+    seconds, and those seconds per tile. Both come from the same process, so a machine
+    busier during one job than another shifts the two less than across processes."""
     in_slides = sum(s["seconds"] for s in job["slides"])
     tiles = sum(s["n_tiles"] for s in job["slides"])
-    first = job["slides"][0]
-    return {"fixed": job["wall"] - tiles * per_tile, "outside": job["wall"] - in_slides,
-            "warmup": first["seconds"] - first["n_tiles"] * per_tile, "tiles": tiles}
+    return job["wall"] - in_slides, in_slides / tiles
 
 
 def same_features(before: list[dict], after: dict) -> float:
@@ -276,13 +275,11 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
     after = embedding_job(folder, "after", items, settings, args.threads)
     load_after = load()
 
-    steady = after["slides"][1:] or after["slides"]
-    per_tile = sum(s["seconds"] for s in steady) / sum(s["n_tiles"] for s in steady)
-    fb = [fixed_seconds(job, per_tile) for job in before]
-    fa = fixed_seconds(after, per_tile)
     n = len(items)
-    fixed_before = sum(f["fixed"] for f in fb) / n
-    fixed_after = fa["fixed"]
+    splits = [split(job) for job in before]
+    fixed_before = sum(fixed for fixed, _ in splits) / n
+    tile_before = sum(per_tile for _, per_tile in splits) / n
+    fixed_after, tile_after = split(after)
 
     print(f"\n2. before vs after through `python -m radpath.cli slide_embedding`: {n} slides "
           f"x {args.tiles_per_slide} tiles (tiled once in {tiling:.1f} s), encoder "
@@ -296,19 +293,20 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
     print(f"  AFTER:  1 process of {n} slides: wall {after['wall']:.1f} s (CPU "
           f"{after['cpu']:.1f} s); slides' seconds " +
           ", ".join(f"{s['seconds']:.1f}" for s in after["slides"]))
-    print(f"  per tile (network on CPU, as the shard's slides 2..{n} logged it, with their "
-          f"tile reads and features file): {per_tile:.3f} s ({1 / per_tile:.2f} tiles/s)")
+    print(f"  per tile on CPU (the slides' logged seconds / n_tiles: network, tile reads, "
+          f"features file): before {tile_before:.3f} s, after {tile_after:.3f} s "
+          f"({1 / tile_after:.2f} tiles/s)")
     if network_per_tile:
-        rest = (per_tile - network_per_tile) * args.tiles_per_slide
-        print(f"    the network alone (section 1, steady batch): {network_per_tile:.3f} s/tile; "
-              f"the rest of a slide of {args.tiles_per_slide} tiles: {rest:.2f} s")
-    print("  fixed = wall - tiles x per tile = outside the slides' timing + first-slide warm-up")
-    for label, f in [("BEFORE, mean per job", {
-            key: sum(x[key] for x in fb) / n for key in ("fixed", "outside", "warmup")}),
-            ("AFTER, the job", fa)]:
-        print(f"    {label:21s} {f['fixed']:6.2f} s = {f['outside']:6.2f} + "
-              f"{f['warmup']:5.2f} s")
-    print(f"  fixed seconds per job:   before {fixed_before:6.2f}   after {fixed_after:6.2f}")
+        print(f"    the network alone (section 1, a steady batch): "
+              f"{network_per_tile:.3f} s/tile")
+    if n > 1:
+        later = sum(s["seconds"] for s in after["slides"][1:]) / (n - 1)
+        print(f"    the shard's first slide took {after['slides'][0]['seconds'] - later:+.2f} s "
+              f"more than its later ones (warm-up; inside the slides' seconds, not fixed)")
+    print("  fixed = wall - the slides' logged seconds (interpreter, imports, encoder, weights "
+          "read + SHA-256, exit)")
+    print(f"  fixed seconds per job:   before {fixed_before:6.2f} (jobs: " +
+          ", ".join(f"{fixed:.2f}" for fixed, _ in splits) + f")   after {fixed_after:6.2f}")
     print(f"  fixed seconds per slide: before {fixed_before:6.2f}   after {fixed_after / n:6.2f} "
           f"(= {fixed_after:.2f} / {n})")
     if n > 1:
