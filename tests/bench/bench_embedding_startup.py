@@ -301,8 +301,8 @@ def before_after(args: argparse.Namespace, path: Path, folder: Path,
               f"{network_per_tile:.3f} s/tile")
     if n > 1:
         later = sum(s["seconds"] for s in after["slides"][1:]) / (n - 1)
-        print(f"    the shard's first slide took {after['slides'][0]['seconds'] - later:+.2f} s "
-              f"more than its later ones (warm-up; inside the slides' seconds, not fixed)")
+        print(f"    warm-up: the shard's first slide minus its later ones' mean "
+              f"{after['slides'][0]['seconds'] - later:+.2f} s (in the slides' seconds, not fixed)")
     print("  fixed = wall - the slides' logged seconds (interpreter, imports, encoder, weights "
           "read + SHA-256, exit)")
     print(f"  fixed seconds per job:   before {fixed_before:6.2f} (jobs: " +
