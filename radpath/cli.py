@@ -108,13 +108,21 @@ def extra_image(text: str) -> tuple[str, str]:
     return name.strip(), path
 
 
-def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
-    """CT + mask (+ extra images on the CT grid) -> the patient's cubes.npz."""
-    from radpath.deep.cubes import CubeSettingsError, extract_cubes
+def extra_images(args: argparse.Namespace) -> dict[str, str]:
+    """The --extra images by name; a name given twice is a settings error."""
+    from radpath.deep.cubes import CubeSettingsError
 
     extras = dict(args.extra)
     if len(extras) != len(args.extra):
         raise CubeSettingsError(f"--extra names repeated: {[name for name, _ in args.extra]}")
+    return extras
+
+
+def ct_cubes(args: argparse.Namespace, settings: dict) -> None:
+    """CT + mask (+ extra images on the CT grid) -> the patient's cubes.npz."""
+    from radpath.deep.cubes import extract_cubes
+
+    extras = extra_images(args)
     run_item(
         args.patient,
         "patient_id",
@@ -139,7 +147,7 @@ def ct_patient(args: argparse.Namespace, settings: dict) -> None:
     its inputs and settings are unchanged (radpath.inputs.reuse), so that a changed cube
     setting does not re-extract the radiomics features.
     """
-    from radpath.deep.cubes import CubeSettingsError, extract_cubes
+    from radpath.deep.cubes import extract_cubes
     from radpath.inputs.reuse import reuse_key, reuse_or_make
     from radpath.inputs.runtime import run_batch, write_exclusion
     from radpath.radiomics.features import extract_patient
@@ -161,9 +169,7 @@ def ct_patient(args: argparse.Namespace, settings: dict) -> None:
                                 qc_out=args.qc),
         {}, [args.params])
     if args.cubes:
-        extras = dict(args.extra)
-        if len(extras) != len(args.extra):
-            raise CubeSettingsError(f"--extra names repeated: {[name for name, _ in args.extra]}")
+        extras = extra_images(args)
         add("cubes", [args.cubes],
             lambda: extract_cubes(**images, cube_cfg=settings["cubes"], out_path=args.cubes,
                                   extra_images=extras),

@@ -101,6 +101,21 @@ def reuse_store(part="", cohort=""):
     return f"{root}/{part}" if part else root
 
 
+def run_shard_plan(out_pattern, extra_inputs):
+    """The run's slides in shards for a GPU job writing `out_pattern` ({shard}, {slide})
+    and reading `extra_inputs` besides the coords (radpath.pathology.shards.shard_plan).
+    """
+    return shards.shard_plan(
+        SLIDE_IDS,
+        SLIDES_PER_JOB,
+        SLIDE_PATH,
+        SLIDE_MPP,
+        "results/pathology/{slide}/coords.h5",
+        out_pattern,
+        extra_inputs,
+    )
+
+
 def shard_folders(plan, folder, slide_ids=None):
     """The output folder of every shard of a plan (radpath.pathology.shards.shard_plan), or
     of the shards holding `slide_ids`."""

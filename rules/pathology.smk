@@ -30,15 +30,8 @@ SLIDE_MEM_MB = 4000 + 1000 * EMBEDDING["num_workers"] + LARGE_ENCODER_MB.get(ENC
 
 # GPU jobs take a shard of slides each (config pathology.slides_per_job, radpath.pathology.shards):
 # the model is loaded once per shard, each slide keeps its own output file.
-SLIDE_FEATURES_PATTERN = f"results/pathology/{ENCODER}/shards/{{shard}}/{{slide}}.h5"
-EMBEDDING_PLAN = shards.shard_plan(
-    SLIDE_IDS,
-    SLIDES_PER_JOB,
-    SLIDE_PATH,
-    SLIDE_MPP,
-    "results/pathology/{slide}/coords.h5",
-    SLIDE_FEATURES_PATTERN,
-    ENCODER_WEIGHTS,
+EMBEDDING_PLAN = run_shard_plan(
+    f"results/pathology/{ENCODER}/shards/{{shard}}/{{slide}}.h5", ENCODER_WEIGHTS
 )
 # Each slide's features file, inside its shard's folder.
 SLIDE_FEATURES = shards.plan_outputs(EMBEDDING_PLAN)

@@ -30,14 +30,8 @@ PATHOSIG_USED = bool(SLIDE_IDS) and any(
 # augmented views on the host, 1000 per DataLoader worker.
 PATHOSIG_MEM_MB = 4000 + 1000 * PATHOSIG["num_workers"]
 # Assignment jobs take the embedding's shards of slides (rules/pathology.smk).
-ASSIGNMENT_PLAN = shards.shard_plan(
-    SLIDE_IDS,
-    SLIDES_PER_JOB,
-    SLIDE_PATH,
-    SLIDE_MPP,
-    "results/pathology/{slide}/coords.h5",
-    "results/pathosig/shards/{shard}/{slide}.h5",
-    PATHOSIG_WEIGHTS,
+ASSIGNMENT_PLAN = run_shard_plan(
+    "results/pathosig/shards/{shard}/{slide}.h5", PATHOSIG_WEIGHTS
 )
 SLIDE_CLUSTERS = shards.plan_outputs(ASSIGNMENT_PLAN)
 ASSIGNMENT_JOB = {

@@ -180,11 +180,9 @@ def _read_volume(
     its own copy (SimpleITK copies the voxels only when one is changed)."""
     try:
         stat = os.stat(path)
-        identity = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
     except OSError:
-        identity = None  # _read_uncached says what is wrong
-    if identity is None:
-        return _read_uncached(path, patient_id, role, series_uid)
+        return _read_uncached(path, patient_id, role, series_uid)  # it says what is wrong
+    identity = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
     volume = _read_cached(identity, patient_id, role, series_uid)
     return CTVolume(sitk.Image(volume.image), volume.series)
 

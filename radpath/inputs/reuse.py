@@ -42,10 +42,8 @@ def file_identity(path: str | os.PathLike) -> list:
     except FileNotFoundError:
         return [str(path)]
     if os.path.isdir(path):  # a DICOM folder: its files' names, sizes and times
-        return [str(path), sorted(
-            [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
-            for entry in os.scandir(path) if entry.is_file()
-        )]
+        files = [(entry.name, entry.stat()) for entry in os.scandir(path) if entry.is_file()]
+        return [str(path), sorted([name, s.st_size, s.st_mtime_ns] for name, s in files)]
     if stat.st_size <= HASH_LIMIT:
         return [str(path), _sha256(os.fspath(path), stat.st_size, stat.st_mtime_ns)]
     return [str(path), stat.st_size, stat.st_mtime_ns]
